@@ -1,0 +1,140 @@
+package gray
+
+import "math/rand/v2"
+
+// Reason says why a decision chose its lane.
+type Reason uint8
+
+const (
+	// ReasonBase: nothing sent the request elsewhere; it goes to the base lane.
+	ReasonBase Reason = iota
+	// ReasonTag: the request carried a lane tag naming a lane of this service.
+	ReasonTag
+	// ReasonMatch: the request satisfied one of the lane's match rules.
+	ReasonMatch
+	// ReasonWeight: the request's bucket fell into the lane's weight range.
+	ReasonWeight
+	// ReasonFallback: the service has no base instances; the request goes to every instance that
+	// can take it (see the package documentation for the order).
+	ReasonFallback
+)
+
+var reasonNames = [...]string{"base", "tag", "match", "weight", "fallback"}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Decision is the outcome of Decide.
+type Decision[T any] struct {
+	// Lane is the chosen lane; several base lanes are joined with '+'; empty on fallback.
+	Lane   string
+	Reason Reason
+	// Instances are the instances to balance over. The slice belongs to the snapshot: do not modify it.
+	Instances []T
+	// Rule is the index of the matched rule for ReasonMatch, else -1.
+	Rule int
+}
+
+// Propagate reports whether the decision should travel to the next hop as a lane tag: it chose a
+// gray lane by tag, match or weight. Base and fallback decisions are not propagated, so that the next
+// service decides for itself.
+func (d *Decision[T]) Propagate() bool {
+	return d.Reason == ReasonTag || d.Reason == ReasonMatch || d.Reason == ReasonWeight
+}
+
+// TagKey returns the header that carries the lane tag for this snapshot.
+func (s *Snapshot[T]) TagKey() HeaderKey { return s.tagKey }
+
+// Decide chooses the lane for a request and the instances to balance over. It reads the immutable
+// snapshot only: it is safe for concurrent use, does not allocate, and costs the same for any number
+// of instances.
+func (s *Snapshot[T]) Decide(r Request) Decision[T] {
+	if tag, ok := r.Header(s.tagKey); ok && tag != "" {
+		for _, l := range s.lanes {
+			if l.name == tag {
+				return Decision[T]{Lane: l.name, Reason: ReasonTag, Instances: l.instances, Rule: -1}
+			}
+		}
+	}
+	for _, l := range s.matchLanes {
+		if i := l.rules.match(r); i >= 0 {
+			return Decision[T]{Lane: l.name, Reason: ReasonMatch, Instances: l.instances, Rule: i}
+		}
+	}
+	if len(s.weighted) > 0 {
+		b := s.bucket(r)
+		for _, w := range s.weighted {
+			if b < w.upper {
+				return Decision[T]{Lane: w.lane.name, Reason: ReasonWeight, Instances: w.lane.instances, Rule: -1}
+			}
+		}
+	}
+	return s.base
+}
+
+// bucket returns the request's bucket in [0, 10000): from the sticky key when the request has one,
+// else random.
+func (s *Snapshot[T]) bucket(r Request) uint32 {
+	if key, ok := s.stickyKey(r); ok {
+		return bucketOf(s.seed, key)
+	}
+	return uint32(rand.Uint64N(uint64(MaxWeight)))
+}
+
+func (s *Snapshot[T]) stickyKey(r Request) (string, bool) {
+	if !s.stickyHeader.IsZero() {
+		if v, ok := r.Header(s.stickyHeader); ok && v != "" {
+			return v, true
+		}
+	}
+	if s.stickyCookie != "" {
+		if h, ok := r.Header(cookieKey); ok {
+			if v, ok := cookieValue(h, s.stickyCookie); ok && v != "" {
+				return v, true
+			}
+		}
+	}
+	return "", false
+}
+
+// Bucket returns the bucket in [0, 10000) of a sticky key for a service. A lane with weight w (in
+// hundredths of a percent) starting at bucket 0 takes exactly the keys whose bucket is below w. The
+// function is part of graylane's contract: every enforcer computes the same bucket.
+func Bucket(service, key string) int {
+	return int(bucketOf(bucketSeed(service), key))
+}
+
+// The bucket hash is 64-bit FNV-1a over the service name, a 0 byte and the key, followed by the
+// murmur3 finalizer so that keys differing only in their last characters spread evenly.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+func bucketSeed(service string) uint64 {
+	h := uint64(fnvOffset)
+	for i := 0; i < len(service); i++ {
+		h ^= uint64(service[i])
+		h *= fnvPrime
+	}
+	h *= fnvPrime // the 0 separator: h ^= 0 leaves h as it is
+	return h
+}
+
+func bucketOf(seed uint64, key string) uint32 {
+	h := seed
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= fnvPrime
+	}
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	h *= 0xc4ceb9fe1a85ec53
+	h ^= h >> 33
+	return uint32(h % uint64(MaxWeight))
+}

@@ -1,0 +1,77 @@
+package gray
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// MetaError reports a gray meta value that cannot be used. Inspect it with errors.As.
+type MetaError struct {
+	// Instance is the instance ID, when known.
+	Instance string
+	// Key is the meta key at fault ("weight", "match", "match_2", ...).
+	Key string
+	// Line is the line in the YAML form, when the meta was decoded from YAML.
+	Line int
+	// Err says what is wrong, quoting the value.
+	Err error
+}
+
+func (e *MetaError) Error() string {
+	var b strings.Builder
+	b.WriteString("gray: ")
+	if e.Instance != "" {
+		fmt.Fprintf(&b, "instance %q: ", e.Instance)
+	}
+	if e.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	}
+	fmt.Fprintf(&b, "meta key %q: %v", e.Key, e.Err)
+	return b.String()
+}
+
+func (e *MetaError) Unwrap() error { return e.Err }
+
+// LaneConflictError reports instances of one lane that ask for different policies. The lane keeps the
+// safer one: the smallest weight, and match rules only where all instances carry the same.
+type LaneConflictError struct {
+	Service string
+	Lane    string
+	// Key is the meta key the instances disagree on: "weight" or "match".
+	Key string
+	// Instances are the IDs of the lane's instances.
+	Instances []string
+	// Resolution says what the lane uses instead.
+	Resolution string
+}
+
+func (e *LaneConflictError) Error() string {
+	return fmt.Sprintf("gray: service %q: lane %q: instances %s disagree on %s; %s",
+		e.Service, e.Lane, strings.Join(e.Instances, ", "), e.Key, e.Resolution)
+}
+
+// WeightOverflowError reports lanes whose weights add up to more than 100 %. The snapshot scales
+// them down in proportion.
+type WeightOverflowError struct {
+	Service string
+	Total   int // hundredths of a percent
+}
+
+func (e *WeightOverflowError) Error() string {
+	return fmt.Sprintf("gray: service %q: lane weights add up to %s%%; scaled down in proportion to 100%%",
+		e.Service, strconv.FormatFloat(float64(e.Total)/100, 'f', -1, 64))
+}
+
+// AmbiguousBaseError reports a service without stable instances where several lanes ask for nothing
+// (no canary, weight or match rules): they all form the base and share its traffic. Give the live
+// colour a weight of 100, or match rules to the one that should only take test traffic.
+type AmbiguousBaseError struct {
+	Service string
+	Lanes   []string
+}
+
+func (e *AmbiguousBaseError) Error() string {
+	return fmt.Sprintf("gray: service %q: lanes %s both form the base (none is stable, none asks for a weight or match rules); unmatched traffic is spread across them",
+		e.Service, strings.Join(e.Lanes, " and "))
+}

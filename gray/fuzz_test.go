@@ -1,0 +1,122 @@
+package gray_test
+
+import (
+	"errors"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/graylane/graylane/gray"
+)
+
+const articleMatchJSON = `[{"header":[{"key":"userid","value_match":"123"}],"cookie":{"regex":"^(.*?;)?(email=[^;]*@some-company-name.com)(;.*)?$"},"uri":[{"prefix":["/api/user"]}]}]`
+
+// FuzzParseMeta: meta values from outside never panic the decoder, errors are *MetaError values
+// naming a graylane key, and whatever decodes re-encodes to meta that decodes to the same model.
+func FuzzParseMeta(f *testing.F) {
+	f.Add("true", "green", "10", "", articleMatchJSON, "")
+	f.Add("false", "blue", "5.5", "release-42", `[{"query":{"name":"a","present":"true"},"method":"get"}]`, "")
+	f.Add("yes", "purple", "101", "Bad Lane", `[{"header":[{"key":"x"`, `"}]}]`)
+	f.Add("", "", "0.01", "", `{"client_ip":["10.0.0.0/8","::1"],"uri":[{"regex":"^/v[0-9]+"}]}`, "x")
+	f.Fuzz(func(t *testing.T, canary, color, weight, lane, match, match1 string) {
+		meta := map[string]string{"canary": canary, "bluegreen": color, "weight": weight, "lane": lane, "match": match, "owner": "x"}
+		if match1 != "" {
+			meta["match_1"] = match1
+		}
+		if lane == "" {
+			delete(meta, "lane")
+		}
+		if match == "" && match1 == "" {
+			delete(meta, "match")
+		}
+		m, err := gray.ParseMeta(meta)
+		if err != nil {
+			var me *gray.MetaError
+			if !errors.As(err, &me) || !gray.IsMetaKey(me.Key) {
+				t.Fatalf("error %v does not name a graylane key", err)
+			}
+			return
+		}
+		encoded, err := m.Encode()
+		if err != nil {
+			if strings.Contains(err.Error(), "more than 32 keys") {
+				return
+			}
+			t.Fatalf("decoded meta does not encode: %v", err)
+		}
+		if err := gray.CheckConsulLimits(encoded); err != nil {
+			t.Fatalf("encoded meta breaks Consul's limits: %v", err)
+		}
+		back, err := gray.ParseMeta(encoded)
+		if err != nil || !reflect.DeepEqual(back, m) {
+			t.Fatalf("round trip: %v\n got %+v\nwant %+v", err, back, m)
+		}
+	})
+}
+
+// FuzzMetaYAML: the YAML form never panics, and what decodes survives YAML and meta round trips.
+func FuzzMetaYAML(f *testing.F) {
+	f.Add("canary: true\nbluegreen: green\nweight: 10\nmatch:\n  - header:\n      - key: \"userid\"\n        value_match: \"123\"\n    cookie:\n        regex: \"^(.*?;)?(email=[^;]*@some-company-name.com)(;.*)?$\"\n    uri:\n      - prefix:\n          - \"/api/user\"\n")
+	f.Add("weight: 0.5\nmatch: {header: {key: a, value_match: 0123}, uri: {prefix: /x}}\n")
+	f.Add("match: '[{\"method\":\"GET\"}]'\nlane: x\ndrain: true\n")
+	f.Add("a: &x {canary: true}\nb: *x\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		var m gray.Meta
+		if err := yaml.Unmarshal([]byte(text), &m); err != nil {
+			return
+		}
+		out, err := yaml.Marshal(m)
+		if err != nil {
+			t.Fatalf("decoded meta does not marshal: %v", err)
+		}
+		var again gray.Meta
+		if err := yaml.Unmarshal(out, &again); err != nil || !reflect.DeepEqual(again, m) {
+			t.Fatalf("YAML round trip: %v\n%s\n got %+v\nwant %+v", err, out, again, m)
+		}
+		if encoded, err := m.Encode(); err == nil {
+			if back, err := gray.ParseMeta(encoded); err != nil || !reflect.DeepEqual(back, m) {
+				t.Fatalf("meta round trip: %v", err)
+			}
+		}
+	})
+}
+
+// FuzzDecide: any canary meta and any request give a decision over instances of the service; a
+// canary whose meta does not decode never receives traffic while stable instances exist.
+func FuzzDecide(f *testing.F) {
+	f.Add(articleMatchJSON, "10", "123", "email=li@some-company-name.com; a=b", "/api/user", "a=1", "GET", "10.0.0.1", "user-1", "")
+	f.Add(`[{"query":[{"name":"q","regex":"^a%"}]}]`, "100", "", "", "/", "q=a%25&q=", "POST", "::1", "", "canary")
+	f.Add(`[{"cookie":[{"name":"u","prefix":"\""}]}]`, "x", "", `u="`, "", "", "", "", "", "green")
+	f.Fuzz(func(t *testing.T, match, weight, userid, cookie, path, query, method, ip, user, tag string) {
+		canary := map[string]string{"canary": "true", "weight": weight, "match": match}
+		instances := []gray.Instance[string]{
+			{ID: "s1", Meta: map[string]string{}, Value: "s1"},
+			{ID: "c1", Meta: canary, Value: "c1"},
+			{ID: "g1", Meta: map[string]string{"bluegreen": "green", "weight": "5"}, Value: "g1"},
+		}
+		snap := gray.NewSnapshot("bservice", instances, gray.Options{StickyHeader: "x-user-id", StickyCookie: "uid"})
+		_, canaryErr := gray.ParseMeta(canary)
+		req := &gray.StaticRequest{
+			Headers:  map[string]string{"userid": userid, "cookie": cookie, "x-user-id": user, gray.DefaultTagKey: tag},
+			URLPath:  path,
+			URLQuery: query, HTTPMethod: method,
+		}
+		req.Client, _ = netip.ParseAddr(ip)
+		d := snap.Decide(req)
+		if len(d.Instances) == 0 {
+			t.Fatal("no instances chosen although stable instances exist")
+		}
+		if canaryErr != nil && slices.Contains(d.Instances, "c1") {
+			t.Fatalf("canary with bad meta (%v) chosen: %+v", canaryErr, d)
+		}
+		switch d.Lane {
+		case "stable", "canary", "green":
+		default:
+			t.Fatalf("unexpected lane %q", d.Lane)
+		}
+	})
+}

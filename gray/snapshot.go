@@ -1,0 +1,354 @@
+package gray
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// DefaultTagKey is the header that carries a propagated lane tag. Kratos' metadata middleware copies
+// keys with the x-md-global- prefix from hop to hop; the gateway sets it as a plain header.
+const DefaultTagKey = "x-md-global-gray-lane"
+
+// Options configure a Snapshot's decision. Both enforcers must be given the same options to decide
+// the same way. The zero Options uses DefaultTagKey and no sticky key.
+type Options struct {
+	// TagKey is the header that carries a propagated lane tag. Default: DefaultTagKey.
+	TagKey string `json:"tag_key,omitempty" yaml:"tag_key,omitempty"`
+	// StickyHeader names a header whose value keeps one user in one lane, for example a user ID.
+	StickyHeader string `json:"sticky_header,omitempty" yaml:"sticky_header,omitempty"`
+	// StickyCookie names a cookie used the same way when the sticky header is absent.
+	StickyCookie string `json:"sticky_cookie,omitempty" yaml:"sticky_cookie,omitempty"`
+}
+
+// Instance is one instance of a service as an enforcer sees it: its ID, its Consul meta and the
+// enforcer's own handle for it (a Kratos node, an upstream address), which decisions hand back.
+type Instance[T any] struct {
+	ID    string
+	Meta  map[string]string
+	Value T
+}
+
+// Snapshot is the prepared, immutable routing state of one service: its instances grouped into lanes
+// with their compiled policies. Build a new one whenever the instance set changes and publish it
+// atomically; Decide may be called concurrently and never blocks.
+type Snapshot[T any] struct {
+	service      string
+	tagKey       HeaderKey
+	stickyHeader HeaderKey
+	stickyCookie string
+	seed         uint64
+
+	lanes      []*lane[T] // every lane, in lane order
+	matchLanes []*lane[T] // lanes with match rules, in lane order
+	weighted   []weightRange[T]
+	base       Decision[T] // the decision when nothing else applies
+
+	baseLanes []*lane[T]
+	problems  []error
+}
+
+type lane[T any] struct {
+	name      string
+	rank      int
+	instances []T
+	ids       []string
+	weight    Weight // after conflicts and scaling
+	match     []Rule // after conflicts
+	rules     ruleSet
+	gray      bool // some instance is a canary or asks for a weight or match rules
+}
+
+type weightRange[T any] struct {
+	upper uint32 // the lane takes buckets below upper (and at or above the previous range's upper)
+	lane  *lane[T]
+}
+
+// Lane ranks, in lane order.
+const (
+	rankCanary = iota
+	rankGray
+	rankStable
+)
+
+// decoded is one instance's decoded meta, shared by instances with identical gray keys.
+type decoded struct {
+	meta  Meta
+	rules ruleSet
+	match string // canonical JSON of meta.Match
+	err   error
+}
+
+// NewSnapshot decodes the instances' meta and prepares the decision. Instances whose meta does not
+// decode are reported in Problems and left out of every lane. instances is not retained or modified.
+// It costs O(instances); identical meta is decoded once.
+func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *Snapshot[T] {
+	if opts.TagKey == "" {
+		opts.TagKey = DefaultTagKey
+	}
+	s := &Snapshot[T]{
+		service:      service,
+		tagKey:       NewHeaderKey(opts.TagKey),
+		stickyCookie: opts.StickyCookie,
+		seed:         bucketSeed(service),
+	}
+	if opts.StickyHeader != "" {
+		s.stickyHeader = NewHeaderKey(opts.StickyHeader)
+	}
+
+	cache := make(map[string]*decoded)
+	byName := make(map[string]*lane[T])
+	laneInstances := make(map[*lane[T]][]*decoded)
+	var draining, invalid []T
+	for _, inst := range instances {
+		d := decodeCached(cache, inst.Meta)
+		if d.err != nil {
+			s.problems = append(s.problems, withInstance(d.err, inst.ID))
+			invalid = append(invalid, inst.Value)
+			continue
+		}
+		if d.meta.Drain {
+			draining = append(draining, inst.Value)
+			continue
+		}
+		name := d.meta.LaneName()
+		l := byName[name]
+		if l == nil {
+			l = &lane[T]{name: name, rank: rankGray}
+			byName[name] = l
+		}
+		l.instances = append(l.instances, inst.Value)
+		l.ids = append(l.ids, inst.ID)
+		laneInstances[l] = append(laneInstances[l], d)
+	}
+
+	var active []T
+	for _, l := range byName {
+		s.resolvePolicy(l, laneInstances[l])
+		s.lanes = append(s.lanes, l)
+	}
+	slices.SortFunc(s.lanes, func(a, b *lane[T]) int {
+		return cmp.Or(cmp.Compare(a.rank, b.rank), strings.Compare(a.name, b.name))
+	})
+	for _, l := range s.lanes {
+		active = append(active, l.instances...)
+	}
+
+	// The base: the stable lane, else (pure blue/green) the lanes that ask for nothing.
+	if stable := byName[StableLane]; stable != nil {
+		s.baseLanes = []*lane[T]{stable}
+	} else {
+		var names []string
+		for _, l := range s.lanes {
+			if !l.gray {
+				s.baseLanes = append(s.baseLanes, l)
+				names = append(names, l.name)
+			}
+		}
+		if len(names) > 1 {
+			s.problems = append(s.problems, &AmbiguousBaseError{Service: service, Lanes: names})
+		}
+	}
+
+	var total int
+	for _, l := range s.lanes {
+		if len(l.rules) > 0 {
+			s.matchLanes = append(s.matchLanes, l)
+		}
+		if l.weight > 0 && l.name != StableLane {
+			total += int(l.weight)
+		}
+	}
+	if total > int(MaxWeight) {
+		s.problems = append(s.problems, &WeightOverflowError{Service: service, Total: total})
+	}
+	var upper uint32
+	for _, l := range s.lanes {
+		if l.weight == 0 || l.name == StableLane {
+			continue
+		}
+		if total > int(MaxWeight) {
+			l.weight = Weight(int(l.weight) * int(MaxWeight) / total)
+		}
+		upper += uint32(l.weight)
+		s.weighted = append(s.weighted, weightRange[T]{upper: upper, lane: l})
+	}
+
+	s.base = s.baseDecision(active, draining, invalid)
+	return s
+}
+
+// resolvePolicy sets a lane's rank and policy from its instances: the smallest weight, and the match
+// rules only where every instance carries the same ones.
+func (s *Snapshot[T]) resolvePolicy(l *lane[T], ds []*decoded) {
+	first := ds[0]
+	l.weight, l.match, l.rules = first.meta.Weight, first.meta.Match, first.rules
+	weightsDiffer, matchDiffers := false, false
+	for _, d := range ds {
+		if d.meta.Canary {
+			l.rank = rankCanary
+		}
+		if d.meta.Canary || d.meta.Weight > 0 || d.match != "" {
+			l.gray = true
+		}
+		if d.meta.Weight != first.meta.Weight {
+			weightsDiffer = true
+			l.weight = min(l.weight, d.meta.Weight)
+		}
+		if d.match != first.match {
+			matchDiffers = true
+		}
+	}
+	if l.name == StableLane {
+		l.rank = rankStable
+	}
+	if weightsDiffer {
+		s.problems = append(s.problems, &LaneConflictError{Service: s.service, Lane: l.name, Key: KeyWeight,
+			Instances: slices.Clone(l.ids), Resolution: "the lane takes the smallest, " + l.weight.String() + "%"})
+	}
+	if matchDiffers {
+		l.match, l.rules = nil, nil
+		s.problems = append(s.problems, &LaneConflictError{Service: s.service, Lane: l.name, Key: KeyMatch,
+			Instances: slices.Clone(l.ids), Resolution: "the lane takes no matched traffic"})
+	}
+}
+
+// baseDecision prepares the decision for requests that no tag, rule or weight sends elsewhere, with
+// its fallbacks: every active instance, then draining ones, then (only when nothing else exists)
+// instances whose meta did not decode.
+func (s *Snapshot[T]) baseDecision(active, draining, invalid []T) Decision[T] {
+	var names []string
+	var base []T
+	for _, l := range s.baseLanes {
+		names = append(names, l.name)
+		base = append(base, l.instances...)
+	}
+	switch {
+	case len(base) > 0:
+		return Decision[T]{Lane: strings.Join(names, "+"), Reason: ReasonBase, Instances: base, Rule: -1}
+	case len(active) > 0:
+		return Decision[T]{Reason: ReasonFallback, Instances: active, Rule: -1}
+	case len(draining) > 0:
+		return Decision[T]{Reason: ReasonFallback, Instances: draining, Rule: -1}
+	}
+	return Decision[T]{Reason: ReasonFallback, Instances: invalid, Rule: -1}
+}
+
+func decodeCached(cache map[string]*decoded, meta map[string]string) *decoded {
+	key := grayFingerprint(meta)
+	if d, ok := cache[key]; ok {
+		return d
+	}
+	d := &decoded{}
+	d.meta, d.rules, d.err = parseMeta(meta)
+	if d.err == nil && len(d.meta.Match) > 0 {
+		d.match = encodeRulesJSON(d.meta.Match)
+	}
+	cache[key] = d
+	return d
+}
+
+// grayFingerprint is a string that is equal for two meta maps exactly when their gray keys are.
+func grayFingerprint(meta map[string]string) string {
+	keys := make([]string, 0, 4)
+	for k := range meta {
+		if IsMetaKey(k) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(meta[k])
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// withInstance names the instance in every MetaError inside err.
+func withInstance(err error, id string) error {
+	var errs []error
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	out := make([]error, len(errs))
+	for i, e := range errs {
+		var me *MetaError
+		if errors.As(e, &me) {
+			c := *me
+			c.Instance = id
+			out[i] = &c
+		} else {
+			out[i] = fmt.Errorf("gray: instance %q: %w", id, e)
+		}
+	}
+	if len(out) == 1 {
+		return out[0]
+	}
+	return errors.Join(out...)
+}
+
+// Service returns the service the snapshot was built for.
+func (s *Snapshot[T]) Service() string { return s.service }
+
+// Problems returns what went wrong while building the snapshot: *MetaError for instances left out,
+// *LaneConflictError and *WeightOverflowError for policies that were adjusted. The slice is shared:
+// do not modify it.
+func (s *Snapshot[T]) Problems() []error { return s.problems }
+
+// LaneInfo describes one lane of a snapshot, for status displays and tools.
+type LaneInfo struct {
+	Name string
+	// Base is set on the lanes that take the traffic no tag, rule or weight sends elsewhere.
+	Base bool
+	// Weight is the lane's weight after conflicts and scaling.
+	Weight Weight
+	// Share is the lane's share of unmatched, untagged traffic: its weight, or for a base lane what
+	// the weighted lanes leave, split by instance count when several lanes form the base.
+	Share Weight
+	// Match holds the lane's match rules after conflicts.
+	Match []Rule
+	// Instances holds the IDs of the lane's active instances.
+	Instances []string
+}
+
+// Lanes describes the lanes in decision order, base lanes last. It allocates; it is meant for tools,
+// not for the request path.
+func (s *Snapshot[T]) Lanes() []LaneInfo {
+	var weighted uint32
+	if len(s.weighted) > 0 {
+		weighted = s.weighted[len(s.weighted)-1].upper
+	}
+	rest := uint32(MaxWeight) - weighted
+	baseCount := 0
+	for _, l := range s.baseLanes {
+		baseCount += len(l.instances)
+	}
+	var out []LaneInfo
+	add := func(l *lane[T], base bool) {
+		info := LaneInfo{Name: l.name, Base: base, Weight: l.weight, Match: l.match, Instances: slices.Clone(l.ids)}
+		switch {
+		case base:
+			info.Share = Weight(rest * uint32(len(l.instances)) / uint32(baseCount))
+		case l.name != StableLane:
+			info.Share = l.weight
+		}
+		out = append(out, info)
+	}
+	for _, l := range s.lanes {
+		if !slices.Contains(s.baseLanes, l) {
+			add(l, false)
+		}
+	}
+	for _, l := range s.baseLanes {
+		add(l, true)
+	}
+	return out
+}

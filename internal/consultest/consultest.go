@@ -1,0 +1,252 @@
+// Package consultest runs real Consul agents for graylane's integration tests: a dev agent on free
+// loopback ports, started from the consul binary that `make consul` builds, stopped when the test
+// ends. If the binary is missing or the agent does not come up, the test fails with the reason; it
+// never skips.
+package consultest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// BinaryEnv names the environment variable that points at the consul binary.
+const BinaryEnv = "GRAYLANE_CONSUL"
+
+// startTimeout bounds how long an agent may take to elect itself leader.
+const startTimeout = 60 * time.Second
+
+// Binary locates the consul binary: $GRAYLANE_CONSUL, else .tools/bin/consul in the repository (where
+// `make consul` builds it), else consul on PATH.
+func Binary() (string, error) {
+	if p := os.Getenv(BinaryEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s=%s: %w", BinaryEnv, p, err)
+		}
+		return p, nil
+	}
+	_, file, _, _ := runtime.Caller(0)
+	built := filepath.Join(filepath.Dir(file), "..", "..", ".tools", "bin", "consul")
+	if _, err := os.Stat(built); err == nil {
+		return built, nil
+	}
+	if p, err := exec.LookPath("consul"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("no consul binary: run `make consul` (it builds Consul from the Go module proxy into .tools/bin), or set %s", BinaryEnv)
+}
+
+// Agent is a running Consul dev agent on loopback.
+type Agent struct {
+	// HTTPAddr is the agent's HTTP API address, host:port.
+	HTTPAddr string
+	// NodeName is the agent's node name.
+	NodeName string
+
+	binary string
+	args   []string
+	log    *lockedBuffer
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start runs a dev agent for the test and stops it in the test's cleanup. It fails the test if the
+// agent cannot be started.
+func Start(tb testing.TB) *Agent {
+	tb.Helper()
+	a, err := StartAgent()
+	if err != nil {
+		tb.Fatalf("consultest: %v", err)
+	}
+	tb.Cleanup(a.Stop)
+	return a
+}
+
+// StartAgent runs a dev agent and waits until it has elected itself leader. The caller must Stop it.
+func StartAgent() (*Agent, error) {
+	binary, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
+		ports, err := freePorts(4)
+		if err != nil {
+			return nil, err
+		}
+		name := "graylane-test-" + strconv.Itoa(ports[0])
+		a := &Agent{
+			HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]),
+			NodeName: name,
+			binary:   binary,
+			log:      &lockedBuffer{},
+			args: []string{"agent", "-dev", "-node", name,
+				"-bind", "127.0.0.1", "-client", "127.0.0.1",
+				"-http-port", strconv.Itoa(ports[0]),
+				"-serf-lan-port", strconv.Itoa(ports[1]),
+				"-serf-wan-port", strconv.Itoa(ports[2]),
+				"-server-port", strconv.Itoa(ports[3]),
+				"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+				"-log-level", "warn"},
+		}
+		if lastErr = a.start(); lastErr == nil {
+			return a, nil
+		}
+		a.Stop()
+	}
+	return nil, lastErr
+}
+
+func (a *Agent) start() error {
+	a.mu.Lock()
+	cmd := exec.Command(a.binary, a.args...)
+	cmd.Stdout, cmd.Stderr = a.log, a.log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("starting %s: %w", a.binary, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	a.cmd, a.done = cmd, done
+	a.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := a.waitReady(ctx, done); err != nil {
+		return fmt.Errorf("consul agent on %s: %w\n--- agent output ---\n%s", a.HTTPAddr, err, a.log.tail(4000))
+	}
+	return nil
+}
+
+// waitReady polls until the agent has a leader and has registered its own node.
+func (a *Agent) waitReady(ctx context.Context, exited <-chan struct{}) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	get := func(path string) (string, error) {
+		resp, err := client.Get("http://" + a.HTTPAddr + path)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("%s: %s", path, resp.Status)
+		}
+		return strings.TrimSpace(string(body)), err
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	lastErr := errors.New("no answer yet")
+	for {
+		leader, err := get("/v1/status/leader")
+		if err == nil && leader != `""` {
+			var node string
+			node, err = get("/v1/catalog/node/" + a.NodeName)
+			if err == nil && node != "null" {
+				return nil
+			}
+		}
+		if err != nil {
+			lastErr = err
+		}
+		select {
+		case <-exited:
+			return errors.New("the agent exited before it was ready")
+		case <-ctx.Done():
+			return fmt.Errorf("not ready after %v: %v", startTimeout, lastErr)
+		case <-tick.C:
+		}
+	}
+}
+
+// URL returns the agent's HTTP API base URL.
+func (a *Agent) URL() string { return "http://" + a.HTTPAddr }
+
+// Stop ends the agent (gracefully, then by force after five seconds) and waits for it to exit. A dev
+// agent keeps its state in memory: it is gone after Stop.
+func (a *Agent) Stop() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Restart stops the agent and starts it again on the same ports. A dev agent comes back empty.
+func (a *Agent) Restart() error {
+	a.Stop()
+	return a.start()
+}
+
+// Log returns the end of the agent's output, for failure messages.
+func (a *Agent) Log() string { return a.log.tail(4000) }
+
+// freePorts returns n distinct loopback ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	for len(ports) < n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port: %w", err)
+		}
+		listeners = append(listeners, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// lockedBuffer collects a process's output.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.buf.Len() > 1<<20 { // keep the most recent output only
+		rest := b.buf.Bytes()[b.buf.Len()-(1<<19):]
+		b.buf = *bytes.NewBuffer(append([]byte(nil), rest...))
+	}
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) tail(n int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.buf.String()
+	if len(s) > n {
+		s = "..." + s[len(s)-n:]
+	}
+	return s
+}
