@@ -50,12 +50,18 @@ func Binary() (string, error) {
 	return "", fmt.Errorf("no consul binary: run `make consul` (it builds Consul from the Go module proxy into .tools/bin), or set %s", BinaryEnv)
 }
 
-// Agent is a running Consul dev agent on loopback.
+// NodeMetaHTTPAddr is the node meta key under which each test agent advertises its HTTP address, so
+// that code which must talk to the agent owning an instance can find it.
+const NodeMetaHTTPAddr = "graylane-http-addr"
+
+// Agent is a running Consul agent on loopback.
 type Agent struct {
 	// HTTPAddr is the agent's HTTP API address, host:port.
 	HTTPAddr string
 	// NodeName is the agent's node name.
 	NodeName string
+	// SerfLANAddr is the address other agents join, host:port.
+	SerfLANAddr string
 
 	binary string
 	args   []string
@@ -66,8 +72,8 @@ type Agent struct {
 	done chan struct{}
 }
 
-// Start runs a dev agent for the test and stops it in the test's cleanup. It fails the test if the
-// agent cannot be started.
+// Start runs a dev agent for the test and stops it in the test's cleanup. A dev agent keeps its state
+// in memory. It fails the test if the agent cannot be started.
 func Start(tb testing.TB) *Agent {
 	tb.Helper()
 	a, err := StartAgent()
@@ -78,32 +84,39 @@ func Start(tb testing.TB) *Agent {
 	return a
 }
 
+// StartPersistent runs a single server agent that keeps its state in a data directory, so that it
+// comes back with its services after Restart.
+func StartPersistent(tb testing.TB) *Agent {
+	tb.Helper()
+	agents, err := startServers(tb.TempDir(), 1)
+	if err != nil {
+		tb.Fatalf("consultest: %v", err)
+	}
+	tb.Cleanup(agents[0].Stop)
+	return agents[0]
+}
+
+// StartCluster runs n server agents that form one cluster, and waits until every one of them knows
+// the leader.
+func StartCluster(tb testing.TB, n int) []*Agent {
+	tb.Helper()
+	agents, err := startServers(tb.TempDir(), n)
+	if err != nil {
+		tb.Fatalf("consultest: %v", err)
+	}
+	for _, a := range agents {
+		tb.Cleanup(a.Stop)
+	}
+	return agents
+}
+
 // StartAgent runs a dev agent and waits until it has elected itself leader. The caller must Stop it.
 func StartAgent() (*Agent, error) {
-	binary, err := Binary()
-	if err != nil {
-		return nil, err
-	}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		ports, err := freePorts(4)
+		a, err := newAgent([]string{"-dev"})
 		if err != nil {
 			return nil, err
-		}
-		name := "graylane-test-" + strconv.Itoa(ports[0])
-		a := &Agent{
-			HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]),
-			NodeName: name,
-			binary:   binary,
-			log:      &lockedBuffer{},
-			args: []string{"agent", "-dev", "-node", name,
-				"-bind", "127.0.0.1", "-client", "127.0.0.1",
-				"-http-port", strconv.Itoa(ports[0]),
-				"-serf-lan-port", strconv.Itoa(ports[1]),
-				"-serf-wan-port", strconv.Itoa(ports[2]),
-				"-server-port", strconv.Itoa(ports[3]),
-				"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
-				"-log-level", "warn"},
 		}
 		if lastErr = a.start(); lastErr == nil {
 			return a, nil
@@ -111,6 +124,77 @@ func StartAgent() (*Agent, error) {
 		a.Stop()
 	}
 	return nil, lastErr
+}
+
+// startServers runs n server agents with data directories under dir, joined to each other.
+func startServers(dir string, n int) ([]*Agent, error) {
+	agents := make([]*Agent, n)
+	for i := range agents {
+		a, err := newAgent(nil)
+		if err != nil {
+			return nil, err
+		}
+		agents[i] = a
+	}
+	for i, a := range agents {
+		a.args = append(a.args, "-server", "-bootstrap-expect", strconv.Itoa(n),
+			"-data-dir", filepath.Join(dir, a.NodeName),
+			"-hcl", "performance { raft_multiplier = 1 }")
+		for j, other := range agents {
+			if j != i {
+				a.args = append(a.args, "-retry-join", other.SerfLANAddr, "-retry-interval", "200ms")
+			}
+		}
+	}
+	errs := make(chan error, n)
+	for _, a := range agents {
+		go func() { errs <- a.start() }()
+	}
+	var firstErr error
+	for range agents {
+		if err := <-errs; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		for _, a := range agents {
+			a.Stop()
+		}
+		return nil, firstErr
+	}
+	return agents, nil
+}
+
+// newAgent prepares an agent on free loopback ports; mode holds the flags that make it a dev agent
+// or a server.
+func newAgent(mode []string) (*Agent, error) {
+	binary, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	name := "graylane-test-" + strconv.Itoa(ports[0])
+	a := &Agent{
+		HTTPAddr:    "127.0.0.1:" + strconv.Itoa(ports[0]),
+		SerfLANAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
+		NodeName:    name,
+		binary:      binary,
+		log:         &lockedBuffer{},
+	}
+	a.args = append([]string{"agent"}, mode...)
+	a.args = append(a.args, "-node", name,
+		"-bind", "127.0.0.1", "-client", "127.0.0.1",
+		"-http-port", strconv.Itoa(ports[0]),
+		"-serf-lan-port", strconv.Itoa(ports[1]),
+		"-serf-wan-port", strconv.Itoa(ports[2]),
+		"-server-port", strconv.Itoa(ports[3]),
+		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+		"-node-meta", NodeMetaHTTPAddr+":"+a.HTTPAddr,
+		"-log-level", "warn")
+	return a, nil
 }
 
 func (a *Agent) start() error {
@@ -150,7 +234,7 @@ func (a *Agent) waitReady(ctx context.Context, exited <-chan struct{}) error {
 		}
 		return strings.TrimSpace(string(body)), err
 	}
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	lastErr := errors.New("no answer yet")
 	for {
@@ -196,7 +280,20 @@ func (a *Agent) Stop() {
 	}
 }
 
-// Restart stops the agent and starts it again on the same ports. A dev agent comes back empty.
+// Kill ends the agent at once, as a crash would, and waits for it to exit.
+func (a *Agent) Kill() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	_ = cmd.Process.Kill()
+	<-done
+}
+
+// Restart stops the agent and starts it again on the same ports. A dev agent comes back empty; a
+// persistent or cluster agent comes back with its data.
 func (a *Agent) Restart() error {
 	a.Stop()
 	return a.start()
