@@ -1,0 +1,295 @@
+package registrar
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/graylane/graylane/gray"
+)
+
+// ApplyOptions tune Apply.
+type ApplyOptions struct {
+	// ResetGray drops the gray state recorded by earlier graylane changes for the applied instances,
+	// so that their spec's gray meta counts again. Without it, recorded state wins over the spec.
+	ResetGray bool
+}
+
+// Applied reports one registered instance.
+type Applied struct {
+	Service string
+	ID      string
+	Gray    gray.Meta
+	// Kept is set when recorded state from an earlier graylane change won over the spec's gray meta.
+	Kept bool
+}
+
+// Apply registers (or updates) instances from specs through the configured agent. State recorded by
+// earlier graylane changes wins over a spec's gray meta unless opts.ResetGray is set. Each service's
+// apply is recorded in its history with check-and-set.
+func (r *Registrar) Apply(ctx context.Context, specs []Spec, opts ApplyOptions) ([]Applied, error) {
+	byService := map[string][]Spec{}
+	for _, s := range specs {
+		byService[s.Name] = append(byService[s.Name], s)
+	}
+	var out []Applied
+	for _, service := range slices.Sorted(maps.Keys(byService)) {
+		applied, err := r.applyService(ctx, service, byService[service], opts)
+		out = append(out, applied...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+func (r *Registrar) applyService(ctx context.Context, service string, specs []Spec, opts ApplyOptions) ([]Applied, error) {
+	st, index, err := r.readState(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	current, _, err := r.Instances(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	plan := &Plan{Service: service, Action: "apply", stateIndex: index,
+		state: desiredState{Instances: maps.Clone(st.Instances)}, instances: map[string]Instance{}}
+	var applied []Applied
+	var regs []*api.AgentServiceRegistration
+	for _, s := range specs {
+		a := Applied{Service: service, ID: s.ID, Gray: s.Gray}
+		if rec, ok := st.Instances[s.ID]; ok {
+			if opts.ResetGray {
+				delete(plan.state.Instances, s.ID)
+			} else if m, err := gray.ParseMeta(rec); err == nil {
+				a.Gray, a.Kept = m, true
+			}
+		}
+		spec := s
+		spec.Gray = a.Gray
+		reg, err := spec.Registration()
+		if err != nil {
+			return nil, &SpecError{File: s.File, Line: s.Line, Instance: s.ID, Field: "meta", Err: err}
+		}
+		before := gray.Meta{}
+		for _, inst := range current {
+			if inst.ID == s.ID {
+				before = inst.Gray
+			}
+		}
+		plan.Changes = append(plan.Changes, InstanceChange{ID: s.ID, Before: before, After: a.Gray})
+		regs = append(regs, reg)
+		applied = append(applied, a)
+	}
+	if opts.ResetGray {
+		plan.Action = "apply --reset-gray"
+	}
+	// Record first (check-and-set), then register through the configured agent, which owns what it
+	// registers.
+	if err := r.record(ctx, plan); err != nil {
+		return nil, err
+	}
+	for _, reg := range regs {
+		if err := r.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+			return applied, r.wrap(err, "registering %s", reg.ID)
+		}
+	}
+	return applied, nil
+}
+
+// DrainOptions tune Drain.
+type DrainOptions struct {
+	// Service names the instance's service; found from the catalog when empty.
+	Service string
+	// Grace is how long clients get to see the change before the instance is deregistered. Default 3s
+	// (graylane's watcher sees a change within milliseconds; Kratos' own watcher within about a
+	// second).
+	Grace time.Duration
+	// Timeout bounds the wait for the catalog to show the drained meta. Default 30s.
+	Timeout time.Duration
+	// Keep leaves the drained instance registered.
+	Keep bool
+}
+
+// Drain sets an instance's weight to 0 and marks it draining, so that no new traffic is chosen for
+// it, waits until the catalog serves the change and clients have had the grace period to see it, then
+// deregisters it.
+func (r *Registrar) Drain(ctx context.Context, id string, o DrainOptions) (*Result, error) {
+	if o.Grace == 0 {
+		o.Grace = 3 * time.Second
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	service := o.Service
+	if service == "" {
+		var err error
+		if service, err = r.serviceOf(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	st, index, err := r.readState(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	instances, _, err := r.Instances(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	p := &planner{service: service, instances: instances, after: map[string]gray.Meta{}}
+	found := false
+	for _, inst := range instances {
+		if inst.ID == id {
+			found = true
+			if inst.GrayErr != nil {
+				// Draining must work on an instance whose gray meta is broken: start from no gray meta.
+				p.after[id] = gray.Meta{}
+			}
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: service %s has no instance %s", ErrNotFound, service, id)
+	}
+	p.edit(id, func(m *gray.Meta) { m.Drain, m.Weight = true, 0 })
+	plan, err := r.newPlan(service, "drain "+id, st, index, p)
+	if err != nil {
+		return nil, err
+	}
+	res, err := r.Commit(ctx, plan)
+	if err != nil {
+		return res, err
+	}
+	if err := r.waitForMeta(ctx, service, id, o.Timeout, func(inst *Instance) bool { return inst == nil || inst.Gray.Drain }); err != nil {
+		return res, err
+	}
+	if o.Keep {
+		return res, nil
+	}
+	select {
+	case <-time.After(o.Grace):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
+	return r.forget(ctx, service, id)
+}
+
+// forget deregisters an instance and removes its recorded state, with a history entry.
+func (r *Registrar) forget(ctx context.Context, service, id string) (*Result, error) {
+	st, index, err := r.readState(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	instances, _, err := r.Instances(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	plan := &Plan{Service: service, Action: "deregister " + id, stateIndex: index, deregister: true,
+		state: desiredState{Instances: maps.Clone(st.Instances)}, instances: map[string]Instance{}}
+	delete(plan.state.Instances, id)
+	for _, inst := range instances {
+		if inst.ID == id {
+			plan.instances[id] = inst
+			plan.Changes = append(plan.Changes, InstanceChange{ID: id, Before: inst.Gray})
+		}
+	}
+	return r.Commit(ctx, plan)
+}
+
+// waitForMeta waits, with blocking queries, until done holds for the instance as the health endpoint
+// (what watchers read) serves it; inst is nil once the instance is gone.
+func (r *Registrar) waitForMeta(ctx context.Context, service, id string, timeout time.Duration, done func(inst *Instance) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var index uint64
+	for {
+		entries, meta, err := r.client.Health().Service(service, "", false,
+			(&api.QueryOptions{WaitIndex: index, WaitTime: timeout}).WithContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("the catalog did not show the change to %s within %v", id, timeout)
+			}
+			return r.wrap(err, "waiting for %s", id)
+		}
+		var found *Instance
+		for _, e := range entries {
+			if e.Service.ID == id {
+				inst := instanceOf(e)
+				found = &inst
+			}
+		}
+		if done(found) {
+			return nil
+		}
+		index = meta.LastIndex
+	}
+}
+
+// serviceOf finds the service of an instance ID in the catalog.
+func (r *Registrar) serviceOf(ctx context.Context, id string) (string, error) {
+	services, _, err := r.client.Catalog().Services((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return "", r.wrap(err, "listing services")
+	}
+	for _, name := range slices.Sorted(maps.Keys(services)) {
+		entries, _, err := r.client.Catalog().Service(name, "", (&api.QueryOptions{}).WithContext(ctx))
+		if err != nil {
+			return "", r.wrap(err, "listing instances of %s", name)
+		}
+		for _, e := range entries {
+			if e.ServiceID == id {
+				return name, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%w: no service has an instance %s", ErrNotFound, id)
+}
+
+// Status is a service's gray state as the data planes see it.
+type Status struct {
+	Service string
+	// Instances are all registered instances, healthy or not.
+	Instances []Instance
+	// Lanes describe the decision over the passing instances, with traffic shares.
+	Lanes []gray.LaneInfo
+	// Problems are the snapshot's problems: meta that does not decode, lane conflicts.
+	Problems []error
+	// Snapshot is the decision snapshot over the passing instances, as a data plane builds it.
+	Snapshot *gray.Snapshot[string]
+}
+
+// Status reads a service's instances and builds the snapshot a data plane would build from them.
+func (r *Registrar) Status(ctx context.Context, service string, opts gray.Options) (*Status, error) {
+	instances, _, err := r.Instances(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	if len(instances) == 0 {
+		return nil, fmt.Errorf("%w: service %s has no instances", ErrNotFound, service)
+	}
+	var passing []gray.Instance[string]
+	for _, inst := range instances {
+		if inst.Health == api.HealthPassing {
+			passing = append(passing, gray.Instance[string]{ID: inst.ID, Meta: inst.Meta, Value: inst.ID})
+		}
+	}
+	snap := gray.NewSnapshot(service, passing, opts)
+	return &Status{Service: service, Instances: instances, Lanes: snap.Lanes(), Problems: snap.Problems(), Snapshot: snap}, nil
+}
+
+// describeMeta is a one-line description of gray meta, for notes and tables.
+func describeMeta(m gray.Meta) string {
+	enc, _ := m.Encode()
+	if len(enc) == 0 {
+		return "stable"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(enc)) {
+		parts = append(parts, k+"="+enc[k])
+	}
+	return strings.Join(parts, " ")
+}
