@@ -3,6 +3,8 @@ module github.com/graylane/graylane
 go 1.26
 
 require (
+	github.com/go-kratos/kratos/contrib/registry/consul/v2 v2.0.0-20241219093211-5087366d2f90
+	github.com/go-kratos/kratos/v2 v2.8.3
 	github.com/hashicorp/consul/api v1.30.0
 	gopkg.in/yaml.v3 v3.0.1
 )

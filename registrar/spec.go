@@ -224,6 +224,9 @@ func parseSpec(file string, node *yaml.Node, n int) (Spec, error) {
 			if v.Kind != yaml.ScalarNode {
 				return fail(k.Line, s.ID, "meta."+k.Value, errors.New("expected a single value"))
 			}
+			if near := nearGrayKey(k.Value); near != "" {
+				return fail(k.Line, s.ID, "meta."+k.Value, fmt.Errorf("looks like graylane's %q misspelt; graylane would ignore it (rename the key if it is meant for something else)", near))
+			}
 			s.Meta[k.Value] = v.Value
 		}
 		if err := grayNode.Decode(&s.Gray); err != nil {
@@ -269,6 +272,42 @@ func knownFields(n *yaml.Node, prefix string, known []string) *fieldError {
 		}
 	}
 	return nil
+}
+
+// nearGrayKey returns the graylane key that key is one edit (or one swap of neighbours) away from.
+func nearGrayKey(key string) string {
+	for _, g := range []string{gray.KeyCanary, gray.KeyBlueGreen, gray.KeyWeight} {
+		if key != g && editDistance(strings.ToLower(key), g) <= 1 {
+			return g
+		}
+	}
+	return ""
+}
+
+// editDistance is the optimal string alignment distance: insertions, deletions, substitutions and
+// swaps of neighbouring characters.
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
 }
 
 // fieldLine returns the line of a top-level key of a mapping node, or the node's line.

@@ -4,7 +4,8 @@ package registrar
 // instances. Each answer whose content differs from the last (the index alone proves nothing) is
 // decoded into an immutable gray.Snapshot and published with an atomic pointer swap, so readers never
 // see a half-updated view and never block. When the index goes backwards (a restarted or replaced
-// server) it is reset to 0. Errors back off exponentially with full jitter; meanwhile the last good
+// server) it is reset to 0, and so it is after an error, so that the first answer after an outage
+// comes at once. Errors back off exponentially with full jitter; meanwhile the last good
 // snapshot stays in force and the view reports itself stale. All services share one Consul client,
 // whose transport keeps enough idle connections for one blocking query per service.
 
@@ -167,7 +168,10 @@ func (w *Watcher) run(v *ServiceView) {
 		}
 		if err != nil {
 			failures++
-			v.state.Store(&WatchState{Stale: true, LastError: redact(err, w.token), Updated: updated, Index: index, Changes: changes})
+			// Ask without waiting once Consul is back: the view is fresh again as soon as it answers,
+			// not only at the next change. The content comparison keeps that from being a change.
+			index = 0
+			v.state.Store(&WatchState{Stale: true, LastError: redact(err, w.token), Updated: updated, Changes: changes})
 			if !w.sleep(w.backoff(failures)) {
 				return
 			}

@@ -1,0 +1,62 @@
+package registrar_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/graylane/graylane/registrar"
+)
+
+// TestSpecErrors: a bad spec fails as a whole, and each error names the file, the line, the instance
+// and the field.
+func TestSpecErrors(t *testing.T) {
+	cases := []struct{ yaml, want string }{
+		{"name: a\nid: a-1\nadress: x\n", "s.yaml:3: instance a-1: adress: unknown field; expected one of name, id"},
+		{"name: a\ncheck:\n  http: http://x\n  interval: 1s\n  timout: 1s\n", "s.yaml:5: instance a: check.timout: unknown field"},
+		{"name: a\ncheck: {http: 'http://x', tcp: 'x:1'}\n", "s.yaml:2: instance a: check: set exactly one of http, grpc, tcp and ttl"},
+		{"name: a\ncheck: {ttl: 10s, deregister_after: 30s}\n", "deregister_after: Consul allows no less than 1m"},
+		{"name: a\ncheck: {tcp: 'x:1', interval: soon}\n", `interval: "soon" is not a positive duration`},
+		{"name: a\nport: 70000\n", "s.yaml:2: instance a: port: 70000 is not a port"},
+		{"id: a-1\nport: 1\n", "s.yaml:1: instance a-1: name: missing"},
+		{"name: a b\n", `name: "a b": use letters`},
+		{"name: a\nmeta:\n  canary: true\n  weight: 10%\n", `s.yaml:4: instance a: meta: gray: meta key "weight": "10%" is not a percentage`},
+		{"name: a\nmeta:\n  canary: true\n  match:\n    - header:\n        - key: userid\n          value_mach: '1'\n", `s.yaml:4: instance a: meta: gray: meta key "match": rule 1: unknown field "value_mach"`},
+		{"name: a\nmeta:\n  weigth: 10\n", `s.yaml:3: instance a: meta.weigth: looks like graylane's "weight" misspelt`},
+		{"name: a\nmeta:\n  Canary: true\n", `meta.Canary: looks like graylane's "canary" misspelt`},
+		{"name: a\nmeta:\n  owner: [a, b]\n", "s.yaml:3: instance a: meta.owner: expected a single value"},
+		{"- {name: a, id: x}\n- {name: a, id: x}\n", "s.yaml:2: instance x: id: repeats the instance at line 1"},
+		{"- {name: a, id: ok}\n- {name: a, port: -1}\n", "s.yaml:2: instance a: port: -1 is not a port"},
+	}
+	for _, c := range cases {
+		specs, err := registrar.ParseSpecs("s.yaml", []byte(c.yaml))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("spec:\n%s\ngot  %v\nwant %s", c.yaml, err, c.want)
+			continue
+		}
+		if specs != nil {
+			t.Errorf("a bad file still returned %d specs", len(specs))
+		}
+		var se *registrar.SpecError
+		if !errors.As(err, &se) || se.File != "s.yaml" {
+			t.Errorf("error %v is not a *registrar.SpecError", err)
+		}
+	}
+}
+
+func TestSpecForms(t *testing.T) {
+	for _, text := range []string{
+		"name: a\nid: a-1\n",
+		"- name: a\n  id: a-1\n",
+		"name: a\nid: a-1\n---\nname: b\n",
+	} {
+		specs, err := registrar.ParseSpecs("s.yaml", []byte(text))
+		if err != nil || specs[0].ID != "a-1" || specs[0].Name != "a" {
+			t.Errorf("%q: %v %+v", text, err, specs)
+		}
+	}
+	specs, _ := registrar.ParseSpecs("s.yaml", []byte("name: a\nid: a-1\n---\nname: b\n"))
+	if len(specs) != 2 || specs[1].ID != "b" {
+		t.Fatalf("two documents: %+v", specs)
+	}
+}

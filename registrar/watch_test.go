@@ -1,0 +1,327 @@
+package registrar_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/registrar"
+)
+
+func newWatcher(t *testing.T, a *consultest.Agent, opts ...registrar.WatchOption) *registrar.Watcher {
+	t.Helper()
+	w, err := registrar.NewWatcher(registrar.NewConfig(a.HTTPAddr), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func canaryWeight(v *registrar.ServiceView) gray.Weight {
+	for _, l := range v.Snapshot().Lanes() {
+		if l.Name == "canary" {
+			return l.Weight
+		}
+	}
+	return 0
+}
+
+// TestWatchLatency measures the time from a committed weight change to the watcher's new snapshot,
+// over 100 changes, and checks that every change is seen.
+func TestWatchLatency(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	w := newWatcher(t, a)
+	v := w.Service("bservice")
+	<-v.Ready()
+
+	const changes = 100
+	latencies := make([]time.Duration, 0, changes)
+	for i := 1; i <= changes; i++ {
+		weight := gray.Weight(i * 10)
+		changed := v.Changed()
+		plan, err := r.Plan(context.Background(), "bservice", registrar.SetWeight{Lane: "canary", Weight: weight})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if _, err := r.Commit(context.Background(), plan); err != nil {
+			t.Fatal(err)
+		}
+		for canaryWeight(v) != weight {
+			select {
+			case <-changed:
+				changed = v.Changed()
+			case <-time.After(10 * time.Second):
+				t.Fatalf("change %d (weight %s) not seen; snapshot has %s", i, weight, canaryWeight(v))
+			}
+		}
+		latencies = append(latencies, time.Since(start))
+	}
+	slices.Sort(latencies)
+	t.Logf("commit-to-snapshot latency over %d changes: median %v, p99 %v, max %v",
+		changes, latencies[changes/2], latencies[changes*99/100-1], latencies[changes-1])
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkNoLeak(t)
+}
+
+// TestWatcherSurvivesConsulRestart: Consul stops under a running watcher; the view turns stale and
+// keeps its last snapshot; Consul comes back; the view recovers and sees new changes; Close leaves no
+// goroutine behind.
+func TestWatcherSurvivesConsulRestart(t *testing.T) {
+	a := consultest.StartPersistent(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	do(t, r, "bservice", registrar.SetWeight{Lane: "canary", Weight: 2500})
+	w := newWatcher(t, a, registrar.WithBackoff(20*time.Millisecond, 200*time.Millisecond))
+	v := w.Service("bservice")
+	<-v.Ready()
+	if canaryWeight(v) != 2500 {
+		t.Fatalf("weight %s", canaryWeight(v))
+	}
+
+	a.Stop()
+	waitFor(t, 10*time.Second, "the view to turn stale", func() bool { return v.State().Stale })
+	if st := v.State(); st.LastError == nil || canaryWeight(v) != 2500 {
+		t.Fatalf("while Consul is down: state %+v, weight %s", st, canaryWeight(v))
+	}
+	if err := a.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the view to recover", func() bool { return !v.State().Stale })
+	r2 := newRegistrar(t, a, "alice")
+	var err error
+	for i := 0; i < 100; i++ { // the restarted server may need a moment before it takes writes
+		if _, err = r2.Do(context.Background(), "bservice", registrar.SetWeight{Lane: "canary", Weight: 5000}); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the change after the restart", func() bool { return canaryWeight(v) == 5000 })
+	w.Close()
+	checkNoLeak(t)
+}
+
+// TestWatcherFollowsNewLeader: in a three-server cluster the leader is killed while weights change;
+// the watcher (on a surviving server) follows the new leader and ends with the last committed weight.
+func TestWatcherFollowsNewLeader(t *testing.T) {
+	agents := consultest.StartCluster(t, 3)
+	leader := func(a *consultest.Agent) string {
+		c, _ := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+		l, _ := c.Status().Leader()
+		return l
+	}
+	old := leader(agents[0])
+	var killed *consultest.Agent
+	var alive []*consultest.Agent
+	for _, a := range agents {
+		c, _ := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+		self, err := c.Agent().Self()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(old, fmt.Sprintf(":%v", self["DebugConfig"]["ServerPort"])) {
+			killed = a
+		} else {
+			alive = append(alive, a)
+		}
+	}
+	if killed == nil || len(alive) != 2 {
+		t.Fatalf("leader %s not found among the agents", old)
+	}
+	owner, watcherAgent := alive[0], alive[1]
+	r := newRegistrar(t, owner, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	w := newWatcher(t, watcherAgent, registrar.WithBackoff(20*time.Millisecond, 200*time.Millisecond))
+	defer w.Close()
+	v := w.Service("bservice")
+	<-v.Ready()
+
+	var last gray.Weight
+	for i := 1; i <= 20; i++ {
+		if i == 5 {
+			killed.Kill()
+		}
+		weight := gray.Weight(i * 100)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := r.Do(context.Background(), "bservice", registrar.SetWeight{Lane: "canary", Weight: weight})
+			if err == nil {
+				last = weight
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("weight %s never committed: %v", weight, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitFor(t, 20*time.Second, "the last weight", func() bool { return canaryWeight(v) == last })
+	if l := leader(watcherAgent); l == "" || l == old {
+		t.Fatalf("leader after the kill: %q (was %q)", l, old)
+	}
+	hist, err := r.History(context.Background(), "bservice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 21 { // apply + 20 weights: no update lost, none doubled
+		t.Fatalf("history has %d entries, want 21", len(hist))
+	}
+}
+
+// TestMalformedMetaInConsul: meta written straight into Consul that does not decode is reported with
+// the instance and key, the instance is left out, and nothing crashes.
+func TestMalformedMetaInConsul(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	w := newWatcher(t, a)
+	defer w.Close()
+	v := w.Service("bservice")
+	<-v.Ready()
+	changed := v.Changed()
+	registerRaw(t, a, &api.AgentServiceRegistration{ID: "bservice-bad-1", Name: "bservice",
+		Meta: map[string]string{"canary": "true", "weight": "fifty", "match": `[{"header":[{"key":"userid"`}})
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no snapshot after the bad registration")
+	}
+	snap := v.Snapshot()
+	var problems []string
+	for _, p := range snap.Problems() {
+		problems = append(problems, p.Error())
+	}
+	joined := strings.Join(problems, "\n")
+	for _, want := range []string{`instance "bservice-bad-1": meta key "weight": "fifty"`, `instance "bservice-bad-1": meta key "match": not valid JSON`} {
+		if !strings.Contains(joined, want) {
+			t.Fatalf("problems lack %q:\n%s", want, joined)
+		}
+	}
+	for i := 0; i < 1000; i++ {
+		d := snap.Decide(&gray.StaticRequest{Headers: map[string]string{"userid": "123"}, URLPath: "/api/user"})
+		for _, ep := range d.Instances {
+			if ep.ID == "bservice-bad-1" {
+				t.Fatal("the instance with bad meta was chosen")
+			}
+		}
+	}
+	st, err := r.Status(context.Background(), "bservice", gray.Options{})
+	if err != nil || len(st.Problems) != 1 || len(snap.Problems()) != 1 { // one instance, one (joined) problem
+		t.Fatalf("status: %v, problems %v", err, st.Problems)
+	}
+	// Draining works on an instance whose gray meta is broken.
+	if _, err := r.Drain(context.Background(), "bservice-bad-1", registrar.DrainOptions{Grace: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDrain: the drained instance gets weight 0 and the drain mark, the watcher sees it, then it is
+// deregistered; the history shows both steps.
+func TestDrain(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	w := newWatcher(t, a)
+	defer w.Close()
+	v := w.Service("bservice")
+	<-v.Ready()
+
+	sawDrain := make(chan struct{})
+	go func() {
+		for {
+			changed := v.Changed()
+			for _, l := range v.Snapshot().Lanes() {
+				if l.Name == "canary" {
+					goto next
+				}
+			}
+			if len(v.Snapshot().Lanes()) > 0 {
+				close(sawDrain)
+				return
+			}
+		next:
+			select {
+			case <-changed:
+			case <-time.After(10 * time.Second):
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	if _, err := r.Drain(context.Background(), "bservice-canary-1", registrar.DrainOptions{Grace: 300 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sawDrain:
+	case <-time.After(time.Second):
+		t.Fatal("the watcher never showed the canary drained")
+	}
+	if time.Since(start) < 300*time.Millisecond {
+		t.Fatal("deregistered before the grace period")
+	}
+	instances, _, _ := r.Instances(context.Background(), "bservice")
+	for _, inst := range instances {
+		if inst.ID == "bservice-canary-1" {
+			t.Fatal("drained instance still registered")
+		}
+	}
+	hist, _ := r.History(context.Background(), "bservice")
+	var actions []string
+	for _, h := range hist {
+		actions = append(actions, h.Action)
+	}
+	if strings.Join(actions, ",") != "apply,drain bservice-canary-1,deregister bservice-canary-1" {
+		t.Fatalf("history %v", actions)
+	}
+}
+
+// TestSpecOverConsulLimits: a spec whose meta Consul would refuse fails with a clear error before
+// anything is written; long rules are split over several keys and accepted.
+func TestSpecOverConsulLimits(t *testing.T) {
+	var many strings.Builder
+	many.WriteString("name: big\nport: 1\nmeta:\n")
+	for i := 0; i < 65; i++ {
+		fmt.Fprintf(&many, "  k%d: v\n", i)
+	}
+	_, err := registrar.ParseSpecs("big.yaml", []byte(many.String()))
+	if err == nil || !strings.Contains(err.Error(), "big.yaml:3: instance big: meta: ") || !strings.Contains(err.Error(), "at most 64") {
+		t.Fatalf("too many keys: %v", err)
+	}
+	_, err = registrar.ParseSpecs("dot.yaml", []byte("name: dot\nmeta:\n  app.version: v1\n"))
+	if err == nil || !strings.Contains(err.Error(), `meta key "app.version": Consul allows only letters`) {
+		t.Fatalf("dotted key: %v", err)
+	}
+
+	var long strings.Builder
+	long.WriteString("name: long\nid: long-1\nport: 1\nmeta:\n  canary: true\n  match:\n")
+	for i := 0; i < 30; i++ {
+		fmt.Fprintf(&long, "    - header: [{key: x-tenant-%02d, regex: '^tenant-(alpha|beta|gamma)-[0-9]{4}$'}]\n", i)
+	}
+	specs, err := registrar.ParseSpecs("long.yaml", []byte(long.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	instances, _, err := r.Instances(context.Background(), "long")
+	if err != nil || len(instances) != 1 || instances[0].Meta["match_3"] == "" || len(instances[0].Gray.Match) != 30 {
+		t.Fatalf("long rules: %v %+v", err, instances)
+	}
+}
