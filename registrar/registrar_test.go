@@ -270,3 +270,27 @@ func TestMetaChangeKeepsChecks(t *testing.T) {
 		t.Fatalf("meta not changed: %+v", g)
 	}
 }
+
+// TestTokenNeverInErrors: errors from an unreachable or refusing Consul never carry the token.
+func TestTokenNeverInErrors(t *testing.T) {
+	const secret = "8f2c1b7e-secret-token"
+	t.Setenv("CONSUL_HTTP_TOKEN", secret)
+	cfg := registrar.NewConfig("127.0.0.1:1")
+	if cfg.Token != secret {
+		t.Fatalf("CONSUL_HTTP_TOKEN not read: %q", cfg.Token)
+	}
+	r, err := registrar.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, err := range []error{
+		func() error { _, _, err := r.Instances(ctx, "x"); return err }(),
+		func() error { _, err := r.Do(ctx, "x", registrar.SetWeight{Lane: "canary", Weight: 1}); return err }(),
+		func() error { _, err := r.History(ctx, "x"); return err }(),
+	} {
+		if err == nil || strings.Contains(err.Error(), secret) {
+			t.Fatalf("error %v", err)
+		}
+	}
+}

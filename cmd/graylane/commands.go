@@ -1,0 +1,497 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/registrar"
+)
+
+func outputFlags(fs *flag.FlagSet, o *opts) {
+	fs.StringVar(&o.output, "o", "table", "output format: table or json")
+}
+
+func optionFlags(fs *flag.FlagSet, o *opts) {
+	fs.StringVar(&o.tagKey, "tag-key", gray.DefaultTagKey, "header carrying the propagated lane tag, as the data planes are configured")
+	fs.StringVar(&o.stickyHeader, "sticky-header", "", "header holding the sticky key, as the data planes are configured")
+	fs.StringVar(&o.stickyCookie, "sticky-cookie", "", "cookie holding the sticky key, as the data planes are configured")
+}
+
+func applyFlags(fs *flag.FlagSet, o *opts) {
+	fs.StringVar(&o.file, "f", "", "spec file (YAML): one instance, a list, or several documents")
+	fs.BoolVar(&o.resetGray, "reset-gray", false, "take the spec's gray meta even where a graylane change recorded other state")
+	outputFlags(fs, o)
+}
+
+func statusFlags(fs *flag.FlagSet, o *opts) {
+	outputFlags(fs, o)
+	optionFlags(fs, o)
+}
+
+func changeFlags(fs *flag.FlagSet, o *opts) {
+	fs.BoolVar(&o.dryRun, "dry-run", false, "show the change without applying it")
+}
+
+func matchFlags(fs *flag.FlagSet, o *opts) {
+	changeFlags(fs, o)
+	fs.BoolVar(&o.none, "none", false, "remove the lane's match rules")
+}
+
+func drainFlags(fs *flag.FlagSet, o *opts) {
+	fs.StringVar(&o.service, "service", "", "the instance's service (found in the catalog when empty)")
+	fs.StringVar(&o.grace, "grace", "3s", "time for clients to see the drain before deregistering")
+	fs.StringVar(&o.timeout, "timeout", "30s", "how long to wait for the catalog to show the drain")
+	fs.BoolVar(&o.keep, "keep", false, "leave the drained instance registered")
+}
+
+func explainFlags(fs *flag.FlagSet, o *opts) {
+	fs.Var(&o.headers, "H", "request header 'Name: value' (repeatable)")
+	fs.StringVar(&o.cookie, "cookie", "", "Cookie header ('a=1; b=2')")
+	fs.StringVar(&o.path, "path", "/", "request path (for gRPC, /package.Service/Method)")
+	fs.StringVar(&o.query, "query", "", "raw query string, without '?'")
+	fs.StringVar(&o.method, "method", "GET", "request method")
+	fs.StringVar(&o.ip, "ip", "", "client IP address")
+	fs.StringVar(&o.lane, "lane", "", "propagated lane tag")
+	fs.StringVar(&o.key, "key", "", "sticky key (a user ID, say)")
+	outputFlags(fs, o)
+	optionFlags(fs, o)
+}
+
+func (e *env) registrar() (*registrar.Registrar, error) {
+	opts := []registrar.Option{registrar.WithKVPrefix(e.o.prefix)}
+	if e.o.who != "" {
+		opts = append(opts, registrar.WithOperator(e.o.who))
+	}
+	return registrar.New(registrar.NewConfig(e.o.consul), opts...)
+}
+
+func (e *env) json() (bool, error) {
+	switch e.o.output {
+	case "table", "":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, &usageError{fmt.Sprintf("-o %q: use table or json", e.o.output)}
+}
+
+func (e *env) writeJSON(v any) error {
+	enc := json.NewEncoder(e.stdout)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+func (e *env) grayOptions() gray.Options {
+	return gray.Options{TagKey: e.o.tagKey, StickyHeader: e.o.stickyHeader, StickyCookie: e.o.stickyCookie}
+}
+
+func runApply(ctx context.Context, e *env, _ []string) error {
+	asJSON, err := e.json()
+	if err != nil {
+		return err
+	}
+	if e.o.file == "" {
+		return &usageError{"-f spec.yaml is required"}
+	}
+	specs, err := registrar.LoadSpecs(e.o.file)
+	if err != nil {
+		return err
+	}
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	applied, err := r.Apply(ctx, specs, registrar.ApplyOptions{ResetGray: e.o.resetGray})
+	if asJSON {
+		type row struct {
+			Service string            `json:"service"`
+			ID      string            `json:"id"`
+			Lane    string            `json:"lane"`
+			Gray    map[string]string `json:"gray"`
+			Kept    bool              `json:"kept_recorded_state"`
+		}
+		rows := []row{}
+		for _, a := range applied {
+			enc, _ := a.Gray.Encode()
+			rows = append(rows, row{a.Service, a.ID, a.Gray.LaneName(), enc, a.Kept})
+		}
+		if jerr := e.writeJSON(rows); jerr != nil {
+			return jerr
+		}
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tINSTANCE\tLANE\tGRAY META\tNOTE")
+	for _, a := range applied {
+		note := ""
+		if a.Kept {
+			note = "kept state recorded by graylane (--reset-gray to take the spec's)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Service, a.ID, a.Gray.LaneName(), describe(a.Gray), note)
+	}
+	tw.Flush()
+	return err
+}
+
+func runStatus(ctx context.Context, e *env, args []string) error {
+	asJSON, err := e.json()
+	if err != nil {
+		return err
+	}
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	st, err := r.Status(ctx, args[0], e.grayOptions())
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		type lane struct {
+			Name      string      `json:"name"`
+			Base      bool        `json:"base"`
+			Weight    string      `json:"weight"`
+			Share     string      `json:"share"`
+			Match     []gray.Rule `json:"match,omitempty"`
+			Instances []string    `json:"instances"`
+		}
+		type instance struct {
+			ID      string            `json:"id"`
+			Address string            `json:"address"`
+			Port    int               `json:"port"`
+			Health  string            `json:"health"`
+			Lane    string            `json:"lane"`
+			Meta    map[string]string `json:"meta"`
+			Error   string            `json:"error,omitempty"`
+		}
+		out := struct {
+			Service   string     `json:"service"`
+			Lanes     []lane     `json:"lanes"`
+			Instances []instance `json:"instances"`
+			Problems  []string   `json:"problems"`
+		}{Service: st.Service, Lanes: []lane{}, Instances: []instance{}, Problems: []string{}}
+		for _, l := range st.Lanes {
+			out.Lanes = append(out.Lanes, lane{l.Name, l.Base, l.Weight.String(), l.Share.String(), l.Match, l.Instances})
+		}
+		for _, inst := range st.Instances {
+			i := instance{ID: inst.ID, Address: inst.Address, Port: inst.Port, Health: inst.Health, Lane: inst.Lane(), Meta: inst.Meta}
+			if inst.GrayErr != nil {
+				i.Error = oneLine(inst.GrayErr)
+			}
+			out.Instances = append(out.Instances, i)
+		}
+		for _, p := range st.Problems {
+			out.Problems = append(out.Problems, oneLine(p))
+		}
+		return e.writeJSON(out)
+	}
+	fmt.Fprintf(e.stdout, "service %s\n\n", st.Service)
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LANE\tROLE\tWEIGHT\tSHARE\tINSTANCES\tMATCH")
+	for _, l := range st.Lanes {
+		role := "gray"
+		if l.Base {
+			role = "base"
+		}
+		match := "-"
+		if len(l.Match) > 0 {
+			enc, _ := (&gray.Meta{Match: l.Match}).Encode()
+			match = enc[gray.KeyMatch]
+			if len(match) > 80 {
+				match = match[:77] + "..."
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s%%\t%s%%\t%s\t%s\n", l.Name, role, l.Weight, l.Share, strings.Join(l.Instances, ","), match)
+	}
+	tw.Flush()
+	fmt.Fprintln(e.stdout)
+	tw = tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tADDRESS\tHEALTH\tLANE\tGRAY META")
+	for _, inst := range st.Instances {
+		lane, meta := inst.Lane(), describe(inst.Gray)
+		if inst.GrayErr != nil {
+			lane, meta = "(none)", "invalid: see problems"
+		}
+		fmt.Fprintf(tw, "%s\t%s:%d\t%s\t%s\t%s\n", inst.ID, inst.Address, inst.Port, inst.Health, lane, meta)
+	}
+	tw.Flush()
+	if len(st.Problems) > 0 {
+		fmt.Fprintln(e.stdout, "\nproblems:")
+		for _, p := range st.Problems {
+			fmt.Fprintf(e.stdout, "  %s\n", oneLine(p))
+		}
+	}
+	return nil
+}
+
+// change plans an operation, prints it, and commits it unless --dry-run.
+func change(ctx context.Context, e *env, service string, op registrar.Op) error {
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	plan, err := r.Plan(ctx, service, op)
+	if err != nil {
+		return err
+	}
+	verb := "changed"
+	if e.o.dryRun {
+		verb = "would change"
+	}
+	fmt.Fprintf(e.stdout, "%s on %s:\n", op, service)
+	for _, c := range plan.Changes {
+		fmt.Fprintf(e.stdout, "  %s %s: %s -> %s\n", verb, c.ID, describe(c.Before), describe(c.After))
+	}
+	for _, n := range plan.Notes {
+		fmt.Fprintf(e.stdout, "  note: %s\n", n)
+	}
+	if e.o.dryRun {
+		return nil
+	}
+	_, err = r.Commit(ctx, plan)
+	return err
+}
+
+func runWeight(ctx context.Context, e *env, args []string) error {
+	w, err := gray.ParseWeight(strings.TrimSuffix(args[2], "%"))
+	if err != nil {
+		return &usageError{"PERCENT: " + err.Error()}
+	}
+	return change(ctx, e, args[0], registrar.SetWeight{Lane: args[1], Weight: w})
+}
+
+func runMatch(ctx context.Context, e *env, args []string) error {
+	op := registrar.SetMatch{Lane: args[1]}
+	switch {
+	case e.o.none && len(args) > 2:
+		return &usageError{"give RULES_JSON or --none, not both"}
+	case !e.o.none && len(args) < 3:
+		return &usageError{"expected RULES_JSON, or --none"}
+	case !e.o.none:
+		m, err := gray.ParseMeta(map[string]string{gray.KeyMatch: args[2]})
+		if err != nil {
+			return err
+		}
+		op.Match = m.Match
+	}
+	return change(ctx, e, args[0], op)
+}
+
+func runPromote(ctx context.Context, e *env, args []string) error {
+	return change(ctx, e, args[0], registrar.Promote{Lane: args[1]})
+}
+
+func runRollback(ctx context.Context, e *env, args []string) error {
+	return change(ctx, e, args[0], registrar.Rollback{Lane: args[1]})
+}
+
+func runDrain(ctx context.Context, e *env, args []string) error {
+	grace, err := time.ParseDuration(e.o.grace)
+	if err != nil {
+		return &usageError{"--grace: " + err.Error()}
+	}
+	timeout, err := time.ParseDuration(e.o.timeout)
+	if err != nil {
+		return &usageError{"--timeout: " + err.Error()}
+	}
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	fmt.Fprintf(e.stdout, "draining %s: weight 0, no new traffic; deregistering after a %v grace period\n", args[0], grace)
+	res, err := r.Drain(ctx, args[0], registrar.DrainOptions{Service: e.o.service, Grace: grace, Timeout: timeout, Keep: e.o.keep})
+	if err != nil {
+		return err
+	}
+	what := "deregistered"
+	if e.o.keep {
+		what = "drained (still registered)"
+	}
+	fmt.Fprintf(e.stdout, "%s %s from %s in %v\n", what, args[0], res.Plan.Service, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func runHistory(ctx context.Context, e *env, args []string) error {
+	asJSON, err := e.json()
+	if err != nil {
+		return err
+	}
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	hist, err := r.History(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if hist == nil {
+			hist = []registrar.HistoryEntry{}
+		}
+		return e.writeJSON(hist)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tWHO\tACTION\tINSTANCE\tBEFORE\tAFTER")
+	for _, h := range hist {
+		first := true
+		for _, id := range slices.Sorted(maps.Keys(h.Before)) {
+			before := h.Before[id]
+			t, who, action := "", "", ""
+			if first {
+				t, who, action = h.Time.Local().Format(time.DateTime), h.Who, h.Action
+				first = false
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t, who, action, id, describeMap(before), describeMap(h.After[id]))
+		}
+		if first {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\n", h.Time.Local().Format(time.DateTime), h.Who, h.Action)
+		}
+	}
+	return tw.Flush()
+}
+
+func runExplain(ctx context.Context, e *env, args []string) error {
+	asJSON, err := e.json()
+	if err != nil {
+		return err
+	}
+	req := &gray.StaticRequest{Headers: map[string]string{}, URLPath: e.o.path, URLQuery: e.o.query, HTTPMethod: strings.ToUpper(e.o.method)}
+	for _, h := range e.o.headers {
+		name, value, ok := strings.Cut(h, ":")
+		if !ok {
+			return &usageError{fmt.Sprintf("-H %q: write 'Name: value'", h)}
+		}
+		req.Headers[strings.ToLower(strings.TrimSpace(name))] = strings.TrimSpace(value)
+	}
+	if e.o.cookie != "" {
+		req.Headers["cookie"] = e.o.cookie
+	}
+	if e.o.ip != "" {
+		if req.Client, err = netip.ParseAddr(e.o.ip); err != nil {
+			return &usageError{fmt.Sprintf("--ip %q is not an IP address", e.o.ip)}
+		}
+	}
+	options := e.grayOptions()
+	if e.o.lane != "" {
+		req.Headers[strings.ToLower(options.TagKey)] = e.o.lane
+	}
+	if e.o.key != "" {
+		// The bucket depends on the service and the key only, whichever header or cookie holds it.
+		if options.StickyHeader == "" {
+			options.StickyHeader = "x-graylane-explain-key"
+		}
+		req.Headers[strings.ToLower(options.StickyHeader)] = e.o.key
+	}
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	st, err := r.Status(ctx, args[0], options)
+	if err != nil {
+		return err
+	}
+	d := st.Snapshot.Decide(req)
+	byID := map[string]registrar.Instance{}
+	for _, inst := range st.Instances {
+		byID[inst.ID] = inst
+	}
+	type target struct {
+		ID      string `json:"id"`
+		Address string `json:"address"`
+		Port    int    `json:"port"`
+	}
+	out := struct {
+		Service   string   `json:"service"`
+		Lane      string   `json:"lane"`
+		Reason    string   `json:"reason"`
+		Rule      *int     `json:"rule,omitempty"`
+		Bucket    *int     `json:"bucket,omitempty"`
+		Propagate bool     `json:"propagate"`
+		Instances []target `json:"instances"`
+		Problems  []string `json:"problems,omitempty"`
+	}{Service: args[0], Lane: d.Lane, Reason: d.Reason.String(), Propagate: d.Propagate(), Instances: []target{}}
+	if d.Rule >= 0 {
+		rule := d.Rule + 1
+		out.Rule = &rule
+	}
+	if e.o.key != "" {
+		b := gray.Bucket(args[0], e.o.key)
+		out.Bucket = &b
+	}
+	for _, id := range d.Instances {
+		inst := byID[id]
+		out.Instances = append(out.Instances, target{id, inst.Address, inst.Port})
+	}
+	for _, p := range st.Problems {
+		out.Problems = append(out.Problems, oneLine(p))
+	}
+	if asJSON {
+		return e.writeJSON(out)
+	}
+	lane := out.Lane
+	if lane == "" {
+		lane = "(none: fallback to every instance that can serve)"
+	}
+	fmt.Fprintf(e.stdout, "lane       %s\n", lane)
+	reason := out.Reason
+	if out.Rule != nil {
+		reason += fmt.Sprintf(" (rule %d)", *out.Rule)
+	}
+	fmt.Fprintf(e.stdout, "reason     %s\n", reason)
+	if out.Bucket != nil {
+		fmt.Fprintf(e.stdout, "bucket     %d of 10000 for key %q\n", *out.Bucket, e.o.key)
+	}
+	if out.Propagate {
+		fmt.Fprintf(e.stdout, "propagate  %s: %s\n", options.TagKey, out.Lane)
+	}
+	fmt.Fprint(e.stdout, "instances ")
+	for _, t := range out.Instances {
+		fmt.Fprintf(e.stdout, " %s (%s:%d)", t.ID, t.Address, t.Port)
+	}
+	fmt.Fprintln(e.stdout)
+	for _, p := range out.Problems {
+		fmt.Fprintf(e.stdout, "problem    %s\n", p)
+	}
+	return nil
+}
+
+func describe(m gray.Meta) string {
+	enc, _ := m.Encode()
+	return describeMap(enc)
+}
+
+// describeMap is a short one-line form of gray meta keys.
+func describeMap(meta map[string]string) string {
+	if len(meta) == 0 {
+		return "stable"
+	}
+	var parts []string
+	for _, k := range []string{gray.KeyLane, gray.KeyCanary, gray.KeyBlueGreen, gray.KeyWeight, gray.KeyDrain} {
+		if v, ok := meta[k]; ok {
+			if k == gray.KeyWeight {
+				v += "%"
+			}
+			parts = append(parts, k+"="+v)
+		}
+	}
+	if _, ok := meta[gray.KeyMatch]; ok {
+		m, err := gray.ParseMeta(meta)
+		if err == nil {
+			parts = append(parts, fmt.Sprintf("match=%d rule(s)", len(m.Match)))
+		} else {
+			parts = append(parts, "match=invalid")
+		}
+	}
+	return strings.Join(parts, " ")
+}

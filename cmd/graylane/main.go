@@ -1,0 +1,186 @@
+// Command graylane runs gray releases on Consul: it registers instances with gray meta, changes
+// weights and match rules, promotes, rolls back and drains, shows the traffic shares that result,
+// and explains how the data planes route a given request.
+//
+//	graylane apply -f spec.yaml
+//	graylane status bservice
+//	graylane weight bservice canary 5
+//	graylane promote bservice canary
+//	graylane rollback bservice green
+//	graylane drain bservice-canary-1
+//	graylane history bservice
+//	graylane explain bservice -H 'userid: 123' --path /api/user
+//
+// The Consul agent, token and TLS settings come from the standard CONSUL_* environment (CONSUL_HTTP_ADDR,
+// CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) or --consul.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// command is one subcommand.
+type command struct {
+	name    string
+	args    string // the positional arguments, for the usage line
+	summary string
+	flags   func(fs *flag.FlagSet, o *opts)
+	run     func(ctx context.Context, e *env, args []string) error
+	nargs   int // required positional arguments
+}
+
+// opts holds every command's flags; each command registers the ones it takes.
+type opts struct {
+	consul, who, prefix, output string
+	file                        string
+	resetGray, dryRun, keep     bool
+	service                     string
+	grace, timeout              string
+	headers                     headerList
+	cookie, path, query, method string
+	ip, lane, key               string
+	stickyHeader, stickyCookie  string
+	tagKey                      string
+	none                        bool
+}
+
+// env is what a running command has: its options and its output.
+type env struct {
+	o      *opts
+	stdout io.Writer
+}
+
+// usageError is a mistake in how the command was called: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func commands() []*command {
+	return []*command{
+		{name: "apply", summary: "register or update the instances of a spec file", flags: applyFlags, run: runApply},
+		{name: "status", args: "SERVICE", nargs: 1, summary: "lanes, instances, health, weights, rules, conflicts and traffic shares", flags: statusFlags, run: runStatus},
+		{name: "weight", args: "SERVICE LANE PERCENT", nargs: 3, summary: "set a lane's share of unmatched traffic (0-100, two decimals)", flags: changeFlags, run: runWeight},
+		{name: "match", args: "SERVICE LANE [RULES_JSON]", nargs: 2, summary: "set a lane's match rules (JSON, as in the match meta key), or remove them with --none", flags: matchFlags, run: runMatch},
+		{name: "promote", args: "SERVICE LANE", nargs: 2, summary: "make a lane the base (a colour gets weight 100; canaries become stable)", flags: changeFlags, run: runPromote},
+		{name: "rollback", args: "SERVICE LANE", nargs: 2, summary: "send a lane back to matched test traffic only (weight 0)", flags: changeFlags, run: runRollback},
+		{name: "drain", args: "INSTANCE", nargs: 1, summary: "stop new traffic to an instance, wait for clients to see it, deregister it", flags: drainFlags, run: runDrain},
+		{name: "history", args: "SERVICE", nargs: 1, summary: "the recorded changes of a service: who, when, before, after", flags: outputFlags, run: runHistory},
+		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	cmds := commands()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		printUsage(stdout, cmds)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	var cmd *command
+	for _, c := range cmds {
+		if c.name == args[0] {
+			cmd = c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(stderr, "graylane: unknown command %q; run graylane --help\n", args[0])
+		return 2
+	}
+	o := &opts{}
+	fs := flag.NewFlagSet("graylane "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&o.consul, "consul", "", "Consul agent address (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
+	fs.StringVar(&o.who, "who", "", "operator name for the history (default $GRAYLANE_OPERATOR, else user@host)")
+	fs.StringVar(&o.prefix, "kv-prefix", "graylane", "Consul KV folder for gray state and history")
+	if cmd.flags != nil {
+		cmd.flags(fs, o)
+	}
+	fs.Usage = func() {} // help is printed below; parse errors get the one-line treatment
+	positional, err := parseInterleaved(fs, args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "usage: graylane %s [flags] %s\n\n%s.\n\nflags:\n", cmd.name, cmd.args, upperFirst(cmd.summary))
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return 0
+	}
+	if err == nil && len(positional) < cmd.nargs {
+		err = &usageError{fmt.Sprintf("expected %s", cmd.args)}
+	}
+	if err == nil {
+		err = cmd.run(ctx, &env{o: o, stdout: stdout}, positional)
+	}
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "graylane %s: %s\n", cmd.name, oneLine(err))
+	var ue *usageError
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "invalid value") {
+		fmt.Fprintf(stderr, "run graylane %s --help for usage\n", cmd.name)
+		return 2
+	}
+	return 1
+}
+
+// parseInterleaved parses flags that may come before, between or after positional arguments.
+func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return positional, nil
+		}
+		if args[0] == "--" {
+			return append(positional, args[1:]...), nil
+		}
+		positional = append(positional, args[0])
+		args = args[1:]
+	}
+}
+
+func printUsage(w io.Writer, cmds []*command) {
+	fmt.Fprintln(w, "graylane: gray releases on Consul meta, enforced alike by APISIX and Kratos")
+	fmt.Fprintln(w, "\nusage: graylane COMMAND [flags] [arguments]\n\ncommands:")
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun graylane COMMAND --help for a command's flags. Consul settings come from CONSUL_HTTP_ADDR,")
+	fmt.Fprintln(w, "CONSUL_HTTP_TOKEN, CONSUL_CACERT and the other standard variables, or --consul.")
+}
+
+// oneLine joins a multi-line error (several problems in a spec file) into one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Split(strings.TrimSpace(err.Error()), "\n"), "; ")
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+// headerList collects repeated -H 'Name: value' flags.
+type headerList []string
+
+func (h *headerList) String() string     { return strings.Join(*h, ", ") }
+func (h *headerList) Set(v string) error { *h = append(*h, v); return nil }

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/graylane/graylane/internal/consultest"
+)
+
+// graylane runs the command in-process against the agent and returns stdout, stderr and the exit code.
+func graylane(t *testing.T, a *consultest.Agent, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	full := append([]string{args[0], "--consul", a.HTTPAddr, "--who", "ops"}, args[1:]...)
+	code := run(context.Background(), full, &out, &errOut)
+	return out.String(), errOut.String(), code
+}
+
+func mustRun(t *testing.T, a *consultest.Agent, args ...string) string {
+	t.Helper()
+	out, errOut, code := graylane(t, a, args...)
+	if code != 0 {
+		t.Fatalf("graylane %v: exit %d: %s%s", args, code, errOut, out)
+	}
+	return out
+}
+
+func TestReleaseThroughTheCommand(t *testing.T) {
+	a := consultest.Start(t)
+	out := mustRun(t, a, "apply", "-f", "../../registrar/testdata/bservice.yaml")
+	if !strings.Contains(out, "bservice-canary-1  canary") {
+		t.Fatalf("apply:\n%s", out)
+	}
+	mustRun(t, a, "rollback", "bservice", "canary")
+	mustRun(t, a, "weight", "bservice", "canary", "5%")
+
+	var status struct {
+		Lanes []struct {
+			Name, Weight, Share string
+			Base                bool
+		}
+		Instances []struct{ ID, Health, Lane string }
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, a, "status", "bservice", "-o", "json")), &status); err != nil {
+		t.Fatal(err)
+	}
+	shares := map[string]string{}
+	for _, l := range status.Lanes {
+		shares[l.Name] = l.Share
+	}
+	if shares["canary"] != "5" || shares["stable"] != "95" || len(status.Instances) != 3 {
+		t.Fatalf("status: %+v", status)
+	}
+
+	var explain struct {
+		Lane, Reason string
+		Rule         int
+		Instances    []struct{ ID string }
+	}
+	out = mustRun(t, a, "explain", "bservice", "-H", "UserID: 123", "--cookie", "email=li@some-company-name.com", "--path", "/api/user/1", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &explain); err != nil {
+		t.Fatal(err)
+	}
+	if explain.Lane != "canary" || explain.Reason != "match" || explain.Rule != 1 || explain.Instances[0].ID != "bservice-canary-1" {
+		t.Fatalf("explain matched: %s", out)
+	}
+	out = mustRun(t, a, "explain", "bservice", "--key", "user-2") // bucket 1144: outside 5 %
+	if !strings.Contains(out, "lane       stable") || !strings.Contains(out, "bucket     1144") {
+		t.Fatalf("explain by key:\n%s", out)
+	}
+	out = mustRun(t, a, "explain", "bservice", "--lane", "canary")
+	if !strings.Contains(out, "reason     tag") {
+		t.Fatalf("explain with a lane tag:\n%s", out)
+	}
+
+	out = mustRun(t, a, "promote", "bservice", "canary", "--dry-run")
+	if !strings.Contains(out, "would change bservice-canary-1") {
+		t.Fatalf("dry run:\n%s", out)
+	}
+	mustRun(t, a, "promote", "bservice", "canary")
+	out = mustRun(t, a, "drain", "bservice-1", "--grace", "10ms")
+	if !strings.Contains(out, "deregistered bservice-1 from bservice") {
+		t.Fatalf("drain:\n%s", out)
+	}
+
+	var history []struct{ Who, Action string }
+	if err := json.Unmarshal([]byte(mustRun(t, a, "history", "bservice", "-o", "json")), &history); err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, h := range history {
+		if h.Who != "ops" {
+			t.Fatalf("history entry by %q", h.Who)
+		}
+		actions = append(actions, h.Action)
+	}
+	want := "apply,rollback canary,weight canary 5,promote canary,drain bservice-1,deregister bservice-1"
+	if strings.Join(actions, ",") != want {
+		t.Fatalf("history %v, want %s", actions, want)
+	}
+	if out := mustRun(t, a, "history", "bservice"); !strings.Contains(out, "promote canary") {
+		t.Fatalf("history table:\n%s", out)
+	}
+}
+
+// TestErrorsAreOneLine: failures print one line naming the problem and exit non-zero; a bad spec
+// registers nothing.
+func TestErrorsAreOneLine(t *testing.T) {
+	a := consultest.Start(t)
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("- {name: ok, id: ok-1}\n- {name: b, id: b-1, meta: {weight: 10%}}\n- {name: c, id: c-1, chek: {}}\n"), 0o644)
+	cases := []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"apply", "-f", bad}, 1, `bad.yaml:2: instance b-1: meta: gray: meta key "weight"`},
+		{[]string{"status", "nothing"}, 1, "service nothing has no instances"},
+		{[]string{"weight", "bservice", "canary"}, 2, "expected SERVICE LANE PERCENT"},
+		{[]string{"weight", "bservice", "canary", "abc"}, 2, `PERCENT: "abc" is not a percentage`},
+		{[]string{"status", "x", "-o", "yaml"}, 2, `-o "yaml": use table or json`},
+		{[]string{"explain", "x", "-H", "nocolon"}, 2, "write 'Name: value'"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+	}
+	for _, c := range cases {
+		_, errOut, code := graylane(t, a, c.args...)
+		first := strings.SplitN(errOut, "\n", 2)[0]
+		if code != c.code || !strings.Contains(first, c.says) {
+			t.Errorf("graylane %v: exit %d, stderr %q; want exit %d saying %q", c.args, code, errOut, c.code, c.says)
+		}
+	}
+	out, _, _ := graylane(t, a, "status", "ok")
+	if strings.Contains(out, "ok-1") {
+		t.Fatal("a spec file with errors registered some of its instances")
+	}
+	_, errOut, code := graylane(t, a, "apply", "-f", bad)
+	if code != 1 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "c-1: chek: unknown field") {
+		t.Fatalf("several spec errors must share one line: %q", errOut)
+	}
+}
+
+func TestEveryCommandHasHelp(t *testing.T) {
+	for _, c := range commands() {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), []string{c.name, "--help"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "usage: graylane "+c.name) {
+			t.Errorf("%s --help: exit %d\n%s%s", c.name, code, out.String(), errOut.String())
+		}
+	}
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, &out, &out); code != 0 || !strings.Contains(out.String(), "explain") {
+		t.Errorf("--help: exit %d\n%s", code, out.String())
+	}
+}
