@@ -86,6 +86,9 @@ func (r *Registrar) applyService(ctx context.Context, service string, specs []Sp
 		regs = append(regs, reg)
 		applied = append(applied, a)
 	}
+	if err := checkTotalWeight(applyPlanner(service, current, applied)); err != nil {
+		return nil, fmt.Errorf("apply on %s: %w", service, err)
+	}
 	if opts.ResetGray {
 		plan.Action = "apply --reset-gray"
 	}
@@ -100,6 +103,22 @@ func (r *Registrar) applyService(ctx context.Context, service string, specs []Sp
 		}
 	}
 	return applied, nil
+}
+
+// applyPlanner is the service as it will be after an apply: its current instances with the applied
+// ones replaced or added.
+func applyPlanner(service string, current []Instance, applied []Applied) *planner {
+	p := &planner{service: service, after: map[string]gray.Meta{}}
+	for _, a := range applied {
+		p.after[a.ID] = a.Gray
+	}
+	p.instances = slices.Clone(current)
+	for _, a := range applied {
+		if !slices.ContainsFunc(current, func(i Instance) bool { return i.ID == a.ID }) {
+			p.instances = append(p.instances, Instance{ID: a.ID, Service: service, Gray: a.Gray})
+		}
+	}
+	return p
 }
 
 // DrainOptions tune Drain.

@@ -294,3 +294,25 @@ func TestTokenNeverInErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyRefusesOverbookedWeights: lanes asking for more than 100 % in total are refused at
+// registration, and nothing is registered.
+func TestApplyRefusesOverbookedWeights(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	specs, err := registrar.ParseSpecs("s.yaml", []byte(`
+- {name: ow, id: ow-1}
+- {name: ow, id: ow-canary-1, meta: {canary: true, weight: 80}}
+- {name: ow, id: ow-green-1, meta: {bluegreen: green, weight: 60}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Apply(context.Background(), specs, registrar.ApplyOptions{})
+	if err == nil || !strings.Contains(err.Error(), "more than 100% in total (canary 80%, green 60%)") {
+		t.Fatalf("apply: %v", err)
+	}
+	if instances, _, _ := r.Instances(context.Background(), "ow"); len(instances) != 0 {
+		t.Fatalf("%d instances registered", len(instances))
+	}
+}
