@@ -49,11 +49,7 @@ func (r *Registrar) Apply(ctx context.Context, specs []Spec, opts ApplyOptions) 
 }
 
 func (r *Registrar) applyService(ctx context.Context, service string, specs []Spec, opts ApplyOptions) ([]Applied, error) {
-	st, index, err := r.readState(ctx, service)
-	if err != nil {
-		return nil, err
-	}
-	current, _, err := r.Instances(ctx, service)
+	st, index, current, err := r.current(ctx, service)
 	if err != nil {
 		return nil, err
 	}
@@ -152,11 +148,7 @@ func (r *Registrar) Drain(ctx context.Context, id string, o DrainOptions) (*Resu
 			return nil, err
 		}
 	}
-	st, index, err := r.readState(ctx, service)
-	if err != nil {
-		return nil, err
-	}
-	instances, _, err := r.Instances(ctx, service)
+	st, index, instances, err := r.current(ctx, service)
 	if err != nil {
 		return nil, err
 	}
@@ -199,11 +191,7 @@ func (r *Registrar) Drain(ctx context.Context, id string, o DrainOptions) (*Resu
 
 // forget deregisters an instance and removes its recorded state, with a history entry.
 func (r *Registrar) forget(ctx context.Context, service, id string) (*Result, error) {
-	st, index, err := r.readState(ctx, service)
-	if err != nil {
-		return nil, err
-	}
-	instances, _, err := r.Instances(ctx, service)
+	st, index, instances, err := r.current(ctx, service)
 	if err != nil {
 		return nil, err
 	}

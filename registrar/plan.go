@@ -221,11 +221,7 @@ func (o Rollback) apply(p *planner) error {
 // Plan computes a change against the service's current instances and recorded state. Nothing is
 // written: Commit applies the plan.
 func (r *Registrar) Plan(ctx context.Context, service string, op Op) (*Plan, error) {
-	st, index, err := r.readState(ctx, service)
-	if err != nil {
-		return nil, err
-	}
-	instances, _, err := r.Instances(ctx, service)
+	st, index, instances, err := r.current(ctx, service)
 	if err != nil {
 		return nil, err
 	}

@@ -242,6 +242,16 @@ func (r *Registrar) readState(ctx context.Context, service string) (desiredState
 	return st, pair.ModifyIndex, nil
 }
 
+// current reads a service's recorded state (with its check-and-set index) and its instances.
+func (r *Registrar) current(ctx context.Context, service string) (desiredState, uint64, []Instance, error) {
+	st, index, err := r.readState(ctx, service)
+	if err != nil {
+		return st, 0, nil, err
+	}
+	instances, _, err := r.Instances(ctx, service)
+	return st, index, instances, err
+}
+
 // DesiredMeta returns the gray meta an instance should register with: the state recorded by graylane
 // changes when there is one, else spec. A Kratos app calls it before registering, so that changes
 // made with graylane survive its restarts.

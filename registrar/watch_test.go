@@ -24,6 +24,19 @@ func newWatcher(t *testing.T, a *consultest.Agent, opts ...registrar.WatchOption
 	return w
 }
 
+// watchedBService applies testdata/bservice.yaml to a dev agent and watches it.
+func watchedBService(t *testing.T) (*consultest.Agent, *registrar.Registrar, *registrar.Watcher, *registrar.ServiceView) {
+	t.Helper()
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	w := newWatcher(t, a)
+	t.Cleanup(func() { w.Close() })
+	v := w.Service("bservice")
+	<-v.Ready()
+	return a, r, w, v
+}
+
 func canaryWeight(v *registrar.ServiceView) gray.Weight {
 	for _, l := range v.Snapshot().Lanes() {
 		if l.Name == "canary" {
@@ -36,12 +49,7 @@ func canaryWeight(v *registrar.ServiceView) gray.Weight {
 // TestWatchLatency measures the time from a committed weight change to the watcher's new snapshot,
 // over 100 changes, and checks that every change is seen.
 func TestWatchLatency(t *testing.T) {
-	a := consultest.Start(t)
-	r := newRegistrar(t, a, "alice")
-	applyFile(t, r, "testdata/bservice.yaml")
-	w := newWatcher(t, a)
-	v := w.Service("bservice")
-	<-v.Ready()
+	_, r, w, v := watchedBService(t)
 
 	const changes = 100
 	latencies := make([]time.Duration, 0, changes)
@@ -185,13 +193,7 @@ func TestWatcherFollowsNewLeader(t *testing.T) {
 // TestMalformedMetaInConsul: meta written straight into Consul that does not decode is reported with
 // the instance and key, the instance is left out, and nothing crashes.
 func TestMalformedMetaInConsul(t *testing.T) {
-	a := consultest.Start(t)
-	r := newRegistrar(t, a, "alice")
-	applyFile(t, r, "testdata/bservice.yaml")
-	w := newWatcher(t, a)
-	defer w.Close()
-	v := w.Service("bservice")
-	<-v.Ready()
+	a, r, _, v := watchedBService(t)
 	changed := v.Changed()
 	registerRaw(t, a, &api.AgentServiceRegistration{ID: "bservice-bad-1", Name: "bservice",
 		Meta: map[string]string{"canary": "true", "weight": "fifty", "match": `[{"header":[{"key":"userid"`}})
@@ -232,13 +234,7 @@ func TestMalformedMetaInConsul(t *testing.T) {
 // TestDrain: the drained instance gets weight 0 and the drain mark, the watcher sees it, then it is
 // deregistered; the history shows both steps.
 func TestDrain(t *testing.T) {
-	a := consultest.Start(t)
-	r := newRegistrar(t, a, "alice")
-	applyFile(t, r, "testdata/bservice.yaml")
-	w := newWatcher(t, a)
-	defer w.Close()
-	v := w.Service("bservice")
-	<-v.Ready()
+	_, r, _, v := watchedBService(t)
 
 	sawDrain := make(chan struct{})
 	go func() {

@@ -74,15 +74,8 @@ func (e *env) registrar() (*registrar.Registrar, error) {
 	return registrar.New(registrar.NewConfig(e.o.consul), opts...)
 }
 
-func (e *env) json() (bool, error) {
-	switch e.o.output {
-	case "table", "":
-		return false, nil
-	case "json":
-		return true, nil
-	}
-	return false, &usageError{fmt.Sprintf("-o %q: use table or json", e.o.output)}
-}
+// asJSON reports whether -o json was given (run has checked the value).
+func (e *env) asJSON() bool { return e.o.output == "json" }
 
 func (e *env) writeJSON(v any) error {
 	enc := json.NewEncoder(e.stdout)
@@ -96,10 +89,6 @@ func (e *env) grayOptions() gray.Options {
 }
 
 func runApply(ctx context.Context, e *env, _ []string) error {
-	asJSON, err := e.json()
-	if err != nil {
-		return err
-	}
 	if e.o.file == "" {
 		return &usageError{"-f spec.yaml is required"}
 	}
@@ -112,7 +101,7 @@ func runApply(ctx context.Context, e *env, _ []string) error {
 		return err
 	}
 	applied, err := r.Apply(ctx, specs, registrar.ApplyOptions{ResetGray: e.o.resetGray})
-	if asJSON {
+	if e.asJSON() {
 		type row struct {
 			Service string            `json:"service"`
 			ID      string            `json:"id"`
@@ -144,10 +133,6 @@ func runApply(ctx context.Context, e *env, _ []string) error {
 }
 
 func runStatus(ctx context.Context, e *env, args []string) error {
-	asJSON, err := e.json()
-	if err != nil {
-		return err
-	}
 	r, err := e.registrar()
 	if err != nil {
 		return err
@@ -156,7 +141,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if e.asJSON() {
 		type lane struct {
 			Name      string      `json:"name"`
 			Base      bool        `json:"base"`
@@ -323,10 +308,6 @@ func runDrain(ctx context.Context, e *env, args []string) error {
 }
 
 func runHistory(ctx context.Context, e *env, args []string) error {
-	asJSON, err := e.json()
-	if err != nil {
-		return err
-	}
 	r, err := e.registrar()
 	if err != nil {
 		return err
@@ -335,7 +316,7 @@ func runHistory(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if e.asJSON() {
 		if hist == nil {
 			hist = []registrar.HistoryEntry{}
 		}
@@ -362,10 +343,6 @@ func runHistory(ctx context.Context, e *env, args []string) error {
 }
 
 func runExplain(ctx context.Context, e *env, args []string) error {
-	asJSON, err := e.json()
-	if err != nil {
-		return err
-	}
 	req := &gray.StaticRequest{Headers: map[string]string{}, URLPath: e.o.path, URLQuery: e.o.query, HTTPMethod: strings.ToUpper(e.o.method)}
 	for _, h := range e.o.headers {
 		name, value, ok := strings.Cut(h, ":")
@@ -378,6 +355,7 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 		req.Headers["cookie"] = e.o.cookie
 	}
 	if e.o.ip != "" {
+		var err error
 		if req.Client, err = netip.ParseAddr(e.o.ip); err != nil {
 			return &usageError{fmt.Sprintf("--ip %q is not an IP address", e.o.ip)}
 		}
@@ -436,7 +414,7 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 	for _, p := range st.Problems {
 		out.Problems = append(out.Problems, oneLine(p))
 	}
-	if asJSON {
+	if e.asJSON() {
 		return e.writeJSON(out)
 	}
 	lane := out.Lane

@@ -123,6 +123,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil && len(positional) < cmd.nargs {
 		err = &usageError{fmt.Sprintf("expected %s", cmd.args)}
 	}
+	if err == nil && o.output != "" && o.output != "table" && o.output != "json" {
+		err = &usageError{fmt.Sprintf("-o %q: use table or json", o.output)}
+	}
 	if err == nil {
 		err = cmd.run(ctx, &env{o: o, stdout: stdout}, positional)
 	}
