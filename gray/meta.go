@@ -171,6 +171,41 @@ func ParseMeta(meta map[string]string) (Meta, error) {
 	return m, err
 }
 
+// ParseInstanceMeta is ParseMeta for a named instance: every *MetaError it returns carries the
+// instance ID.
+func ParseInstanceMeta(id string, meta map[string]string) (Meta, error) {
+	m, _, err := parseMeta(meta)
+	if err != nil {
+		err = withInstance(err, id)
+	}
+	return m, err
+}
+
+// withInstance names the instance in every MetaError inside err.
+func withInstance(err error, id string) error {
+	var errs []error
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = joined.Unwrap()
+	} else {
+		errs = []error{err}
+	}
+	out := make([]error, len(errs))
+	for i, e := range errs {
+		var me *MetaError
+		if errors.As(e, &me) {
+			c := *me
+			c.Instance = id
+			out[i] = &c
+		} else {
+			out[i] = fmt.Errorf("gray: instance %q: %w", id, e)
+		}
+	}
+	if len(out) == 1 {
+		return out[0]
+	}
+	return errors.Join(out...)
+}
+
 // parseMeta is ParseMeta that also returns the compiled match rules.
 func parseMeta(meta map[string]string) (Meta, ruleSet, error) {
 	var m Meta

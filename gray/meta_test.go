@@ -296,3 +296,13 @@ func TestLaneName(t *testing.T) {
 		}
 	}
 }
+
+func TestParseInstanceMetaNamesTheInstance(t *testing.T) {
+	_, err := gray.ParseInstanceMeta("b-7", map[string]string{"weight": "x", "canary": "maybe"})
+	if err == nil || strings.Count(err.Error(), `instance "b-7": meta key`) != 2 {
+		t.Fatalf("%v", err)
+	}
+	if m, err := gray.ParseInstanceMeta("b-7", map[string]string{"canary": "true"}); err != nil || !m.Canary {
+		t.Fatalf("%+v %v", m, err)
+	}
+}

@@ -2,8 +2,6 @@ package gray
 
 import (
 	"cmp"
-	"errors"
-	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -268,31 +266,6 @@ func grayFingerprint(meta map[string]string) string {
 		b.WriteByte(0)
 	}
 	return b.String()
-}
-
-// withInstance names the instance in every MetaError inside err.
-func withInstance(err error, id string) error {
-	var errs []error
-	if joined, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = joined.Unwrap()
-	} else {
-		errs = []error{err}
-	}
-	out := make([]error, len(errs))
-	for i, e := range errs {
-		var me *MetaError
-		if errors.As(e, &me) {
-			c := *me
-			c.Instance = id
-			out[i] = &c
-		} else {
-			out[i] = fmt.Errorf("gray: instance %q: %w", id, e)
-		}
-	}
-	if len(out) == 1 {
-		return out[0]
-	}
-	return errors.Join(out...)
 }
 
 // Service returns the service the snapshot was built for.

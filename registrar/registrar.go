@@ -184,28 +184,8 @@ func instanceOf(e *api.ServiceEntry) Instance {
 	if inst.Address == "" {
 		inst.Address = e.Node.Address
 	}
-	inst.Gray, inst.GrayErr = gray.ParseMeta(e.Service.Meta)
-	if inst.GrayErr != nil {
-		inst.GrayErr = withInstance(inst.GrayErr, inst.ID)
-	}
+	inst.Gray, inst.GrayErr = gray.ParseInstanceMeta(inst.ID, e.Service.Meta)
 	return inst
-}
-
-// withInstance names the instance in the MetaErrors of err.
-func withInstance(err error, id string) error {
-	var parts []error
-	if joined, ok := err.(interface{ Unwrap() []error }); ok {
-		parts = joined.Unwrap()
-	} else {
-		parts = []error{err}
-	}
-	for _, p := range parts {
-		var me *gray.MetaError
-		if errors.As(p, &me) {
-			me.Instance = id
-		}
-	}
-	return err
 }
 
 // desiredState is the state graylane keeps in KV for one service: the gray meta of each instance
