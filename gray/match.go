@@ -4,7 +4,8 @@ package gray
 // spellings, methods upper-cased, CIDRs parsed, and regular expressions compiled together with a
 // required literal (a substring every match must contain) that rejects most non-matching values with
 // one strings.Contains instead of a regexp run. Inside a rule the conditions are ordered by cost so
-// that a request that fails a cheap condition never reaches a regexp. Matching allocates nothing,
+// that a request that fails a cheap condition never reaches a regexp. Regular expressions run on a
+// deterministic automaton where they allow it (dfa.go), else on regexp. Matching allocates nothing,
 // except to unescape a query value that holds '%' or '+'.
 
 import (
@@ -387,10 +388,12 @@ func unescapeQuery(s string) string {
 	return s
 }
 
-// pattern is a compiled regular expression with an optional required literal.
+// pattern is a compiled regular expression with an optional required literal and, where the
+// expression allows, a deterministic automaton (dfa.go) that answers in one step per byte.
 type pattern struct {
 	re       *regexp.Regexp
 	required string
+	dfa      *dfa
 }
 
 // maxPatternLength bounds a regular expression's source; Consul already bounds a meta value to 512
@@ -405,7 +408,7 @@ func compilePattern(expr string) (*pattern, error) {
 	if err != nil {
 		return nil, fmt.Errorf("regex %q: %v", expr, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 	}
-	p := &pattern{re: re}
+	p := &pattern{re: re, dfa: compileDFA(expr, re)}
 	if tree, err := syntax.Parse(expr, syntax.Perl); err == nil {
 		p.required = requiredLiteral(tree.Simplify())
 	}
@@ -415,6 +418,9 @@ func compilePattern(expr string) (*pattern, error) {
 func (p *pattern) matchString(s string) bool {
 	if p.required != "" && !strings.Contains(s, p.required) {
 		return false
+	}
+	if p.dfa != nil {
+		return p.dfa.match(s)
 	}
 	return p.re.MatchString(s)
 }
