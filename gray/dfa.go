@@ -33,9 +33,9 @@ const (
 )
 
 type dfa struct {
-	ascii      [utf8.RuneSelf]uint16 // class of each ASCII byte
-	bounds     []rune                // class i covers [bounds[i], bounds[i+1])
-	nclass     int
+	ascii  [utf8.RuneSelf]uint16 // class of each ASCII byte
+	bounds []rune                // class i covers [bounds[i], bounds[i+1])
+	nclass int
 	// trans maps state*nclass + class to the next state's row offset (next*nclass), with the next
 	// state's flags in the top bits, so that each byte costs one load and one branch.
 	trans      []uint32
@@ -312,4 +312,3 @@ func (b *dfaBuilder) state(threads []uint32) (uint16, bool) {
 	b.index[key.String()] = n
 	return n, true
 }
-

@@ -94,8 +94,8 @@ func BenchmarkArticleCookieRegex(b *testing.B) {
 // quickly instead of stalling a snapshot build.
 func TestDFAConstructionIsBounded(t *testing.T) {
 	for _, expr := range []string{
-		`(a|b)*a(a|b){12}`,            // 2^13 states
-		`[a-q][^u-z]{13}x`,            // large too
+		`(a|b)*a(a|b){12}`,                   // 2^13 states
+		`[a-q][^u-z]{13}x`,                   // large too
 		`(x+x+)+y{0,500}[\x{80}-\x{10FFFF}]`, // many instructions
 	} {
 		re := regexp.MustCompile(expr)
