@@ -18,8 +18,6 @@ import (
 	"regexp"
 	"regexp/syntax"
 	"slices"
-	"strconv"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -72,7 +70,7 @@ func compileDFA(expr string, re *regexp.Regexp) *dfa {
 			}
 		}
 	}
-	b := &dfaBuilder{prog: prog, index: map[string]uint16{}, work: maxDFAWork}
+	b := &dfaBuilder{prog: prog, index: map[string]uint16{}, work: maxDFAWork, mark: make([]uint32, len(prog.Inst))}
 	b.classes()
 	d := &dfa{bounds: b.bounds, nclass: len(b.bounds) - 1, emptyMatch: re.MatchString("")}
 	for c := rune(0); c < utf8.RuneSelf; c++ {
@@ -173,6 +171,9 @@ type dfaBuilder struct {
 	index   map[string]uint16
 	restart []uint32 // the start threads away from the beginning of the text
 	work    int      // instructions the construction may still visit
+	mark    []uint32 // per instruction: the generation that last visited it (see closure)
+	gen     uint32
+	stack   []uint32
 }
 
 // classes splits the runes into intervals that every rune instruction treats alike.
@@ -203,47 +204,51 @@ func (b *dfaBuilder) classes() {
 // closure follows empty transitions from pcs and adds the threads that wait for a rune, the match,
 // or the end of the text to set, which it returns sorted and without repeats.
 func (b *dfaBuilder) closure(set []uint32, pcs []uint32, atBegin bool) []uint32 {
-	inSet := map[uint32]bool{}
+	b.gen += 2 // gen marks visited instructions, gen+1 those already in set
+	inSet, visited := b.gen+1, b.gen
 	for _, pc := range set {
-		inSet[pc] = true
+		b.mark[pc] = inSet
 	}
-	visited := map[uint32]bool{} // empty transitions can form loops ("(?:^)+")
-	stack := slices.Clone(pcs)
+	add := func(pc uint32) {
+		if b.mark[pc] != inSet {
+			b.mark[pc] = inSet
+			set = append(set, pc)
+		}
+	}
+	stack := append(b.stack[:0], pcs...)
 	for len(stack) > 0 {
 		pc := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if visited[pc] {
+		if b.mark[pc] == visited || b.mark[pc] == inSet { // empty transitions can loop ("(?:^)+")
 			continue
 		}
-		visited[pc] = true
 		b.work--
 		inst := &b.prog.Inst[pc]
 		switch inst.Op {
 		case syntax.InstAlt, syntax.InstAltMatch:
+			b.mark[pc] = visited
 			stack = append(stack, inst.Out, inst.Arg)
 		case syntax.InstCapture, syntax.InstNop:
+			b.mark[pc] = visited
 			stack = append(stack, inst.Out)
 		case syntax.InstEmptyWidth:
 			op := syntax.EmptyOp(inst.Arg)
-			if op&syntax.EmptyBeginText != 0 && !atBegin {
-				continue
+			switch {
+			case op&syntax.EmptyBeginText != 0 && !atBegin:
+				b.mark[pc] = visited
+			case op&syntax.EmptyEndText != 0:
+				add(pc)
+			default:
+				b.mark[pc] = visited
+				stack = append(stack, inst.Out)
 			}
-			if op&syntax.EmptyEndText != 0 {
-				if !inSet[pc] {
-					inSet[pc] = true
-					set = append(set, pc)
-				}
-				continue
-			}
-			stack = append(stack, inst.Out)
 		case syntax.InstFail:
+			b.mark[pc] = visited
 		default: // runes and the match
-			if !inSet[pc] {
-				inSet[pc] = true
-				set = append(set, pc)
-			}
+			add(pc)
 		}
 	}
+	b.stack = stack
 	slices.Sort(set)
 	return set
 }
@@ -296,12 +301,11 @@ func (b *dfaBuilder) matchesAtEnd(pc uint32) bool {
 
 // state returns the number of a thread set, adding it when new; false when there are too many.
 func (b *dfaBuilder) state(threads []uint32) (uint16, bool) {
-	var key strings.Builder
+	key := make([]byte, 0, 2*len(threads))
 	for _, pc := range threads {
-		key.WriteString(strconv.FormatUint(uint64(pc), 36))
-		key.WriteByte(',')
+		key = append(key, byte(pc), byte(pc>>8)) // programs have at most maxDFAInsts instructions
 	}
-	if n, ok := b.index[key.String()]; ok {
+	if n, ok := b.index[string(key)]; ok {
 		return n, true
 	}
 	if len(b.states) >= maxDFAStates {
@@ -309,6 +313,6 @@ func (b *dfaBuilder) state(threads []uint32) (uint16, bool) {
 	}
 	n := uint16(len(b.states))
 	b.states = append(b.states, threads)
-	b.index[key.String()] = n
+	b.index[string(key)] = n
 	return n, true
 }

@@ -18,6 +18,7 @@ import (
 	"regexp/syntax"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // ruleSet is a compiled rule list: it matches when one of its rules does.
@@ -400,7 +401,37 @@ type pattern struct {
 // characters, but match values may span several keys.
 const maxPatternLength = 1024
 
+// patternCache shares compiled patterns (immutable) across snapshot builds: a service's rules are
+// compiled once, not at every change of its instances. It is emptied when it reaches
+// maxCachedPatterns entries.
+var patternCache struct {
+	sync.Mutex
+	m map[string]*pattern
+}
+
+const maxCachedPatterns = 4096
+
 func compilePattern(expr string) (*pattern, error) {
+	patternCache.Lock()
+	p, ok := patternCache.m[expr]
+	patternCache.Unlock()
+	if ok {
+		return p, nil
+	}
+	p, err := newPattern(expr)
+	if err != nil {
+		return nil, err
+	}
+	patternCache.Lock()
+	if patternCache.m == nil || len(patternCache.m) >= maxCachedPatterns {
+		patternCache.m = make(map[string]*pattern)
+	}
+	patternCache.m[expr] = p
+	patternCache.Unlock()
+	return p, nil
+}
+
+func newPattern(expr string) (*pattern, error) {
 	if len(expr) > maxPatternLength {
 		return nil, fmt.Errorf("regex has %d characters; at most %d are allowed", len(expr), maxPatternLength)
 	}
