@@ -33,9 +33,9 @@ fuzz:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./gray
 
-## demo: a walkthrough of the gray rule core on the source article's example
-demo:
-	$(GO) run ./examples/walkthrough
+## demo: a whole gray release on a throwaway Consul agent (canary and blue/green)
+demo: consul
+	$(GO) run ./examples/release
 
 ## consul: build the Consul agent used by the tests (once; about 5 minutes cold)
 consul: $(CONSUL)

@@ -186,7 +186,7 @@ func (o Promote) apply(p *planner) error {
 			m.Canary, m.BlueGreen, m.Lane, m.Weight, m.Match = false, "", "", 0, nil
 		})
 	}
-	p.notes = append(p.notes, fmt.Sprintf("%d instances of %s are stable now; drain the old stable instances when ready", len(ids), o.Lane))
+	p.notes = append(p.notes, fmt.Sprintf("%s stable now; drain the old stable instances when ready", strings.Join(ids, ", ")))
 	return nil
 }
 
