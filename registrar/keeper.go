@@ -138,7 +138,9 @@ func (k *Keeper) reconcile() {
 				have[key] = v
 			}
 		}
-		if maps.Equal(have, want) {
+		if maps.Equal(have, want) || have[gray.KeyDrain] == "true" {
+			// A draining instance is on its way out: its record is removed just before it is
+			// deregistered, and writing the spec back then would send it traffic again.
 			continue
 		}
 		inst := &Instance{ID: k.id, Service: k.service}
@@ -232,10 +234,10 @@ func (g *Registration) Done() <-chan struct{} { return g.done }
 // DrainError returns the error of a drain started by a signal, after Done is closed.
 func (g *Registration) DrainError() error { return g.drainErr }
 
-// Drain drains the instance and deregisters it (see Registrar.Drain).
+// Drain drains the instance and deregisters it (see Registrar.Drain). The keeper stops first.
 func (g *Registration) Drain(ctx context.Context) error {
-	_, err := g.r.Drain(ctx, g.spec.ID, DrainOptions{Service: g.spec.Name, Grace: g.grace})
 	g.keeper.Close()
+	_, err := g.r.Drain(ctx, g.spec.ID, DrainOptions{Service: g.spec.Name, Grace: g.grace})
 	return err
 }
 

@@ -83,3 +83,50 @@ func TestKratosRegistryKeepsGrayMeta(t *testing.T) {
 		t.Fatalf("desired meta after restart: %+v, %v", again, err)
 	}
 }
+
+// TestKeeperNeverUndrains: with a keeper running, an instance drained by an operator is never seen
+// without its drain mark before it leaves, and is not brought back after.
+func TestKeeperNeverUndrains(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	spec := grayOf(t, r, "bservice")["bservice-canary-1"]
+	keeper := r.Keep("bservice", "bservice-canary-1", spec)
+	defer keeper.Close()
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Drain(context.Background(), "bservice-canary-1", registrar.DrainOptions{Grace: 200 * time.Millisecond})
+		done <- err
+	}()
+	agent := r.Client().Agent()
+	drained, finished := false, false
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		svc, _, err := agent.Service("bservice-canary-1", nil)
+		if err == nil {
+			m, _ := gray.ParseMeta(svc.Meta)
+			if drained && !m.Drain {
+				t.Fatalf("the instance was un-drained: %v", svc.Meta)
+			}
+			drained = drained || m.Drain
+		} else if finished {
+			break
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			finished = true
+		default:
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if !drained || !finished {
+		t.Fatalf("drained %v, finished %v", drained, finished)
+	}
+	time.Sleep(time.Second)
+	if _, _, err := agent.Service("bservice-canary-1", nil); err == nil {
+		t.Fatal("the keeper brought the deregistered instance back")
+	}
+}

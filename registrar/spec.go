@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -415,10 +414,4 @@ func KratosMetadata(g gray.Meta, other map[string]string) (map[string]string, er
 		return nil, err
 	}
 	return meta, gray.CheckConsulLimits(meta)
-}
-
-// clone returns a copy of the spec whose maps and slices are its own.
-func (s Spec) clone() Spec {
-	s.Meta = maps.Clone(s.Meta)
-	return s
 }
