@@ -84,14 +84,20 @@ func NewConfig(addr string) *api.Config {
 	return cfg
 }
 
-// New returns a Registrar for the Consul agent in cfg (nil: NewConfig("")).
-func New(cfg *api.Config, opts ...Option) (*Registrar, error) {
+// newClient returns a Consul client for cfg (nil: NewConfig("")) and the configuration it used.
+func newClient(cfg *api.Config) (*api.Client, *api.Config, error) {
 	if cfg == nil {
 		cfg = NewConfig("")
 	}
 	client, err := api.NewClient(cfg)
+	return client, cfg, redact(err, cfg.Token)
+}
+
+// New returns a Registrar for the Consul agent in cfg (nil: NewConfig("")).
+func New(cfg *api.Config, opts ...Option) (*Registrar, error) {
+	client, cfg, err := newClient(cfg)
 	if err != nil {
-		return nil, redact(err, cfg.Token)
+		return nil, err
 	}
 	r := &Registrar{cfg: *cfg, client: client, prefix: DefaultKVPrefix, now: time.Now, agents: map[string]*api.Client{}}
 	for _, o := range opts {

@@ -69,12 +69,9 @@ type Watcher struct {
 
 // NewWatcher returns a Watcher for the agent in cfg (nil: NewConfig("")).
 func NewWatcher(cfg *api.Config, opts ...WatchOption) (*Watcher, error) {
-	if cfg == nil {
-		cfg = NewConfig("")
-	}
-	client, err := api.NewClient(cfg)
+	client, cfg, err := newClient(cfg)
 	if err != nil {
-		return nil, redact(err, cfg.Token)
+		return nil, err
 	}
 	w := &Watcher{client: client, token: cfg.Token, waitTime: 5 * time.Minute,
 		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*ServiceView{}}

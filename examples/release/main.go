@@ -11,6 +11,7 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"strings"
@@ -32,6 +33,9 @@ var options = gray.Options{StickyHeader: "x-user-id"}
 
 const users = 10000
 
+// out is where the demo writes; tests replace it.
+var out io.Writer = os.Stdout
+
 func main() {
 	if err := run(); err != nil {
 		log.Fatal(err)
@@ -45,7 +49,7 @@ func run() error {
 		return err
 	}
 	defer agent.Stop()
-	fmt.Printf("Consul dev agent on %s\n", agent.HTTPAddr)
+	fmt.Fprintf(out, "Consul dev agent on %s\n", agent.HTTPAddr)
 
 	cfg := registrar.NewConfig(agent.HTTPAddr)
 	r, err := registrar.New(cfg, registrar.WithOperator("demo"))
@@ -59,11 +63,7 @@ func run() error {
 	defer w.Close()
 
 	step("Register bservice from a spec (the article's canary: test traffic, then a weight)")
-	specs, err := registrar.ParseSpecs("bservice.yaml", bserviceSpec)
-	if err != nil {
-		return err
-	}
-	if _, err := r.Apply(ctx, specs, registrar.ApplyOptions{}); err != nil {
+	if err := register(ctx, r, "bservice.yaml", bserviceSpec); err != nil {
 		return err
 	}
 	view := w.Service("bservice")
@@ -87,15 +87,11 @@ func run() error {
 	if _, err := r.Drain(ctx, "bservice-1", registrar.DrainOptions{Grace: 500 * time.Millisecond}); err != nil {
 		return err
 	}
-	fmt.Printf("drained and deregistered in %v\n", time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(out, "drained and deregistered in %v\n", time.Since(start).Round(time.Millisecond))
 	traffic(view)
 
 	step("Blue/green: pay runs on blue, green is deployed for testers")
-	specs, err = registrar.ParseSpecs("pay.yaml", paySpec)
-	if err != nil {
-		return err
-	}
-	if _, err := r.Apply(ctx, specs, registrar.ApplyOptions{}); err != nil {
+	if err := register(ctx, r, "pay.yaml", paySpec); err != nil {
 		return err
 	}
 	pay := w.Service("pay")
@@ -114,9 +110,19 @@ func run() error {
 		return err
 	}
 	for _, h := range hist {
-		fmt.Printf("%s  %-5s %s\n", h.Time.Format("15:04:05.000"), h.Who, h.Action)
+		fmt.Fprintf(out, "%s  %-5s %s\n", h.Time.Format("15:04:05.000"), h.Who, h.Action)
 	}
 	return nil
+}
+
+// register applies a spec file.
+func register(ctx context.Context, r *registrar.Registrar, name string, spec []byte) error {
+	specs, err := registrar.ParseSpecs(name, spec)
+	if err != nil {
+		return err
+	}
+	_, err = r.Apply(ctx, specs, registrar.ApplyOptions{})
+	return err
 }
 
 // apply commits a change and waits for the watcher to publish it.
@@ -132,11 +138,11 @@ func apply(ctx context.Context, r *registrar.Registrar, view *registrar.ServiceV
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("%s: the watcher did not see the change", op)
 	}
-	fmt.Printf("committed and seen by the watcher in %v", time.Since(start).Round(10*time.Microsecond))
+	fmt.Fprintf(out, "committed and seen by the watcher in %v", time.Since(start).Round(10*time.Microsecond))
 	if len(res.Plan.Notes) > 0 {
-		fmt.Printf(" (%s)", strings.Join(res.Plan.Notes, "; "))
+		fmt.Fprintf(out, " (%s)", strings.Join(res.Plan.Notes, "; "))
 	}
-	fmt.Println()
+	fmt.Fprintln(out)
 	traffic(view)
 	return nil
 }
@@ -147,7 +153,7 @@ func traffic(view *registrar.ServiceView) {
 	tester := &gray.StaticRequest{URLPath: "/api/user/1", HTTPMethod: "GET", Headers: map[string]string{
 		"userid": "123", "cookie": "email=qa@some-company-name.com", "x-env": "green", "x-user-id": "tester"}}
 	d := snap.Decide(tester)
-	fmt.Printf("  tester       -> %-7s (%s)\n", laneName(d.Lane), d.Reason)
+	fmt.Fprintf(out, "  tester       -> %-7s (%s)\n", laneName(d.Lane), d.Reason)
 
 	counts := map[string]int{}
 	req := &gray.StaticRequest{URLPath: "/api/order", HTTPMethod: "GET", Headers: map[string]string{}}
@@ -159,7 +165,7 @@ func traffic(view *registrar.ServiceView) {
 	for _, l := range snap.Lanes() {
 		parts = append(parts, fmt.Sprintf("%s %.2f%%", l.Name, 100*float64(counts[l.Name])/users))
 	}
-	fmt.Printf("  %d users -> %s\n", users, strings.Join(parts, ", "))
+	fmt.Fprintf(out, "  %d users -> %s\n", users, strings.Join(parts, ", "))
 }
 
 func laneName(l string) string {
@@ -169,4 +175,4 @@ func laneName(l string) string {
 	return l
 }
 
-func step(title string) { fmt.Fprintf(os.Stdout, "\n== %s\n", title) }
+func step(title string) { fmt.Fprintf(out, "\n== %s\n", title) }

@@ -1,8 +1,7 @@
 package main
 
 import (
-	"io"
-	"os"
+	"bytes"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,29 +10,21 @@ import (
 
 // TestRelease runs the demo on a real Consul and checks the traffic it reports at each step.
 func TestRelease(t *testing.T) {
-	r, w, err := os.Pipe()
+	var buf bytes.Buffer
+	out = &buf
+	err := run()
+	output := buf.String()
 	if err != nil {
-		t.Fatal(err)
-	}
-	stdout := os.Stdout
-	os.Stdout = w
-	done := make(chan string)
-	go func() { b, _ := io.ReadAll(r); done <- string(b) }()
-	err = run()
-	os.Stdout = stdout
-	w.Close()
-	out := <-done
-	if err != nil {
-		t.Fatalf("%v\n%s", err, out)
+		t.Fatalf("%v\n%s", err, output)
 	}
 
 	share := func(step, lane string) float64 {
 		t.Helper()
-		i := strings.Index(out, "== "+step+"\n")
+		i := strings.Index(output, "== "+step+"\n")
 		if i < 0 {
-			t.Fatalf("no step %q:\n%s", step, out)
+			t.Fatalf("no step %q:\n%s", step, output)
 		}
-		m := regexp.MustCompile(lane + ` ([0-9.]+)%`).FindStringSubmatch(out[i:])
+		m := regexp.MustCompile(lane + ` ([0-9.]+)%`).FindStringSubmatch(output[i:])
 		if m == nil {
 			return 0
 		}
@@ -56,8 +47,8 @@ func TestRelease(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"tester       -> canary  (match)", "deregister bservice-1", "tester       -> green   (match)"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q:\n%s", want, out)
+		if !strings.Contains(output, want) {
+			t.Errorf("output lacks %q:\n%s", want, output)
 		}
 	}
 }

@@ -6,8 +6,10 @@ package main
 import (
 	_ "embed"
 	"fmt"
+	"io"
 	"log"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -28,6 +30,9 @@ type spec struct {
 
 var options = gray.Options{StickyHeader: "x-user-id"}
 
+// out is where the walkthrough writes; tests replace it.
+var out io.Writer = os.Stdout
+
 func main() {
 	var specs []spec
 	if err := yaml.Unmarshal(bserviceYAML, &specs); err != nil {
@@ -42,7 +47,7 @@ func main() {
 			log.Fatal(err)
 		}
 		instances[i] = gray.Instance[string]{ID: s.ID, Meta: meta, Value: s.ID}
-		fmt.Printf("%-18s lane=%-7s %s\n", s.ID, s.Meta.LaneName(), formatMeta(meta))
+		fmt.Fprintf(out, "%-18s lane=%-7s %s\n", s.ID, s.Meta.LaneName(), formatMeta(meta))
 	}
 
 	section("2. The article's rule: test traffic to the canary, 10 % of users by weight")
@@ -72,7 +77,7 @@ func main() {
 			}
 			previous[user] = isIn
 		}
-		fmt.Printf("weight %5s%%: %5.2f%% of 10000 users on the canary, %d left it\n", w, float64(in)/100, left)
+		fmt.Fprintf(out, "weight %5s%%: %5.2f%% of 10000 users on the canary, %d left it\n", w, float64(in)/100, left)
 	}
 
 	section("4. Blue/green: green takes test traffic, switches over, rolls back")
@@ -90,7 +95,7 @@ func main() {
 		snap := gray.NewSnapshot("bservice", blueGreen, options)
 		prod := snap.Decide(req("/", "x-user-id", "user-1"))
 		tester := snap.Decide(req("/", "x-env", "green"))
-		fmt.Printf("%-12s production -> %-6s %-9s tester -> %s (%s)\n", stage.name, prod.Lane, "("+prod.Reason.String()+")", tester.Lane, tester.Reason)
+		fmt.Fprintf(out, "%-12s production -> %-6s %-9s tester -> %s (%s)\n", stage.name, prod.Lane, "("+prod.Reason.String()+")", tester.Lane, tester.Reason)
 	}
 
 	section("5. Meta that does not decode is reported and left out")
@@ -98,7 +103,7 @@ func main() {
 	broken[2].Meta = map[string]string{"canary": "true", "weight": "10%", "match": `[{"header":[{"key":"userid"}]}]`}
 	snap = gray.NewSnapshot("bservice", broken, options)
 	for _, p := range snap.Problems() {
-		fmt.Println(strings.ReplaceAll(p.Error(), "\n", "\n  "))
+		fmt.Fprintln(out, strings.ReplaceAll(p.Error(), "\n", "\n  "))
 	}
 	show(snap, "user-2, matching", req("/api/user", "userid", "123", "x-user-id", "user-2"))
 
@@ -111,7 +116,7 @@ func main() {
 			snap.Decide(r)
 		}
 	})
-	fmt.Printf("%d ns/op, %d allocs/op (go test -bench . -benchmem ./gray for the full set)\n", res.NsPerOp(), res.AllocsPerOp())
+	fmt.Fprintf(out, "%d ns/op, %d allocs/op (go test -bench . -benchmem ./gray for the full set)\n", res.NsPerOp(), res.AllocsPerOp())
 }
 
 func req(path string, headers ...string) *gray.StaticRequest {
@@ -124,7 +129,7 @@ func req(path string, headers ...string) *gray.StaticRequest {
 
 func show(snap *gray.Snapshot[string], what string, r *gray.StaticRequest) {
 	d := snap.Decide(r)
-	fmt.Printf("%-22s -> lane %-7s reason %-8s instances %v\n", what, d.Lane, d.Reason, d.Instances)
+	fmt.Fprintf(out, "%-22s -> lane %-7s reason %-8s instances %v\n", what, d.Lane, d.Reason, d.Instances)
 }
 
 func formatMeta(meta map[string]string) string {
@@ -138,4 +143,4 @@ func formatMeta(meta map[string]string) string {
 	return strings.Join(parts, " ")
 }
 
-func section(title string) { fmt.Printf("\n== %s\n", title) }
+func section(title string) { fmt.Fprintf(out, "\n== %s\n", title) }

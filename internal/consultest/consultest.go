@@ -264,32 +264,26 @@ func (a *Agent) URL() string { return "http://" + a.HTTPAddr }
 
 // Stop ends the agent (gracefully, then by force after five seconds) and waits for it to exit. A dev
 // agent keeps its state in memory: it is gone after Stop.
-func (a *Agent) Stop() {
+func (a *Agent) Stop() { a.end(syscall.SIGTERM, 5*time.Second) }
+
+// Kill ends the agent at once, as a crash would, and waits for it to exit.
+func (a *Agent) Kill() { a.end(syscall.SIGKILL, 0) }
+
+// end sends sig to the agent, kills it if it has not exited after grace, and waits for it.
+func (a *Agent) end(sig syscall.Signal, grace time.Duration) {
 	a.mu.Lock()
 	cmd, done := a.cmd, a.done
 	a.mu.Unlock()
 	if cmd == nil || cmd.Process == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Process.Signal(sig)
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(grace):
 		_ = cmd.Process.Kill()
 		<-done
 	}
-}
-
-// Kill ends the agent at once, as a crash would, and waits for it to exit.
-func (a *Agent) Kill() {
-	a.mu.Lock()
-	cmd, done := a.cmd, a.done
-	a.mu.Unlock()
-	if cmd == nil || cmd.Process == nil {
-		return
-	}
-	_ = cmd.Process.Kill()
-	<-done
 }
 
 // Restart stops the agent and starts it again on the same ports. A dev agent comes back empty; a
