@@ -3,8 +3,11 @@ package registrar_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -320,4 +323,71 @@ func TestSpecOverConsulLimits(t *testing.T) {
 	if err != nil || len(instances) != 1 || instances[0].Meta["match_3"] == "" || len(instances[0].Gray.Match) != 30 {
 		t.Fatalf("long rules: %v %+v", err, instances)
 	}
+}
+
+// TestManyServicesShareConnections: one watcher follows 30 services; every change on every service is
+// seen, and its blocking queries reuse their connections when changes come in bursts, instead of
+// dialling anew.
+func TestManyServicesShareConnections(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	const services, rounds = 30, 5
+	var spec strings.Builder
+	for i := 0; i < services; i++ {
+		fmt.Fprintf(&spec, "- {name: svc-%d, id: svc-%d-1}\n- {name: svc-%d, id: svc-%d-c, meta: {canary: true}}\n", i, i, i, i)
+	}
+	specs, err := registrar.ParseSpecs("many.yaml", []byte(spec.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := registrar.NewConfig(a.HTTPAddr)
+	var dials atomic.Int64
+	dial := cfg.Transport.DialContext
+	cfg.Transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return dial(ctx, network, addr)
+	}
+	w, err := registrar.NewWatcher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	views := make([]*registrar.ServiceView, services)
+	for i := range views {
+		views[i] = w.Service(fmt.Sprintf("svc-%d", i))
+		<-views[i].Ready()
+	}
+	for round := 1; round <= rounds; round++ {
+		// Change every service at once, so that all blocking queries return together.
+		weight := gray.Weight(round * 100)
+		var wg sync.WaitGroup
+		errs := make(chan error, services)
+		for i := 0; i < services; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := r.Do(context.Background(), fmt.Sprintf("svc-%d", i), registrar.SetWeight{Lane: "canary", Weight: weight})
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, v := range views {
+			waitFor(t, 10*time.Second, "the change", func() bool { return canaryWeight(v) == weight })
+		}
+	}
+	// One connection per blocking query; a pool that keeps too few idle connections dials again
+	// after every burst.
+	if n := dials.Load(); n > services+5 {
+		t.Fatalf("the watcher dialled %d connections for %d services over %d bursts", n, services, rounds)
+	}
+	t.Logf("%d services, %d bursts of changes: the watcher dialled %d connections", services, rounds, dials.Load())
 }
