@@ -409,7 +409,7 @@ func (m *Meta) Merge(meta map[string]string) (map[string]string, error) {
 	}
 	maps.Copy(out, gray)
 	if len(out) > MaxMetaPairs {
-		return nil, &MetaError{Key: KeyMatch, Err: fmt.Errorf("the meta would hold %d keys; Consul allows at most %d", len(out), MaxMetaPairs)}
+		return nil, fmt.Errorf("gray: the meta would hold %d keys; Consul allows at most %d", len(out), MaxMetaPairs)
 	}
 	return out, nil
 }
