@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -286,17 +285,4 @@ func (r *Registrar) Status(ctx context.Context, service string, opts gray.Option
 	}
 	snap := gray.NewSnapshot(service, passing, opts)
 	return &Status{Service: service, Instances: instances, Lanes: snap.Lanes(), Problems: snap.Problems(), Snapshot: snap}, nil
-}
-
-// describeMeta is a one-line description of gray meta, for notes and tables.
-func describeMeta(m gray.Meta) string {
-	enc, _ := m.Encode()
-	if len(enc) == 0 {
-		return "stable"
-	}
-	var parts []string
-	for _, k := range slices.Sorted(maps.Keys(enc)) {
-		parts = append(parts, k+"="+enc[k])
-	}
-	return strings.Join(parts, " ")
 }
