@@ -363,7 +363,7 @@ func (m *Meta) Encode() (map[string]string, error) {
 	if len(m.Match) > 0 {
 		if _, err := compileRules(m.Match); err != nil {
 			fail(KeyMatch, err)
-		} else if err := putMatch(out, encodeRulesJSON(m.Match)); err != nil {
+		} else if err := putMatch(out, RulesJSON(m.Match)); err != nil {
 			fail(KeyMatch, err)
 		}
 	}

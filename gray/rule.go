@@ -63,9 +63,9 @@ type URIMatch struct {
 	Regex  string   `json:"regex,omitempty" yaml:"regex,omitempty"` // RE2 syntax, unanchored
 }
 
-// encodeRulesJSON returns the compact canonical JSON of rules (HTML characters unescaped: regexes
-// often hold '<', '>' and '&').
-func encodeRulesJSON(rules []Rule) string {
+// RulesJSON returns the compact canonical JSON of rules, as the match meta key holds it before any
+// split (HTML characters unescaped: regexes often hold '<', '>' and '&').
+func RulesJSON(rules []Rule) string {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)

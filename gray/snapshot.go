@@ -243,7 +243,7 @@ func decodeCached(cache map[string]*decoded, meta map[string]string) *decoded {
 	d := &decoded{}
 	d.meta, d.rules, d.err = parseMeta(meta)
 	if d.err == nil && len(d.meta.Match) > 0 {
-		d.match = encodeRulesJSON(d.meta.Match)
+		d.match = RulesJSON(d.meta.Match)
 	}
 	cache[key] = d
 	return d

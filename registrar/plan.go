@@ -44,24 +44,10 @@ func (o SetMatch) String() string {
 	if len(o.Match) == 0 {
 		return fmt.Sprintf("match %s (none)", o.Lane)
 	}
-	m := gray.Meta{Match: o.Match}
-	enc, _ := m.Encode()
-	return fmt.Sprintf("match %s %s", o.Lane, joinMatchChunks(enc))
+	return fmt.Sprintf("match %s %s", o.Lane, gray.RulesJSON(o.Match))
 }
 func (o Promote) String() string  { return "promote " + o.Lane }
 func (o Rollback) String() string { return "rollback " + o.Lane }
-
-func joinMatchChunks(meta map[string]string) string {
-	var b strings.Builder
-	b.WriteString(meta[gray.KeyMatch])
-	for i := 1; ; i++ {
-		part, ok := meta[fmt.Sprintf("%s_%d", gray.KeyMatch, i)]
-		if !ok {
-			return b.String()
-		}
-		b.WriteString(part)
-	}
-}
 
 // planner holds a service's instances while an Op edits their gray meta.
 type planner struct {

@@ -15,6 +15,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -226,15 +227,7 @@ func endpoints(entries []*api.ServiceEntry) []gray.Instance[Endpoint] {
 			Port: e.Service.Port, Tags: e.Service.Tags, Meta: e.Service.Meta}
 		out = append(out, gray.Instance[Endpoint]{ID: ep.ID, Meta: ep.Meta, Value: ep})
 	}
-	slices.SortFunc(out, func(a, b gray.Instance[Endpoint]) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b gray.Instance[Endpoint]) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -246,12 +239,7 @@ func contentHash(entries []*api.ServiceEntry) uint64 {
 	for i := range ids {
 		ids[i] = i
 	}
-	slices.SortFunc(ids, func(a, b int) int {
-		if entries[a].Service.ID < entries[b].Service.ID {
-			return -1
-		}
-		return 1
-	})
+	slices.SortFunc(ids, func(a, b int) int { return strings.Compare(entries[a].Service.ID, entries[b].Service.ID) })
 	write := func(s string) { h.Write([]byte(s)); h.Write([]byte{0}) }
 	for _, i := range ids {
 		s := entries[i].Service

@@ -190,8 +190,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		}
 		match := "-"
 		if len(l.Match) > 0 {
-			enc, _ := (&gray.Meta{Match: l.Match}).Encode()
-			match = enc[gray.KeyMatch]
+			match = gray.RulesJSON(l.Match)
 			if len(match) > 80 {
 				match = match[:77] + "..."
 			}
