@@ -29,9 +29,11 @@
 // reported in [Snapshot.Problems].
 //
 // The base lane is "stable" when the service has stable instances. Without them (pure blue/green)
-// the base is the union of the lanes that ask for nothing: no canary instance, no weight and no match
-// rules. So a green lane with weight 100 takes all unmatched traffic, and weight 0 rolls it back to
-// blue. A weight on the stable lane only matters to the balancer; the stable lane takes whatever the
+// the base is the lane that asks for nothing: no canary instance, no weight and no match rules. When
+// several lanes ask for nothing and blue is one of them, blue is the base, so a green deployed beside
+// a live blue takes no production traffic until it is given a weight or promoted; without blue they
+// share the base. Both cases are reported. A green lane with weight 100 takes all unmatched traffic,
+// and weight 0 rolls it back to blue. A weight on the stable lane only matters to the balancer; the stable lane takes whatever the
 // other lanes leave.
 //
 // # The decision
@@ -50,10 +52,11 @@
 //  4. base: the base lane.
 //
 // Lane order: lanes with canary instances first, then the other gray lanes, then the base lane
-// "stable"; lanes of the same rank by name. When the chosen set of instances is empty the decision
-// falls back: to every active instance with valid meta, then to draining ones, and only when nothing
-// else exists to instances whose meta did not decode (reason [ReasonFallback]). An instance whose
-// meta does not decode is never part of a lane: a broken canary must not take production traffic.
+// "stable"; lanes of the same rank by name. When the base has no instances the decision falls back
+// (reason [ReasonFallback]): to every active instance with valid meta, then to draining ones. An
+// instance whose meta does not decode is never chosen, not even on fallback: a broken canary must not
+// take production traffic. With no instance left the decision has no instances, and the enforcer
+// fails the request with its own error.
 //
 // # Cost
 //

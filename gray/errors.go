@@ -64,14 +64,22 @@ func (e *WeightOverflowError) Error() string {
 }
 
 // AmbiguousBaseError reports a service without stable instances where several lanes ask for nothing
-// (no canary, weight or match rules): they all form the base and share its traffic. Give the live
-// colour a weight of 100, or match rules to the one that should only take test traffic.
+// (no canary, weight or match rules). When blue is one of them, blue alone is the base (Base is
+// "blue") and the others take no production traffic; otherwise they all form the base and share its
+// traffic. Give the live colour a weight of 100, or match rules to the one that should only take
+// test traffic.
 type AmbiguousBaseError struct {
 	Service string
 	Lanes   []string
+	// Base is the lane chosen as the base, or "" when the lanes share it.
+	Base string
 }
 
 func (e *AmbiguousBaseError) Error() string {
-	return fmt.Sprintf("gray: service %q: lanes %s both form the base (none is stable, none asks for a weight or match rules); unmatched traffic is spread across them",
+	prefix := fmt.Sprintf("gray: service %q: lanes %s all ask for nothing (none is stable, none has a weight or match rules)",
 		e.Service, strings.Join(e.Lanes, " and "))
+	if e.Base != "" {
+		return prefix + "; " + e.Base + " is the base and the others take no production traffic until given a weight or promoted"
+	}
+	return prefix + "; they form the base together and unmatched traffic is spread across them"
 }

@@ -2,6 +2,7 @@ package gray
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"sort"
 	"strings"
@@ -20,6 +21,33 @@ type Options struct {
 	StickyHeader string `json:"sticky_header,omitempty" yaml:"sticky_header,omitempty"`
 	// StickyCookie names a cookie used the same way when the sticky header is absent.
 	StickyCookie string `json:"sticky_cookie,omitempty" yaml:"sticky_cookie,omitempty"`
+}
+
+// Override returns o with every field that is set in with replacing o's. A service keeps its options
+// in Consul; an enforcer's own configuration overrides them field by field.
+func (o Options) Override(with Options) Options {
+	if with.TagKey != "" {
+		o.TagKey = with.TagKey
+	}
+	if with.StickyHeader != "" {
+		o.StickyHeader = with.StickyHeader
+	}
+	if with.StickyCookie != "" {
+		o.StickyCookie = with.StickyCookie
+	}
+	return o
+}
+
+// Validate reports options that no request could satisfy: header and cookie names must be tokens.
+func (o Options) Validate() error {
+	for _, f := range []struct{ name, value string }{
+		{"tag_key", o.TagKey}, {"sticky_header", o.StickyHeader}, {"sticky_cookie", o.StickyCookie},
+	} {
+		if f.value != "" && !validHeaderName(f.value) {
+			return fmt.Errorf("gray: option %s: %q is not a valid header or cookie name", f.name, f.value)
+		}
+	}
+	return nil
 }
 
 // Instance is one instance of a service as an enforcer sees it: its ID, its Consul meta and the
@@ -100,12 +128,11 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 	cache := make(map[string]*decoded)
 	byName := make(map[string]*lane[T])
 	laneInstances := make(map[*lane[T]][]*decoded)
-	var draining, invalid []T
+	var draining []T
 	for _, inst := range instances {
 		d := decodeCached(cache, inst.Meta)
 		if d.err != nil {
 			s.problems = append(s.problems, withInstance(d.err, inst.ID))
-			invalid = append(invalid, inst.Value)
 			continue
 		}
 		if d.meta.Drain {
@@ -135,7 +162,9 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 		active = append(active, l.instances...)
 	}
 
-	// The base: the stable lane, else (pure blue/green) the lanes that ask for nothing.
+	// The base: the stable lane, else (pure blue/green) the lanes that ask for nothing. When blue is
+	// one of several such lanes, blue alone is the base: a colour deployed beside a live blue takes
+	// no production traffic before it is given a weight or promoted.
 	if stable := byName[StableLane]; stable != nil {
 		s.baseLanes = []*lane[T]{stable}
 	} else {
@@ -147,7 +176,11 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 			}
 		}
 		if len(names) > 1 {
-			s.problems = append(s.problems, &AmbiguousBaseError{Service: service, Lanes: names})
+			ambiguous := &AmbiguousBaseError{Service: service, Lanes: names}
+			if blue := byName[string(Blue)]; blue != nil && !blue.gray {
+				s.baseLanes, ambiguous.Base = []*lane[T]{blue}, blue.name
+			}
+			s.problems = append(s.problems, ambiguous)
 		}
 	}
 
@@ -175,7 +208,7 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 		s.weighted = append(s.weighted, weightRange[T]{upper: upper, lane: l})
 	}
 
-	s.base = s.baseDecision(active, draining, invalid)
+	s.base = s.baseDecision(active, draining)
 	return s
 }
 
@@ -215,9 +248,9 @@ func (s *Snapshot[T]) resolvePolicy(l *lane[T], ds []*decoded) {
 }
 
 // baseDecision prepares the decision for requests that no tag, rule or weight sends elsewhere, with
-// its fallbacks: every active instance, then draining ones, then (only when nothing else exists)
-// instances whose meta did not decode.
-func (s *Snapshot[T]) baseDecision(active, draining, invalid []T) Decision[T] {
+// its fallbacks: every active instance, then draining ones. Instances whose meta did not decode are
+// never chosen: with nothing else, the decision has no instances.
+func (s *Snapshot[T]) baseDecision(active, draining []T) Decision[T] {
 	var names []string
 	var base []T
 	for _, l := range s.baseLanes {
@@ -232,7 +265,7 @@ func (s *Snapshot[T]) baseDecision(active, draining, invalid []T) Decision[T] {
 	case len(draining) > 0:
 		return Decision[T]{Reason: ReasonFallback, Instances: draining, Rule: -1}
 	}
-	return Decision[T]{Reason: ReasonFallback, Instances: invalid, Rule: -1}
+	return Decision[T]{Reason: ReasonFallback, Rule: -1}
 }
 
 func decodeCached(cache map[string]*decoded, meta map[string]string) *decoded {
