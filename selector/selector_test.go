@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
@@ -246,7 +247,7 @@ func TestBrokenMeta(t *testing.T) {
 }
 
 // TestMoreThan25Instances: Kratos subsets discovery to 25 nodes by default; with the option a
-// client still reaches the one canary among 31 instances.
+// client sees all 31 instances and reaches the one canary.
 func TestMoreThan25Instances(t *testing.T) {
 	e := newEnv(t)
 	for i := 0; i < 30; i++ {
@@ -254,14 +255,33 @@ func TestMoreThan25Instances(t *testing.T) {
 	}
 	e.start("bservice", "c1", gray.Meta{Canary: true, Match: matchUser123}, nil)
 	ctx := context.Background()
-	for i := 0; i < 3; i++ { // each client gets its own subset; several clients make a miss likely
-		conn := e.dial("bservice")
-		waitFor(t, 15*time.Second, "the canary through a fresh client", func() bool {
-			s, err := who(ctx, conn, "userid", "123")
-			return err == nil && s == "c1"
-		})
-		conn.Close()
+	nodes := func(f *selector.Filter) int {
+		n := 0
+		for _, l := range f.Snapshot().Lanes() {
+			n += len(l.Instances)
+		}
+		return n
 	}
+
+	f := selector.New()
+	conn := e.dialFilter("bservice", f)
+	waitFor(t, 15*time.Second, "every instance to be connected", func() bool {
+		s, err := who(ctx, conn, "userid", "123")
+		return err == nil && s == "c1" && nodes(f) == 31
+	})
+
+	// Kratos' default, restored after the option, hands the filter 25 of the 31.
+	g := selector.New()
+	subset, err := kgrpc.DialInsecure(ctx, kgrpc.WithEndpoint("discovery:///bservice"), kgrpc.WithDiscovery(e.disc),
+		kgrpc.WithPrintDiscoveryDebugLog(false), g.GRPC(), kgrpc.WithSubset(25))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer subset.Close()
+	waitFor(t, 15*time.Second, "the subset client to connect", func() bool {
+		_, err := who(ctx, subset)
+		return err == nil && nodes(g) == 25
+	})
 }
 
 // TestNeverLanesAndStrict: a client that must never enter the canary never does, not even by tag;
