@@ -85,7 +85,7 @@ func (f *Filter) filter(ctx context.Context, nodes []kselector.Node) []kselector
 // must carry; for an HTTP Invoke it sets the tag on the outgoing request.
 func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decision[kselector.Node] {
 	if len(nodes) == 0 {
-		return gray.Decision[kselector.Node]{Rule: -1}
+		return gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
 	}
 	st := f.prepared(nodes)
 
@@ -94,6 +94,7 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 	if cc != nil {
 		c = &cc.call
 		c.reset(ctx, cc.stream)
+		cc.sendTag, cc.refused = "", nil // a retried pick decides again
 	} else {
 		c = viewPool.Get().(*call)
 		c.reset(ctx, false)
