@@ -2,10 +2,10 @@ package selector
 
 import (
 	"context"
-	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/go-kratos/kratos/v2/log"
 	kselector "github.com/go-kratos/kratos/v2/selector"
@@ -39,13 +39,20 @@ type Filter struct {
 
 // state is one prepared node set.
 type state struct {
-	nodes []kselector.Node // the key: the node set the snapshot was built from, in input order
-	// comparable reports whether every node's dynamic type is comparable, so that the key can be
-	// compared with ==. Kratos' nodes are pointers; a state of other nodes is never reused.
-	comparable bool
-	options    gray.Options
-	snap       *gray.Snapshot[kselector.Node]
+	// key holds the node set the snapshot was built from, in input order, as the two words of
+	// each interface value: its type and its data pointer. The snapshot keeps the nodes alive,
+	// so a new node cannot reuse an address in the key.
+	key     []ifaceWords
+	options gray.Options
+	snap    *gray.Snapshot[kselector.Node]
 }
+
+// ifaceWords is the memory layout of an interface value. Comparing the words rather than the
+// interfaces skips runtime.ifaceeq (a call per node) and cannot panic on a node type that is not
+// comparable; two interface values with equal words hold the same node.
+type ifaceWords [2]unsafe.Pointer
+
+func words(n *kselector.Node) ifaceWords { return *(*ifaceWords)(unsafe.Pointer(n)) }
 
 // New returns a Filter configured by opts.
 func New(opts ...Option) *Filter {
@@ -101,6 +108,8 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 		defer func() { c.reset(nil, false); viewPool.Put(c) }()
 	}
 
+	tagKey := st.snap.TagKey()
+	c.tag(tagKey) // looked up once, for the decision and for the propagation below
 	d := st.snap.Decide(c)
 	if f.cfg.strict && d.Reason == gray.ReasonFallback {
 		if cc != nil {
@@ -111,7 +120,6 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 
 	// The tag the call carries on: the one it came with, never replaced; else the decided lane
 	// when the decision is to be propagated.
-	tagKey := st.snap.TagKey()
 	tag, where := c.tag(tagKey)
 	if tag == "" && d.Propagate() {
 		tag = d.Lane
@@ -122,7 +130,7 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 			// A unary call's metadata set outside Kratos is read only now, when a tag is to
 			// be sent (reading it copies it).
 			if _, ok := c.outgoing(tagKey.Lower()); !ok {
-				cc.sendTag, cc.tagKey = tag, tagKey.Lower()
+				cc.sendTag, cc.sendKey = tag, tagKey.Lower()
 			}
 		case c.outReq != nil: // HTTP Invoke: the request is still to be sent
 			c.outReq.Header.Set(tagKey.Canonical(), tag)
@@ -158,13 +166,13 @@ func (f *Filter) options() gray.Options {
 }
 
 func (st *state) matches(nodes []kselector.Node, opts gray.Options) bool {
-	if st == nil || !st.comparable || len(st.nodes) != len(nodes) || st.options != opts {
+	if st == nil || len(st.key) != len(nodes) || st.options != opts {
 		return false
 	}
-	// The dynamic types of st.nodes are comparable; an input node of another type compares
-	// unequal without panicking.
-	for i, n := range nodes {
-		if st.nodes[i] != n {
+	key := st.key[:len(nodes)]
+	for i := range nodes {
+		w := words(&nodes[i])
+		if key[i][1] != w[1] || key[i][0] != w[0] { // two word compares; == on the array calls memequal
 			return false
 		}
 	}
@@ -173,12 +181,10 @@ func (st *state) matches(nodes []kselector.Node, opts gray.Options) bool {
 
 func (f *Filter) build(nodes []kselector.Node, opts gray.Options) *state {
 	f.builds.Add(1)
-	st := &state{nodes: slices.Clone(nodes), comparable: true, options: opts}
+	st := &state{key: make([]ifaceWords, len(nodes)), options: opts}
 	instances := make([]gray.Instance[kselector.Node], 0, len(nodes))
-	for _, n := range nodes {
-		if t := reflect.TypeOf(n); t == nil || !t.Comparable() {
-			st.comparable = false
-		}
+	for i, n := range nodes {
+		st.key[i] = words(&nodes[i])
 		if len(f.cfg.never) > 0 {
 			if m, err := gray.ParseMeta(n.Metadata()); err == nil && slices.Contains(f.cfg.never, m.LaneName()) {
 				continue

@@ -55,7 +55,7 @@ type callCtx struct {
 	context.Context
 	call
 	stream  bool
-	tagKey  string
+	sendKey string
 	sendTag string
 	refused *StrictError
 }
@@ -94,7 +94,7 @@ func (tagCredentials) GetRequestMetadata(ctx context.Context, _ ...string) (map[
 	if c == nil || c.sendTag == "" {
 		return nil, nil
 	}
-	return map[string]string{c.tagKey: c.sendTag}, nil
+	return map[string]string{c.sendKey: c.sendTag}, nil
 }
 
 func (tagCredentials) RequireTransportSecurity() bool { return false }

@@ -109,7 +109,7 @@ func TestMain(m *testing.M) {
 
 // env is one real Consul agent with the Kratos consul registry on it.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	agent  *consultest.Agent
 	client *api.Client
 	reg    *kconsul.Registry // servers register through it
@@ -117,7 +117,7 @@ type env struct {
 	r      *registrar.Registrar
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	a := consultest.Start(t)
 	client, err := api.NewClient(registrar.NewConfig(a.HTTPAddr))
@@ -219,10 +219,12 @@ func (e *env) dialFilter(service string, f *selector.Filter) *grpc.ClientConn {
 	return conn
 }
 
-// httpClient returns a Kratos HTTP client of service with the graylane option.
-func (e *env) httpClient(service string, opts ...selector.Option) *khttp.Client {
+// httpClient returns a Kratos HTTP client of service with the graylane option. Kratos' HTTP client
+// watches discovery with the context given to NewClient, so closing the client cancels it too.
+func (e *env) httpClient(service string, opts ...selector.Option) *httpClient {
 	e.t.Helper()
-	c, err := khttp.NewClient(context.Background(),
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := khttp.NewClient(ctx,
 		khttp.WithEndpoint("discovery:///"+service),
 		khttp.WithDiscovery(e.disc),
 		khttp.WithMiddleware(mmd.Client()),
@@ -230,10 +232,23 @@ func (e *env) httpClient(service string, opts ...selector.Option) *khttp.Client 
 		selector.HTTP(opts...),
 	)
 	if err != nil {
+		cancel()
 		e.t.Fatal(err)
 	}
-	e.t.Cleanup(func() { c.Close() })
-	return c
+	hc := &httpClient{Client: c, cancel: cancel}
+	e.t.Cleanup(func() { hc.Close() })
+	return hc
+}
+
+type httpClient struct {
+	*khttp.Client
+	cancel context.CancelFunc
+}
+
+func (c *httpClient) Close() error {
+	err := c.Client.Close()
+	c.cancel()
+	return err
 }
 
 // who makes a unary call with the given headers (name, value pairs) and returns the answer.
@@ -273,7 +288,7 @@ func withHeaders(ctx context.Context, headers ...string) context.Context {
 }
 
 // getWho makes an HTTP Invoke of /who with the given headers.
-func getWho(ctx context.Context, c *khttp.Client, headers ...string) (string, error) {
+func getWho(ctx context.Context, c *httpClient, headers ...string) (string, error) {
 	var out wrapperspb.StringValue
 	hdr := http.Header{}
 	for i := 0; i+1 < len(headers); i += 2 {
@@ -284,7 +299,7 @@ func getWho(ctx context.Context, c *khttp.Client, headers ...string) (string, er
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -296,7 +311,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 }
 
 // count makes n calls and counts the answers.
-func count(t *testing.T, n int, call func(i int) (string, error)) map[string]int {
+func count(t testing.TB, n int, call func(i int) (string, error)) map[string]int {
 	t.Helper()
 	got := map[string]int{}
 	for i := 0; i < n; i++ {
@@ -309,7 +324,7 @@ func count(t *testing.T, n int, call func(i int) (string, error)) map[string]int
 	return got
 }
 
-func do(t *testing.T, r *registrar.Registrar, service string, op registrar.Op) {
+func do(t testing.TB, r *registrar.Registrar, service string, op registrar.Op) {
 	t.Helper()
 	if _, err := r.Do(context.Background(), service, op); err != nil {
 		t.Fatalf("%s: %v", op, err)

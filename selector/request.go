@@ -5,10 +5,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strings"
+	"unsafe"
 
 	"github.com/go-kratos/kratos/v2/metadata"
 	"github.com/go-kratos/kratos/v2/transport"
+	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	khttp "github.com/go-kratos/kratos/v2/transport/http"
 	grpcmd "google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
@@ -33,12 +36,15 @@ type call struct {
 	inOp       string           // incoming gRPC method
 	outOp      string           // outgoing gRPC method
 	clientMD   metadata.Metadata
-	serverMD   metadata.Metadata
 	// streamMD: read gRPC outgoing metadata too. It is on for streams, whose Kratos transport
 	// header is empty; reading it copies the metadata, so unary calls read the transport header,
 	// into which Kratos copies what client middleware set.
 	streamMD bool
 	outMD    grpcmd.MD
+
+	tagKey   string // lower case
+	tagValue string
+	tagWhere where
 }
 
 type kind uint8
@@ -53,7 +59,7 @@ const (
 	lookedClient uint8 = 1 << iota
 	lookedServer
 	lookedClientMD
-	lookedServerMD
+	lookedTag
 )
 
 // where says where a header was found.
@@ -128,27 +134,26 @@ func (c *call) lookClientMD() metadata.Metadata {
 	return c.clientMD
 }
 
-func (c *call) lookServerMD() metadata.Metadata {
-	if c.looked&lookedServerMD == 0 {
-		c.looked |= lookedServerMD
-		c.serverMD, _ = metadata.FromServerContext(c.ctx)
-	}
-	return c.serverMD
-}
-
 // Header implements gray.Request: the outgoing call's headers first, then the incoming request's.
 func (c *call) Header(key gray.HeaderKey) (string, bool) {
+	if c.looked&lookedTag != 0 && key.Lower() == c.tagKey {
+		return c.tagValue, c.tagWhere != foundNowhere
+	}
 	v, w := c.header(key)
 	return v, w != foundNowhere
 }
 
-// tag returns the call's lane tag and where it was found.
+// tag returns the call's lane tag and where it was found, and remembers them for Header.
 func (c *call) tag(key gray.HeaderKey) (string, where) {
-	v, w := c.header(key)
-	if v == "" {
+	if c.looked&lookedTag == 0 || key.Lower() != c.tagKey {
+		c.tagValue, c.tagWhere = c.header(key)
+		c.tagKey = key.Lower()
+		c.looked |= lookedTag
+	}
+	if c.tagValue == "" {
 		return "", foundNowhere
 	}
-	return v, w
+	return c.tagValue, c.tagWhere
 }
 
 func (c *call) header(key gray.HeaderKey) (string, where) {
@@ -168,9 +173,13 @@ func (c *call) header(key gray.HeaderKey) (string, where) {
 			return v, foundOutgoing
 		}
 	}
-	if md := c.lookClientMD(); md != nil {
-		if v, ok := first(md[key.Lower()]); ok {
-			return v, foundElsewhere
+	if c.streamMD || c.clientKind == kindNone {
+		// Kratos client metadata: a unary call's and an HTTP Invoke's reach the transport
+		// header through metadata.Client(); a stream's are not sent by Kratos at all.
+		if md := c.lookClientMD(); md != nil {
+			if v, ok := first(md[key.Lower()]); ok {
+				return v, foundElsewhere
+			}
 		}
 	}
 	c.lookServer()
@@ -184,11 +193,6 @@ func (c *call) header(key gray.HeaderKey) (string, where) {
 			return v, foundElsewhere
 		}
 	}
-	if md := c.lookServerMD(); md != nil {
-		if v, ok := first(md[key.Lower()]); ok {
-			return v, foundElsewhere
-		}
-	}
 	return "", foundNowhere
 }
 
@@ -196,9 +200,33 @@ func (c *call) header(key gray.HeaderKey) (string, where) {
 // gRPC metadata, canonical in net/http headers (so that neither side converts the name).
 func headerValues(h transport.Header, k kind, key gray.HeaderKey) []string {
 	if k == kindGRPC {
+		if md, ok := grpcHeader(h); ok {
+			return md[key.Lower()]
+		}
 		return h.Values(key.Lower())
 	}
 	return h.Values(key.Canonical())
+}
+
+// grpcCarrier is the type of Kratos' gRPC transport header: an unexported map type whose
+// underlying type is metadata.MD. Its Values lower-cases the key on every call; reading the map
+// directly with a key already in lower case skips that.
+var grpcCarrier = func() reflect.Type {
+	t := reflect.TypeOf((&kgrpc.Transport{}).RequestHeader())
+	if t == nil || t.Kind() != reflect.Map || t.Key().Kind() != reflect.String ||
+		t.Elem() != reflect.TypeOf([]string(nil)) || t.Name() == "" {
+		return nil
+	}
+	return t
+}()
+
+// grpcHeader returns h's map when h is Kratos' gRPC transport header. A map is stored in an
+// interface as its pointer (the interface's data word), so the word is the map itself.
+func grpcHeader(h transport.Header) (map[string][]string, bool) {
+	if grpcCarrier == nil || reflect.TypeOf(h) != grpcCarrier {
+		return nil, false
+	}
+	return *(*map[string][]string)(unsafe.Pointer(&(*ifaceWords)(unsafe.Pointer(&h))[1])), true
 }
 
 func first(vs []string) (string, bool) {

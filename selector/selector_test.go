@@ -316,3 +316,41 @@ func TestNeverLanesAndStrict(t *testing.T) {
 		t.Fatalf("matched call in strict mode: %q, %v", s, err)
 	}
 }
+
+// TestNoGoroutineAfterClose: once a client with the option is closed, none of its goroutines is
+// left: graylane starts none, and gRPC's and Kratos' discovery goroutines end with the client.
+func TestNoGoroutineAfterClose(t *testing.T) {
+	e := newEnv(t)
+	e.start("bservice", "s1", gray.Meta{}, nil)
+	e.start("bservice", "c1", gray.Meta{Canary: true, Match: matchUser123}, nil)
+	ctx := context.Background()
+	client := []string{"graylane/selector.", "grpc.(*ccBalancerWrapper)", "grpc.(*addrConn)", "grpc.(*ccResolverWrapper)",
+		"resolver/discovery", "consul/v2.(*Registry).resolve", "transport/http.(*resolver)"}
+	waitFor(t, 15*time.Second, "goroutines of earlier clients to end", func() bool { return len(goroutines(client...)) == 0 })
+
+	conn := e.dial("bservice")
+	hc := e.httpClient("bservice")
+	for i := 0; i < 20; i++ {
+		if _, err := who(ctx, conn, "userid", "123"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := watch(ctx, conn, "userid", "123"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := getWho(ctx, hc, "userid", "123"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(goroutines(client...)) == 0 {
+		t.Fatal("the check sees no client goroutine while the clients are open")
+	}
+	conn.Close()
+	hc.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for left := goroutines(client...); len(left) > 0; left = goroutines(client...) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines outlived the clients' Close:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
