@@ -10,6 +10,7 @@ import (
 	"github.com/go-kratos/kratos/v2/registry"
 	kselector "github.com/go-kratos/kratos/v2/selector"
 	"github.com/go-kratos/kratos/v2/selector/filter"
+	"github.com/go-kratos/kratos/v2/selector/node/direct"
 	"github.com/go-kratos/kratos/v2/selector/wrr"
 	"github.com/go-kratos/kratos/v2/transport"
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
@@ -84,8 +85,9 @@ func callContext(b *testing.B, addr string) context.Context {
 }
 
 // BenchmarkSelect: Select through Kratos' default selector with the wrr balancer, side by side: no
-// filter, Kratos' filter.Version, graylane (header rule and sticky key). The default selector copies
-// the node list twice per call when any filter is set; those copies are Kratos'.
+// filter, Kratos' filter.Version, graylane's filter (header rule and sticky key), and graylane's
+// Builder over the same wrr balancer (the same decision, without the default selector's copies).
+// The default selector copies the node list twice per call when any filter is set.
 func BenchmarkSelect(b *testing.B) {
 	ctx := callContext(b, benchServer(b))
 	for _, n := range []int{10, 100, 1000} {
@@ -98,9 +100,13 @@ func BenchmarkSelect(b *testing.B) {
 			{"none", nil},
 			{"version", []kselector.SelectOption{kselector.WithNodeFilter(filter.Version("v1"))}},
 			{"graylane", []kselector.SelectOption{kselector.WithNodeFilter(f.NodeFilter())}},
+			{"builder", nil},
 		} {
 			b.Run(fmt.Sprintf("nodes=%d/%s", n, bc.name), func(b *testing.B) {
 				sel := wrr.NewBuilder().Build()
+				if bc.name == "builder" {
+					sel = selector.NewBuilder(&wrr.Builder{}, &direct.Builder{}, selector.WithStickyHeader("x-user-id")).Build()
+				}
 				sel.Apply(nodes)
 				b.ReportAllocs()
 				for i := 0; i < b.N; i++ {

@@ -94,8 +94,12 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 	if len(nodes) == 0 {
 		return gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
 	}
-	st := f.prepared(nodes)
+	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
+}
 
+// decide makes one call's decision on a prepared snapshot: it builds the request view over ctx,
+// applies strict mode, and records the lane tag the call must carry.
+func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) gray.Decision[T] {
 	cc, _ := ctx.Value(callKey{}).(*callCtx)
 	var c *call
 	if cc != nil {
@@ -108,14 +112,14 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 		defer func() { c.reset(nil, false); viewPool.Put(c) }()
 	}
 
-	tagKey := st.snap.TagKey()
+	tagKey := snap.TagKey()
 	c.tag(tagKey) // looked up once, for the decision and for the propagation below
-	d := st.snap.Decide(c)
-	if f.cfg.strict && d.Reason == gray.ReasonFallback {
+	d := snap.Decide(c)
+	if cfg.strict && d.Reason == gray.ReasonFallback {
 		if cc != nil {
-			cc.refused = &StrictError{Service: st.snap.Service()}
+			cc.refused = &StrictError{Service: snap.Service()}
 		}
-		return gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
+		return gray.Decision[T]{Reason: gray.ReasonFallback, Rule: -1}
 	}
 
 	// The tag the call carries on: the one it came with, never replaced; else the decided lane
@@ -135,8 +139,8 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 		case c.outReq != nil: // HTTP Invoke: the request is still to be sent
 			c.outReq.Header.Set(tagKey.Canonical(), tag)
 		case c.clientKind == kindGRPC:
-			f.warnInterceptors.Do(func() {
-				log.Warnf("graylane: the lane tag of calls to %s cannot be propagated: the interceptors of selector.GRPC are missing (was grpc.WithOptions given after it?)", st.snap.Service())
+			warn.Do(func() {
+				log.Warnf("graylane: the lane tag of calls to %s cannot be propagated: the interceptors of selector.GRPC are missing (was grpc.WithOptions given after it?)", snap.Service())
 			})
 		}
 	}
