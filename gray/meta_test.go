@@ -174,7 +174,7 @@ func TestBadMetaErrors(t *testing.T) {
 		{map[string]string{"match": `[{"header":[{"key":"a","present":"maybe"}]}]`}, "match", "header.present: expected a bool"},
 		{map[string]string{"match": `[{"header":"x"}]`}, "match", "header: expected a list of conditions"},
 		{map[string]string{"match": `[{"header":[{"key":"a","present":true}]}] trailing`}, "match", "not valid JSON"},
-		{map[string]string{"match_1": "x"}, "match", `the first part, key "match", is missing`},
+		{map[string]string{"match_1": "x"}, "match", `but the first part is missing`},
 	}
 	for _, c := range cases {
 		_, err := gray.ParseMeta(c.meta)
