@@ -72,13 +72,22 @@ func (p *planner) requireLane(name string) ([]string, error) {
 	ids := p.lane(name)
 	if len(ids) == 0 {
 		lanes := map[string]bool{}
+		var broken []string
 		for _, inst := range p.instances {
 			if inst.GrayErr == nil && !inst.Gray.Drain {
 				lanes[inst.Gray.LaneName()] = true
 			}
+			if inst.GrayErr != nil {
+				broken = append(broken, inst.GrayErr.Error())
+			}
 		}
-		return nil, fmt.Errorf("%w: service %s has no lane %q (lanes: %s)", ErrNotFound, p.service, name,
+		err := fmt.Errorf("%w: service %s has no lane %q (lanes: %s)", ErrNotFound, p.service, name,
 			strings.Join(slices.Sorted(maps.Keys(lanes)), ", "))
+		if len(broken) > 0 {
+			err = fmt.Errorf("%w; instances whose meta does not decode belong to no lane: %s; fix their meta with graylane apply --reset-gray, or drain them",
+				err, strings.Join(broken, "; "))
+		}
+		return nil, err
 	}
 	return ids, nil
 }

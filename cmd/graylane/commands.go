@@ -323,12 +323,12 @@ func runMatch(ctx context.Context, e *env, args []string) error {
 	case !e.o.none && len(args) < 3:
 		return &usageError{"expected RULES_JSON, or --none"}
 	case !e.o.none:
+		if t := strings.Join(strings.Fields(args[2]), ""); t == "[]" || t == "" || t == "null" {
+			return &usageError{fmt.Sprintf("RULES_JSON %q holds no rule; to remove the lane's rules use --none", args[2])}
+		}
 		m, err := gray.ParseMeta(map[string]string{gray.KeyMatch: args[2]})
 		if err != nil {
 			return err
-		}
-		if len(m.Match) == 0 {
-			return &usageError{fmt.Sprintf("RULES_JSON %q holds no rule; to remove the lane's rules use --none", args[2])}
 		}
 		op.Match = m.Match
 	}
