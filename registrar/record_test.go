@@ -434,3 +434,23 @@ func TestBrokenLaneNamesItsInstances(t *testing.T) {
 		t.Fatalf("status problems do not name the critical broken instance: %v", st.Problems)
 	}
 }
+
+// TestCorruptHistoryEntryHidesNothingElse: an entry that does not decode is named, and the others are
+// still returned.
+func TestCorruptHistoryEntryHidesNothingElse(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	do(t, r, "bservice", registrar.SetWeight{Lane: "canary", Weight: 500})
+	if _, err := r.Client().KV().Put(&api.KVPair{Key: "graylane/services/bservice/history/00000000000000000001-bad", Value: []byte("{half")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	hist, err := r.History(context.Background(), "bservice")
+	var bad *registrar.HistoryError
+	if !errors.As(err, &bad) || !strings.Contains(err.Error(), "history/00000000000000000001-bad") {
+		t.Fatalf("got %v", err)
+	}
+	if len(hist) != 2 || hist[1].Action != "weight canary 5" {
+		t.Fatalf("the readable entries: %+v", hist)
+	}
+}
