@@ -205,6 +205,8 @@ type HistoryEntry struct {
 	// Outcome is OutcomeRecorded, OutcomeApplied or "not applied: <reason>"; empty in entries written
 	// before graylane recorded outcomes.
 	Outcome string `json:"outcome,omitempty"`
+	// Reason says why the change was made, when its maker said (a rollout's gate readings).
+	Reason string `json:"reason,omitempty"`
 }
 
 // HistoryError reports history entries that could not be read. History returns the readable ones
@@ -338,6 +340,9 @@ type Plan struct {
 	Changes []InstanceChange
 	// Notes explain side effects (another lane's weight changed to keep blue/green unambiguous).
 	Notes []string
+	// Reason, when set before Commit, is recorded in the history entry: why the change was made
+	// (a rollout's gate readings, say).
+	Reason string
 
 	stateIndex                  uint64
 	state                       desiredState
@@ -428,7 +433,8 @@ type recordedEntry struct {
 func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error) {
 	entry := HistoryEntry{Time: r.now().UTC(), Who: r.operator, Service: p.Service, Action: p.Action,
 		Before: map[string]map[string]string{}, After: map[string]map[string]string{},
-		OptionsBefore: p.optionsBefore, OptionsAfter: p.optionsAfter, Base: p.stateIndex, Outcome: OutcomeRecorded}
+		OptionsBefore: p.optionsBefore, OptionsAfter: p.optionsAfter, Base: p.stateIndex, Outcome: OutcomeRecorded,
+		Reason: p.Reason}
 	for _, c := range p.Changes {
 		entry.Before[c.ID], _ = c.Before.Encode()
 		if !p.deregister {
