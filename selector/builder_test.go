@@ -55,7 +55,7 @@ func (e *env) dialPlain(service string, opts ...kgrpc.ClientOption) *grpc.Client
 	e.t.Helper()
 	conn, err := kgrpc.DialInsecure(context.Background(), append([]kgrpc.ClientOption{
 		kgrpc.WithEndpoint("discovery:///" + service),
-		kgrpc.WithDiscovery(e.disc),
+		kgrpc.WithDiscovery(e.discovery()),
 		kgrpc.WithMiddleware(mmd.Client()),
 		kgrpc.WithPrintDiscoveryDebugLog(false),
 	}, opts...)...)

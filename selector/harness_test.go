@@ -112,9 +112,12 @@ type env struct {
 	t      testing.TB
 	agent  *consultest.Agent
 	client *api.Client
-	reg    *kconsul.Registry // servers register through it
-	disc   *kconsul.Registry // clients discover through it
-	r      *registrar.Registrar
+	// discOpts configure the registry each client discovers through. Each client gets its own:
+	// Kratos' ServiceInstance.Equal sorts an instance's endpoints in place, and the consul
+	// registry hands the same instances to every client of a service, so two clients of one
+	// service on one registry race (in Kratos, not in graylane).
+	discOpts []kconsul.Option
+	r        *registrar.Registrar
 }
 
 func newEnv(t testing.TB) *env {
@@ -130,10 +133,12 @@ func newEnv(t testing.TB) *env {
 	}
 	return &env{
 		t: t, agent: a, client: client, r: r,
-		reg:  kconsul.New(client, kconsul.WithHealthCheck(false)),
-		disc: kconsul.New(client, kconsul.WithTimeout(3*time.Second)),
+		discOpts: []kconsul.Option{kconsul.WithTimeout(3 * time.Second)},
 	}
 }
+
+// discovery returns a new Kratos consul registry for one client.
+func (e *env) discovery() *kconsul.Registry { return kconsul.New(e.client, e.discOpts...) }
 
 // server is one running instance: a Kratos gRPC and a Kratos HTTP server registered as one
 // ServiceInstance with both endpoints.
@@ -142,7 +147,7 @@ type server struct {
 	svc  *registry.ServiceInstance
 	g    *kgrpc.Server
 	h    *khttp.Server
-	env  *env
+	reg  *kconsul.Registry
 	once sync.Once
 }
 
@@ -176,11 +181,14 @@ func (e *env) start(service, id string, m gray.Meta, next func(ctx context.Conte
 	}
 	go func() { _ = g.Start(context.Background()) }()
 	go func() { _ = h.Start(context.Background()) }()
-	s := &server{inst: inst, g: g, h: h, env: e, svc: &registry.ServiceInstance{
+	// One registry per instance, as one per Kratos app: the registry's Deregister cancels every
+	// registration it made. No TTL heartbeat: the registrar's meta changes are not undone by it.
+	reg := kconsul.New(e.client, kconsul.WithHealthCheck(false), kconsul.WithHeartbeat(false))
+	s := &server{inst: inst, g: g, h: h, reg: reg, svc: &registry.ServiceInstance{
 		ID: id, Name: service, Version: "v1", Metadata: meta,
 		Endpoints: []string{gu.String(), hu.String()},
 	}}
-	if err := e.reg.Register(context.Background(), s.svc); err != nil {
+	if err := reg.Register(context.Background(), s.svc); err != nil {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(s.stop)
@@ -190,7 +198,7 @@ func (e *env) start(service, id string, m gray.Meta, next func(ctx context.Conte
 // stop deregisters the instance and stops its servers, as a Kratos app does on shutdown.
 func (s *server) stop() {
 	s.once.Do(func() {
-		_ = s.env.reg.Deregister(context.Background(), s.svc)
+		_ = s.reg.Deregister(context.Background(), s.svc)
 		_ = s.g.Stop(context.Background())
 		_ = s.h.Stop(context.Background())
 	})
@@ -207,7 +215,7 @@ func (e *env) dialFilter(service string, f *selector.Filter) *grpc.ClientConn {
 	e.t.Helper()
 	conn, err := kgrpc.DialInsecure(context.Background(),
 		kgrpc.WithEndpoint("discovery:///"+service),
-		kgrpc.WithDiscovery(e.disc),
+		kgrpc.WithDiscovery(e.discovery()),
 		kgrpc.WithMiddleware(mmd.Client()),
 		kgrpc.WithPrintDiscoveryDebugLog(false),
 		f.GRPC(),
@@ -226,7 +234,7 @@ func (e *env) httpClient(service string, opts ...selector.Option) *httpClient {
 	ctx, cancel := context.WithCancel(context.Background())
 	c, err := khttp.NewClient(ctx,
 		khttp.WithEndpoint("discovery:///"+service),
-		khttp.WithDiscovery(e.disc),
+		khttp.WithDiscovery(e.discovery()),
 		khttp.WithMiddleware(mmd.Client()),
 		khttp.WithBlock(),
 		selector.HTTP(opts...),

@@ -3,7 +3,6 @@ package selector_test
 import (
 	"context"
 
-	kconsul "github.com/go-kratos/kratos/contrib/registry/consul/v2"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -29,7 +28,7 @@ func BenchmarkCommitToCall(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			e := newEnv(b)
-			e.disc = kconsul.New(e.client)
+			e.discOpts = nil // the registry's defaults
 			median, p99 := measureCommitToCall(b, e, 30, bc.min, bc.max)
 			b.ReportMetric(float64(median)/1e6, "median-ms")
 			b.ReportMetric(float64(p99)/1e6, "p99-ms")

@@ -272,7 +272,7 @@ func TestMoreThan25Instances(t *testing.T) {
 
 	// Kratos' default, restored after the option, hands the filter 25 of the 31.
 	g := selector.New()
-	subset, err := kgrpc.DialInsecure(ctx, kgrpc.WithEndpoint("discovery:///bservice"), kgrpc.WithDiscovery(e.disc),
+	subset, err := kgrpc.DialInsecure(ctx, kgrpc.WithEndpoint("discovery:///bservice"), kgrpc.WithDiscovery(e.discovery()),
 		kgrpc.WithPrintDiscoveryDebugLog(false), g.GRPC(), kgrpc.WithSubset(25))
 	if err != nil {
 		t.Fatal(err)
