@@ -40,7 +40,7 @@ func benchNodes(n int) []kselector.Node {
 }
 
 // benchServer runs a Kratos gRPC server on loopback (no discovery) and returns its address.
-func benchServer(b *testing.B) string {
+func benchServer(b testing.TB) string {
 	b.Helper()
 	srv := kgrpc.NewServer(kgrpc.Address("127.0.0.1:0"), kgrpc.Middleware(mmd.Server()))
 	srv.RegisterService(&echoDesc, &instance{id: "s", tags: make(chan string, 1)})
@@ -56,7 +56,7 @@ func benchServer(b *testing.B) string {
 // callContext returns the context a node filter sees in a real unary Kratos gRPC call with the
 // option: the client transport whose request header holds a sticky user key and a userid that does
 // not match the canary's rule. It is captured by a filter placed before graylane's.
-func callContext(b *testing.B, addr string) context.Context {
+func callContext(b testing.TB, addr string) context.Context {
 	b.Helper()
 	var captured context.Context
 	capture := func(ctx context.Context, nodes []kselector.Node) []kselector.Node {
@@ -181,5 +181,29 @@ func BenchmarkUnaryCall(b *testing.B) {
 				call()
 			}
 		})
+	}
+}
+
+// TestFilterAllocatesNothing: the filter's own work on a real unary call's context allocates
+// nothing, for a production call (sticky weight), a matched call and a tagged call.
+func TestFilterAllocatesNothing(t *testing.T) {
+	ctx := callContext(t, benchServer(t))
+	nodes := benchNodes(100)
+	f := selector.New(selector.WithStickyHeader("x-user-id"))
+	tr, _ := transport.FromClientContext(ctx)
+	for _, tc := range []struct{ name, key, value, lane string }{
+		{"production", "userid", "7", "stable"},
+		{"matched", "userid", "123", "canary"},
+		{"tagged", gray.DefaultTagKey, "canary", "canary"},
+	} {
+		tr.RequestHeader().Set("userid", "7")
+		tr.RequestHeader().Set(tc.key, tc.value)
+		if d := f.Decide(ctx, nodes); d.Lane != tc.lane {
+			t.Fatalf("%s: lane %q, want %q", tc.name, d.Lane, tc.lane)
+		}
+		if n := testing.AllocsPerRun(1000, func() { f.NodeFilter()(ctx, nodes) }); n != 0 {
+			t.Errorf("%s: %v allocations per call, want 0", tc.name, n)
+		}
+		tr.RequestHeader().Set(gray.DefaultTagKey, "")
 	}
 }

@@ -131,11 +131,7 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	if tag != "" && where != foundOutgoing {
 		switch {
 		case cc != nil:
-			// A unary call's metadata set outside Kratos is read only now, when a tag is to
-			// be sent (reading it copies it).
-			if _, ok := c.outgoing(tagKey.Lower()); !ok {
-				cc.sendTag, cc.sendKey = tag, tagKey.Lower()
-			}
+			cc.sendTag, cc.sendKey = tag, tagKey.Lower()
 		case c.outReq != nil: // HTTP Invoke: the request is still to be sent
 			c.outReq.Header.Set(tagKey.Canonical(), tag)
 		case c.clientKind == kindGRPC:

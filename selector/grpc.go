@@ -6,6 +6,7 @@ import (
 	kselector "github.com/go-kratos/kratos/v2/selector"
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"google.golang.org/grpc"
+	grpcmd "google.golang.org/grpc/metadata"
 )
 
 // GRPC returns the one option a Kratos gRPC client needs:
@@ -92,6 +93,11 @@ type tagCredentials struct{}
 func (tagCredentials) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
 	c, _ := ctx.Value(callKey{}).(*callCtx)
 	if c == nil || c.sendTag == "" {
+		return nil, nil
+	}
+	// Metadata the caller set with gRPC's AppendToOutgoingContext is read only here, when a tag
+	// is to be sent (reading it copies it): a tag already there is never replaced.
+	if md, ok := grpcmd.FromOutgoingContext(ctx); ok && len(md[c.sendKey]) > 0 {
 		return nil, nil
 	}
 	return map[string]string{c.sendKey: c.sendTag}, nil
