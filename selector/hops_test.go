@@ -24,7 +24,8 @@ func nextHop(conn **grpc.ClientConn) func(ctx context.Context) (string, error) {
 
 // TestThreeHops: client -> A -> B -> C over Kratos gRPC, every client with the option and Kratos'
 // metadata middleware. A and C have canaries, B has none. The lane chosen at A holds at C; B serves
-// from stable and still passes the tag on; a stream carries it as well as a unary call.
+// from stable and still passes the tag on; a stream carries it as well as a unary call, and an HTTP
+// Invoke into A as well.
 func TestThreeHops(t *testing.T) {
 	e := newEnv(t)
 	tagOnly := gray.Meta{Canary: true} // reached only by a tag
@@ -36,6 +37,7 @@ func TestThreeHops(t *testing.T) {
 	e.start("aservice", "a-stable", gray.Meta{}, nextHop(&toB))
 	e.start("aservice", "a-canary", gray.Meta{Canary: true, Match: matchUser123}, nextHop(&toB))
 	toA := e.dial("aservice")
+	httpA := e.httpClient("aservice")
 	ctx := context.Background()
 	waitFor(t, 10*time.Second, "the chain", func() bool {
 		s, err := who(ctx, toA, "userid", "123")
@@ -51,6 +53,8 @@ func TestThreeHops(t *testing.T) {
 	}{
 		{"unary", func(ctx context.Context, h ...string) (string, error) { return who(ctx, toA, h...) }},
 		{"stream", func(ctx context.Context, h ...string) (string, error) { return watch(ctx, toA, h...) }},
+		// An HTTP Invoke to A's HTTP server, whose handler calls B over gRPC.
+		{"http", func(ctx context.Context, h ...string) (string, error) { return getWho(ctx, httpA, h...) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for i := 0; i < 50; i++ {
