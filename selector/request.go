@@ -20,9 +20,10 @@ import (
 )
 
 // call is the gray.Request view of one outgoing call. It reads, without copying, what the call's
-// context holds: the outgoing request (Kratos' client transport, gRPC outgoing metadata, Kratos
-// client metadata) and, when the call is made inside a handler, the incoming request (Kratos'
-// server transport and server metadata). Each context lookup is made once, when first needed.
+// context holds: the outgoing request (Kratos' client transport; for streams also the gRPC outgoing
+// metadata and Kratos client metadata) and, when the call is made inside a handler, the incoming
+// request (Kratos' server transport). Each context lookup is made once, when first needed. The
+// package documentation has the table of what each kind of call shows.
 type call struct {
 	ctx context.Context
 
