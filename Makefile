@@ -10,7 +10,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo consul clean
+.PHONY: test check unit fuzz bench demo consul prometheus clean
 
 ## test: format and vet checks, the race-enabled test suite (real Consul) and short fuzz runs
 test: check unit fuzz
@@ -20,7 +20,7 @@ check:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-unit: consul
+unit: consul prometheus
 	$(GO) test -race -count=1 ./...
 
 fuzz:
@@ -48,6 +48,13 @@ $(CONSUL):
 	GOFLAGS=-mod=mod $(GO) get github.com/hashicorp/consul@$(CONSUL_VERSION) && \
 	GOFLAGS=-mod=mod $(GO) build -o $(CONSUL).tmp github.com/hashicorp/consul
 	mv $(CONSUL).tmp $(CONSUL)
+
+## prometheus: the Prometheus server the rollout tests scrape with (Debian's package, when missing)
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus package (the rollout tests run a real Prometheus)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 clean:
 	rm -rf $(TOOLS)
