@@ -185,6 +185,21 @@ func (s *stack) run(t *testing.T, p *rollout.Plan) (*rollout.State, error, []str
 	return st, err, events
 }
 
+// appliedOnce fails unless the history holds exactly one change with this action.
+func (s *stack) appliedOnce(t *testing.T, action string) {
+	t.Helper()
+	hist, _ := s.r.History(context.Background(), "shop")
+	n := 0
+	for _, h := range hist {
+		if h.Action == action {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%q was applied %d times", action, n)
+	}
+}
+
 func lastHistory(t *testing.T, r *registrar.Registrar) registrar.HistoryEntry {
 	t.Helper()
 	hist, err := r.History(context.Background(), "shop")
@@ -328,16 +343,7 @@ func TestControllerStoppedMidStepResumes(t *testing.T) {
 	if len(events) == 0 || strings.HasPrefix(events[0], "step 2 of 3") || strings.HasPrefix(events[0], "step 1 of 3") {
 		t.Fatalf("the resumed controller started the step over: %v", events)
 	}
-	hist, _ := s.r.History(context.Background(), "shop")
-	n := 0
-	for _, h := range hist {
-		if h.Action == "weight canary 20" {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Fatalf("step 2 was applied %d times", n)
-	}
+	s.appliedOnce(t, "weight canary 20")
 }
 
 // TestOperatorCommands: pause keeps the step, resume goes on, abort rolls back, and a second start
@@ -441,16 +447,7 @@ gates: {window: 4s, min_requests: 30, error_ratio: {max: 0.02}}
 	if !strings.Contains(out2.String(), "resuming the rollout of shop lane canary at step 2 of 3") || !strings.Contains(out2.String(), "waiting: release-bot") {
 		t.Fatalf("the second controller did not wait for the lock and resume step 2:\n%s", out2.String())
 	}
-	hist, _ := s.r.History(context.Background(), "shop")
-	n := 0
-	for _, h := range hist {
-		if h.Action == "weight canary 20" {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Fatalf("step 2 was applied %d times", n)
-	}
+	s.appliedOnce(t, "weight canary 20")
 	t.Logf("first controller:\n%s\nsecond controller:\n%s", out1.String(), out2.String())
 }
 
