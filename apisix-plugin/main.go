@@ -32,7 +32,8 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-func run(args []string) int {
+// run runs the runner until SIGTERM or SIGINT; opts configure the plugin (tests give it a Source).
+func run(args []string, opts ...extplugin.Option) int {
 	if len(args) == 0 || args[0] != "run" {
 		fmt.Fprintln(os.Stderr, "usage: graylane-apisix-runner run [-log-level warn]")
 		return 2
@@ -44,7 +45,7 @@ func run(args []string) int {
 		return 2
 	}
 
-	p := extplugin.New(extplugin.WithLogger(log.Warnf))
+	p := extplugin.New(append([]extplugin.Option{extplugin.WithLogger(log.Warnf)}, opts...)...)
 	for _, pl := range append([]plugin.Plugin{p}, extraPlugins...) {
 		if err := plugin.RegisterPlugin(pl); err != nil {
 			fmt.Fprintf(os.Stderr, "graylane-apisix-runner: register plugin %s: %v\n", pl.Name(), err)

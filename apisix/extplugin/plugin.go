@@ -21,13 +21,22 @@ import (
 const Name = "graylane"
 
 // Source hands out live views of services, shared by everyone asking for the same service and
-// options. A *registrar.Watcher is the Source the runner uses.
+// options. The runner's Source is a WatcherSource, on Consul.
 type Source interface {
-	// ServiceWith returns the view of service whose snapshots are built with the service's own
-	// options (kept in Consul) overridden by override's non-empty fields. It must not block.
-	ServiceWith(service string, override gray.Options) *registrar.ServiceView
+	// View returns the view of service whose snapshots are built with the service's own options
+	// (kept in Consul) overridden by override's non-empty fields. It must not block.
+	View(service string, override gray.Options) View
 	// Close stops every watch.
 	Close() error
+}
+
+// View is the live state of one service; *registrar.ServiceView is one. Both methods are called
+// concurrently and must not block.
+type View interface {
+	// Snapshot returns the current snapshot, never nil.
+	Snapshot() *gray.Snapshot[registrar.Endpoint]
+	// Changed returns a channel closed at the next change.
+	Changed() <-chan struct{}
 }
 
 // Option configures a Plugin.
@@ -66,7 +75,7 @@ type serviceKey struct {
 
 // service is the state shared by every conf naming one service with the same overrides.
 type service struct {
-	view  *registrar.ServiceView
+	view  View
 	table atomic.Pointer[laneTable]
 }
 
@@ -142,7 +151,7 @@ func (p *Plugin) service(name string, opts gray.Options) (*service, error) {
 		}
 		p.src = src
 	}
-	s := &service{view: p.src.ServiceWith(name, opts)}
+	s := &service{view: p.src.View(name, opts)}
 	p.services[key] = s
 	p.wg.Add(1)
 	go p.report(name, s.view)
@@ -150,7 +159,7 @@ func (p *Plugin) service(name string, opts gray.Options) (*service, error) {
 }
 
 // report logs each new snapshot's problems until Close.
-func (p *Plugin) report(name string, v *registrar.ServiceView) {
+func (p *Plugin) report(name string, v View) {
 	defer p.wg.Done()
 	for {
 		changed := v.Changed()

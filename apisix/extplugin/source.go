@@ -49,8 +49,8 @@ func (s *WatcherSource) watcher(override gray.Options) (*registrar.Watcher, erro
 	return w, nil
 }
 
-// ServiceWith implements Source. It starts the watch and returns at once.
-func (s *WatcherSource) ServiceWith(service string, override gray.Options) *registrar.ServiceView {
+// View implements Source. It starts the watch and returns at once.
+func (s *WatcherSource) View(service string, override gray.Options) View {
 	w, err := s.watcher(override)
 	if err != nil {
 		// The same configuration built the first watcher, so this cannot happen; should it, the

@@ -1,0 +1,329 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	A6 "github.com/api7/ext-plugin-proto/go/A6"
+	A6Err "github.com/api7/ext-plugin-proto/go/A6/Err"
+	hrc "github.com/api7/ext-plugin-proto/go/A6/HTTPReqCall"
+	"github.com/hashicorp/consul/api"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consultest"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(vectorRunnerEnv) != "" {
+		os.Exit(runVectorRunner())
+	}
+	os.Exit(m.Run())
+}
+
+const laneHeader = gray.DefaultTagKey
+
+// The test service's instances: a stable one, a canary taking the header userid=123 and 10 % of
+// the other users, and a green lane reachable only by tag.
+var (
+	canaryMatch = `[{"header":[{"key":"userid","value_match":"123"}]}]`
+	canaryMeta  = map[string]string{"canary": "true", "weight": "10", "match": canaryMatch}
+)
+
+func register(t testing.TB, c *api.Client, id string, port int, meta map[string]string) {
+	t.Helper()
+	err := c.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: id, Name: "bservice", Address: "127.0.0.1", Port: port, Meta: meta,
+	})
+	if err != nil {
+		t.Fatalf("register %s: %v", id, err)
+	}
+}
+
+// grayEnv is Consul with bservice's three lanes and a runner watching it.
+type grayEnv struct {
+	agent  *consultest.Agent
+	consul *api.Client
+	runner *runnerProc
+	sock   string
+}
+
+func startGrayEnv(t *testing.T) *grayEnv {
+	t.Helper()
+	agent := consultest.Start(t)
+	client, err := api.NewClient(&api.Config{Address: agent.HTTPAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(t, client, "bservice-stable-1", 9001, map[string]string{"version": "v1"})
+	register(t, client, "bservice-canary-1", 9002, canaryMeta)
+	register(t, client, "bservice-green-1", 9003, map[string]string{"bluegreen": "green"})
+	sock := filepath.Join(t.TempDir(), "runner.sock")
+	r := startRunner(t, sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR="+agent.HTTPAddr)
+	return &grayEnv{agent: agent, consul: client, runner: r, sock: sock}
+}
+
+const testConf = `{"service":"bservice","sticky_header":"x-user-id","trusted_cidrs":["10.0.0.0/8"],"echo_header":"x-gray-lane"}`
+
+var (
+	untrusted = netip.MustParseAddr("203.0.113.9")
+	trusted   = netip.MustParseAddr("10.1.2.3")
+)
+
+// laneOf sends a request and returns the lane header the runner sets ("" when it removes it or
+// leaves it absent) and the echoed lane.
+func laneOf(t testing.TB, c *a6conn, r *httpReq) (lane, echo string) {
+	t.Helper()
+	rw, err := c.call(r)
+	if err != nil {
+		t.Fatalf("call %+v: %v", r, err)
+	}
+	if rw.action != hrc.ActionRewrite {
+		t.Fatalf("call %+v: action %v, want a rewrite", r, rw.action)
+	}
+	return rw.final(r, laneHeader), rw.respHeaders["X-Gray-Lane"]
+}
+
+// waitLane polls until the request gets the lane and returns how long it took.
+func waitLane(t testing.TB, c *a6conn, r *httpReq, want string, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		got, _ := laneOf(t, c, r)
+		if got == want {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			t.Fatalf("request %+v: lane %q after %v, want %q", r, got, timeout, want)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestRunnerAgainstConsul(t *testing.T) {
+	env := startGrayEnv(t)
+	c := dialRunner(t, env.sock)
+	token, err := c.prepareConf("route-1", [2]string{"graylane", testConf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	matched := &httpReq{token: token, id: 1, ip: untrusted, path: "/api/user", headers: [][2]string{{"userid", "123"}}}
+	first := waitLane(t, c, matched, "canary", 20*time.Second)
+	t.Logf("first snapshot from Consul after %v", first)
+
+	t.Run("matched request gets the canary lane", func(t *testing.T) {
+		lane, echo := laneOf(t, c, matched)
+		if lane != "canary" || echo != "canary" {
+			t.Errorf("lane %q echo %q, want canary", lane, echo)
+		}
+	})
+
+	t.Run("base decision sets no lane header and echoes the base lane", func(t *testing.T) {
+		user := stableUser(0)
+		rw, err := c.call(&httpReq{token: token, id: 2, ip: untrusted, path: "/api/user", headers: [][2]string{{"x-user-id", user}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, _, _ := rw.header(laneHeader); v != "" {
+			t.Errorf("lane header %q for a base decision", v)
+		}
+		if e := rw.respHeaders["X-Gray-Lane"]; e != "stable" {
+			t.Errorf("echo %q, want stable", e)
+		}
+	})
+
+	t.Run("spoofed lane from an untrusted address is removed", func(t *testing.T) {
+		for i, ip := range []netip.Addr{untrusted, netip.MustParseAddr("2001:db8::7"), netip.MustParseAddr("11.0.0.1")} {
+			user := stableUser(i)
+			rw, err := c.call(&httpReq{token: token, id: 3, ip: ip, path: "/", headers: [][2]string{{laneHeader, "green"}, {"x-user-id", user}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, removed, _ := rw.header(laneHeader); !removed {
+				t.Errorf("from %v: spoofed lane header not removed: %v", ip, rw.headers)
+			}
+			if e := rw.respHeaders["X-Gray-Lane"]; e != "stable" {
+				t.Errorf("from %v: decided %q, want stable", ip, e)
+			}
+		}
+	})
+
+	t.Run("lane from a trusted address is honoured", func(t *testing.T) {
+		for _, ip := range []netip.Addr{trusted, netip.MustParseAddr("::ffff:10.9.9.9")} {
+			lane, _ := laneOf(t, c, &httpReq{token: token, id: 4, ip: ip, path: "/", headers: [][2]string{{laneHeader, "green"}}})
+			if lane != "green" {
+				t.Errorf("from %v: lane %q, want green", ip, lane)
+			}
+		}
+		// A trusted tag naming no lane of the service is not propagated.
+		rw, err := c.call(&httpReq{token: token, id: 5, ip: trusted, path: "/", headers: [][2]string{{laneHeader, "nope"}, {"x-user-id", stableUser(0)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, removed, _ := rw.header(laneHeader); !removed {
+			t.Errorf("unknown trusted tag: header %q, want removed", v)
+		}
+	})
+
+	t.Run("10 percent of 10000 users", func(t *testing.T) {
+		canary := 0
+		for i := range 10000 {
+			lane, _ := laneOf(t, c, &httpReq{token: token, id: uint32(i), ip: untrusted, path: "/api/order",
+				headers: [][2]string{{"x-user-id", fmt.Sprintf("user-%d", i)}}})
+			if lane == "canary" {
+				canary++
+			}
+		}
+		share := float64(canary) / 100
+		t.Logf("canary share %.2f %%", share)
+		if share < 9 || share > 11 {
+			t.Errorf("canary share %.2f %%, want 10 ± 1", share)
+		}
+	})
+
+	t.Run("a user keeps one lane", func(t *testing.T) {
+		for i := range 50 {
+			user := fmt.Sprintf("sticky-%d", i)
+			want, _ := laneOf(t, c, &httpReq{token: token, id: 1, ip: untrusted, path: "/", headers: [][2]string{{"x-user-id", user}}})
+			for range 20 {
+				if got, _ := laneOf(t, c, &httpReq{token: token, id: 2, ip: untrusted, path: "/", headers: [][2]string{{"x-user-id", user}}}); got != want {
+					t.Fatalf("user %s: lane %q, then %q", user, want, got)
+				}
+			}
+		}
+	})
+
+	t.Run("malformed requests get a decision", func(t *testing.T) {
+		huge := strings.Repeat("x", 60<<10)
+		cases := map[string]*httpReq{
+			"no path":           {path: ""},
+			"huge headers":      {path: "/", headers: [][2]string{{"x-user-id", huge}, {"userid", huge}, {"cookie", huge}}},
+			"bad cookie":        {path: "/", headers: [][2]string{{"cookie", `=;;; ;="x; uid==; "`}}},
+			"ipv6 source":       {path: "/", ip: netip.MustParseAddr("2001:db8::1")},
+			"no source":         {path: "/"},
+			"empty header name": {path: "/", headers: [][2]string{{"", "x"}, {laneHeader, ""}}},
+			"binary path":       {path: "/\xff\x00\xfe?%zz", args: [][2]string{{"%", "\xff"}, {"", ""}}},
+			"odd method":        {path: "/", method: A6.MethodPROPFIND},
+		}
+		for name, r := range cases {
+			r.token, r.id = token, 9
+			rw, err := c.call(r)
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", name, err, env.runner.out)
+			}
+			if rw.action != hrc.ActionRewrite {
+				t.Errorf("%s: action %v", name, rw.action)
+			}
+			if v, _, _ := rw.header(laneHeader); v != "" && v != "canary" {
+				t.Errorf("%s: lane %q", name, v)
+			}
+		}
+		if !env.runner.alive() {
+			t.Fatalf("runner died:\n%s", env.runner.out)
+		}
+	})
+
+	t.Run("bad conf is refused naming the field", func(t *testing.T) {
+		tok, err := c.prepareConf("route-bad", [2]string{"graylane", `{"service":"bservice","trusted_cidrs":["10.0.0.0/33"]}`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The runner leaves a conf it cannot parse out of the chain: no rewrite of the lane header.
+		rw, err := c.call(&httpReq{token: tok, id: 1, path: "/", headers: [][2]string{{"userid", "123"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, touched := rw.header(laneHeader); touched {
+			t.Errorf("bad conf still ran: %v", rw.headers)
+		}
+		if out := env.runner.out.String(); !strings.Contains(out, "trusted_cidrs[0]") {
+			t.Errorf("runner log does not name the field:\n%s", out)
+		}
+	})
+
+	t.Run("meta change in Consul changes decisions without a restart", func(t *testing.T) {
+		// A user between 10 % and 50 %: stable now, canary once the weight is 50.
+		user := ""
+		for i := 0; user == ""; i++ {
+			if b := gray.Bucket("bservice", fmt.Sprintf("mover-%d", i)); b >= 1000 && b < 5000 {
+				user = fmt.Sprintf("mover-%d", i)
+			}
+		}
+		r := &httpReq{token: token, id: 7, ip: untrusted, path: "/", headers: [][2]string{{"x-user-id", user}}}
+		if lane, _ := laneOf(t, c, r); lane != "" {
+			t.Fatalf("before the change: lane %q, want base", lane)
+		}
+		meta := map[string]string{"canary": "true", "weight": "50", "match": canaryMatch}
+		register(t, env.consul, "bservice-canary-1", 9002, meta)
+		took := waitLane(t, c, r, "canary", 20*time.Second)
+		t.Logf("weight 10 -> 50 seen by the runner after %v", took)
+		register(t, env.consul, "bservice-canary-1", 9002, canaryMeta)
+		took = waitLane(t, c, r, "", 20*time.Second)
+		t.Logf("weight 50 -> 10 seen by the runner after %v", took)
+	})
+
+	t.Run("forgotten conf token: not found, then PrepareConf again", func(t *testing.T) {
+		if err := env.runner.stop(); err != nil {
+			t.Fatalf("runner exit after SIGTERM: %v\n%s", err, env.runner.out)
+		}
+		if _, err := os.Stat(env.sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket left behind after SIGTERM: %v", err)
+		}
+		env.runner = startRunner(t, env.sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR="+env.agent.HTTPAddr)
+		c2 := dialRunner(t, env.sock)
+		_, err := c2.call(&httpReq{token: token, id: 1, path: "/", headers: [][2]string{{"userid", "123"}}})
+		var ea *errorAnswer
+		if !errors.As(err, &ea) || ea.Code != A6Err.CodeCONF_TOKEN_NOT_FOUND {
+			t.Fatalf("old token: %v, want CONF_TOKEN_NOT_FOUND", err)
+		}
+		tok, err := c2.prepareConf("route-1", [2]string{"graylane", testConf})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitLane(t, c2, &httpReq{token: tok, id: 2, ip: untrusted, path: "/", headers: [][2]string{{"userid", "123"}}}, "canary", 20*time.Second)
+		c = c2
+		token = tok
+	})
+
+	t.Run("Consul stopped: decisions continue from the last snapshot", func(t *testing.T) {
+		env.agent.Stop()
+		time.Sleep(200 * time.Millisecond) // let the watch see the connection fail
+		canary := 0
+		for i := range 2000 {
+			lane, _ := laneOf(t, c, &httpReq{token: token, id: uint32(i), ip: untrusted, path: "/",
+				headers: [][2]string{{"x-user-id", fmt.Sprintf("user-%d", i)}}})
+			if lane == "canary" {
+				canary++
+			}
+		}
+		if canary < 120 || canary > 280 {
+			t.Errorf("canary %d of 2000 with Consul down, want about 200", canary)
+		}
+		if lane, _ := laneOf(t, c, &httpReq{token: token, id: 1, ip: untrusted, path: "/", headers: [][2]string{{"userid", "123"}}}); lane != "canary" {
+			t.Errorf("matched request with Consul down: lane %q", lane)
+		}
+	})
+
+	if err := env.runner.stop(); err != nil {
+		t.Errorf("runner exit after SIGTERM: %v\n%s", err, env.runner.out)
+	}
+}
+
+// stableUser returns the n-th user whose bucket is above 50 %: stable under every weight the tests
+// set.
+func stableUser(n int) string {
+	for i := 0; ; i++ {
+		u := fmt.Sprintf("stable-user-%d", i)
+		if gray.Bucket("bservice", u) >= 5000 {
+			if n == 0 {
+				return u
+			}
+			n--
+		}
+	}
+}
