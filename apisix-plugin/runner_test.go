@@ -107,6 +107,7 @@ func waitLane(t testing.TB, c *a6conn, r *httpReq, want string, timeout time.Dur
 
 func TestRunnerAgainstConsul(t *testing.T) {
 	env := startGrayEnv(t)
+	outer := t // for what must outlive a subtest
 	c := dialRunner(t, env.sock)
 	token, err := c.prepareConf("route-1", [2]string{"graylane", testConf})
 	if err != nil {
@@ -241,8 +242,13 @@ func TestRunnerAgainstConsul(t *testing.T) {
 		if _, _, touched := rw.header(laneHeader); touched {
 			t.Errorf("bad conf still ran: %v", rw.headers)
 		}
-		if out := env.runner.out.String(); !strings.Contains(out, "trusted_cidrs[0]") {
-			t.Errorf("runner log does not name the field:\n%s", out)
+		// The runner's output reaches the test through a pipe: give it a moment.
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(env.runner.out.String(), "trusted_cidrs[0]") {
+			if time.Now().After(deadline) {
+				t.Fatalf("runner log does not name the field:\n%s", env.runner.out)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	})
 
@@ -274,8 +280,8 @@ func TestRunnerAgainstConsul(t *testing.T) {
 		if _, err := os.Stat(env.sock); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("socket left behind after SIGTERM: %v", err)
 		}
-		env.runner = startRunner(t, env.sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR="+env.agent.HTTPAddr)
-		c2 := dialRunner(t, env.sock)
+		env.runner = startRunner(outer, env.sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR="+env.agent.HTTPAddr)
+		c2 := dialRunner(outer, env.sock)
 		_, err := c2.call(&httpReq{token: token, id: 1, path: "/", headers: [][2]string{{"userid", "123"}}})
 		var ea *errorAnswer
 		if !errors.As(err, &ea) || ea.Code != A6Err.CodeCONF_TOKEN_NOT_FOUND {
