@@ -34,6 +34,9 @@ type standin struct {
 	failNext  int // answer the next writes with 500
 	failed    int
 	rejected  []string // 4xx answers to writes, for tests to show
+	// dangling records traffic-split rules written while their upstream did not exist: APISIX
+	// accepts them and answers the matching requests with 500.
+	dangling []string
 }
 
 func newStandin(t *testing.T) *standin {
@@ -308,6 +311,21 @@ func (s *standin) checkRoute(rt map[string]any) string {
 			m, _ := c.(map[string]any)
 			if _, ok := m["value"].(string); !ok {
 				return fmt.Sprintf("failed to check the configuration of plugin %s err: property \"conf\" validation failed: failed to validate item %d: property \"value\" validation failed: wrong type: expected string, got table", name, i+1)
+			}
+		}
+	}
+	if ts, ok := plugins["traffic-split"].(map[string]any); ok {
+		rules, _ := ts["rules"].([]any)
+		for _, r := range rules {
+			rule, _ := r.(map[string]any)
+			ws, _ := rule["weighted_upstreams"].([]any)
+			for _, w := range ws {
+				m, _ := w.(map[string]any)
+				if id, ok := m["upstream_id"]; ok {
+					if _, exists := s.upstreams[fmt.Sprint(id)]; !exists {
+						s.dangling = append(s.dangling, fmt.Sprintf("route %v -> %v", rt["id"], id))
+					}
+				}
 			}
 		}
 	}

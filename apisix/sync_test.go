@@ -282,8 +282,13 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 		}
 	})
 
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if len(s.rejected) > 0 {
 		t.Errorf("the stand-in refused requests: %v", s.rejected)
+	}
+	if len(s.dangling) > 0 {
+		t.Errorf("routes named upstreams before they existed: %v", s.dangling)
 	}
 }
 
