@@ -3,7 +3,6 @@ package extplugin
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"net/textproto"
@@ -210,23 +209,27 @@ func (p *Plugin) RequestFilter(c any, _ http.ResponseWriter, r pkgHTTP.Request) 
 		return
 	}
 	snap := cf.svc.view.Snapshot()
-	key := snap.TagKey().Canonical()
-	hdr := r.Header().View()
-	if !cf.trusts(r.SrcIP()) {
-		delete(hdr, key)
+	key := snap.TagKey()
+
+	q := requestPool.Get().(*request)
+	q.bind(r)
+	sent, copies := q.header(key)
+	if copies > 0 && !cf.trusts(q.ClientIP()) {
+		q.hideTag = key.Lower() // an untrusted client's lane tag is not part of the decision
 	}
+	d := snap.Decide(q)
+	q.release()
 
-	req := requestPool.Get().(*request)
-	req.r, req.hdr = r, hdr
-	d := snap.Decide(req)
-	req.r, req.hdr, req.queryDone = nil, nil, false
-	requestPool.Put(req)
-
+	// Touch the runner's header map only to change the lane header: building it costs more than
+	// the decision. The upstream must see exactly the decided lane, or no lane header at all.
 	table := cf.svc.lanes(snap)
-	if d.Propagate() {
-		hdr[key] = table.value(d.Lane)
-	} else {
-		delete(hdr, key)
+	switch {
+	case d.Propagate():
+		if copies != 1 || sent != d.Lane {
+			r.Header().View()[key.Canonical()] = table.value(d.Lane)
+		}
+	case copies > 0:
+		delete(r.Header().View(), key.Canonical())
 	}
 	if cf.echo != "" && d.Lane != "" {
 		r.RespHeader()[cf.echo] = table.value(d.Lane)
@@ -236,15 +239,10 @@ func (p *Plugin) RequestFilter(c any, _ http.ResponseWriter, r pkgHTTP.Request) 
 // ResponseFilter implements the runner's plugin.Plugin; graylane does nothing after the upstream.
 func (p *Plugin) ResponseFilter(any, pkgHTTP.Response) {}
 
-func (c *conf) trusts(ip net.IP) bool {
-	if len(c.trusted) == 0 {
+func (c *conf) trusts(addr netip.Addr) bool {
+	if !addr.IsValid() {
 		return false
 	}
-	addr, ok := netip.AddrFromSlice(ip)
-	if !ok {
-		return false
-	}
-	addr = addr.Unmap()
 	for _, p := range c.trusted {
 		if p.Contains(addr) {
 			return true
