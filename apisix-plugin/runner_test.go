@@ -122,6 +122,15 @@ func TestRunnerAgainstConsul(t *testing.T) {
 		if lane != "canary" || echo != "canary" {
 			t.Errorf("lane %q echo %q, want canary", lane, echo)
 		}
+		// More headers than the plugin decodes up front: it reads them in the message instead.
+		many := &httpReq{token: token, id: 1, ip: untrusted, path: "/api/user"}
+		for i := range 100 {
+			many.headers = append(many.headers, [2]string{fmt.Sprintf("x-filler-%d", i), "v"})
+		}
+		many.headers = append(many.headers, [2]string{"UserID", "123"})
+		if lane, _ := laneOf(t, c, many); lane != "canary" {
+			t.Errorf("101 headers: lane %q, want canary", lane)
+		}
 	})
 
 	t.Run("base decision sets no lane header and echoes the base lane", func(t *testing.T) {
