@@ -224,3 +224,8 @@ func (a *Admin) PutRoute(ctx context.Context, route map[string]any) error {
 	}
 	return a.do(ctx, http.MethodPut, "/routes/"+url.PathEscape(id), body, nil)
 }
+
+// DeleteRoute deletes a route.
+func (a *Admin) DeleteRoute(ctx context.Context, id string) error {
+	return a.do(ctx, http.MethodDelete, "/routes/"+url.PathEscape(id), nil, nil)
+}
