@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -246,6 +247,9 @@ func parseMeta(meta map[string]string) (Meta, ruleSet, error) {
 		}
 		m.Drain = b
 	}
+	if m.Lane == StableLane && (m.Canary || m.BlueGreen != "") {
+		fail(KeyLane, fmt.Errorf("%q is the base lane; a canary or a colour cannot join it (remove lane, or use another lane name)", StableLane))
+	}
 	var rules ruleSet
 	if text, key, err := joinMatch(meta); err != nil {
 		fail(key, err)
@@ -267,25 +271,33 @@ func parseMeta(meta map[string]string) (Meta, ruleSet, error) {
 // joinMatch joins match, match_1, match_2, ... On error it returns the key at fault.
 func joinMatch(meta map[string]string) (string, string, error) {
 	first, ok := meta[KeyMatch]
-	chunks := 0
+	var present []int
 	for k := range meta {
-		if _, isChunk := matchChunkIndex(k); isChunk {
-			chunks++
+		if i, isChunk := matchChunkIndex(k); isChunk {
+			present = append(present, i)
 		}
 	}
-	if chunks == 0 {
+	if len(present) == 0 {
 		return first, KeyMatch, nil
 	}
+	slices.Sort(present)
+	keys := []string{KeyMatch}
+	for _, i := range present {
+		keys = append(keys, KeyMatch+"_"+strconv.Itoa(i))
+	}
+	const hint = "the rules are incomplete (a half-written change?); set them again with graylane match"
 	if !ok {
-		return "", KeyMatch, errors.New("match chunks are present but the first part, key \"match\", is missing")
+		return "", KeyMatch, fmt.Errorf("missing: the rules are split over %s, but the first part is missing; %s",
+			strings.Join(keys[1:], ", "), hint)
 	}
 	var b strings.Builder
 	b.WriteString(first)
-	for i := 1; i <= chunks; i++ {
+	for i := 1; i <= present[len(present)-1]; i++ {
 		key := KeyMatch + "_" + strconv.Itoa(i)
 		part, ok := meta[key]
 		if !ok {
-			return "", key, fmt.Errorf("missing: %d match chunks are present, so keys match_1 to match_%d must all be set", chunks, chunks)
+			return "", key, fmt.Errorf("missing: the rules are split over %s, but %s is missing; %s",
+				strings.Join(keys, ", "), key, hint)
 		}
 		b.WriteString(part)
 	}
@@ -354,6 +366,8 @@ func (m *Meta) Encode() (map[string]string, error) {
 	if m.Lane != "" {
 		if err := validateLane(m.Lane); err != nil {
 			fail(KeyLane, err)
+		} else if m.Lane == StableLane && (m.Canary || m.BlueGreen != "") {
+			fail(KeyLane, fmt.Errorf("%q is the base lane; a canary or a colour cannot join it (remove lane, or use another lane name)", StableLane))
 		}
 		out[KeyLane] = m.Lane
 	}
@@ -378,7 +392,7 @@ func (m *Meta) Encode() (map[string]string, error) {
 func putMatch(out map[string]string, text string) error {
 	for i := 0; text != ""; i++ {
 		if i == maxMatchChunks {
-			return fmt.Errorf("the rules need more than %d keys of %d characters", maxMatchChunks, MaxMetaValueLength)
+			return fmt.Errorf("the rules need more than %d keys of %d bytes", maxMatchChunks, MaxMetaValueLength)
 		}
 		n := min(len(text), MaxMetaValueLength)
 		for n < len(text) && !utf8.RuneStart(text[n]) {
@@ -423,13 +437,13 @@ func CheckConsulLimits(meta map[string]string) error {
 	for k, v := range meta {
 		switch {
 		case k == "" || len(k) > MaxMetaKeyLength:
-			return fmt.Errorf("meta key %q: Consul allows 1 to %d characters", k, MaxMetaKeyLength)
+			return fmt.Errorf("meta key %q: Consul allows 1 to %d bytes", k, MaxMetaKeyLength)
 		case strings.HasPrefix(k, "consul-"):
 			return fmt.Errorf("meta key %q: the prefix consul- is reserved by Consul", k)
 		case !validMetaKey(k):
 			return fmt.Errorf("meta key %q: Consul allows only letters, digits, '_' and '-'", k)
 		case len(v) > MaxMetaValueLength:
-			return fmt.Errorf("meta key %q: value has %d characters; Consul allows at most %d", k, len(v), MaxMetaValueLength)
+			return fmt.Errorf("meta key %q: value has %d bytes; Consul allows at most %d (counted in bytes: a non-ASCII character takes 2 to 4)", k, len(v), MaxMetaValueLength)
 		}
 	}
 	return nil

@@ -174,7 +174,9 @@ func TestBadMetaErrors(t *testing.T) {
 		{map[string]string{"match": `[{"header":[{"key":"a","present":"maybe"}]}]`}, "match", "header.present: expected a bool"},
 		{map[string]string{"match": `[{"header":"x"}]`}, "match", "header: expected a list of conditions"},
 		{map[string]string{"match": `[{"header":[{"key":"a","present":true}]}] trailing`}, "match", "not valid JSON"},
-		{map[string]string{"match_1": "x"}, "match", `the first part, key "match", is missing`},
+		{map[string]string{"match_1": "x"}, "match", `but the first part is missing`},
+		{map[string]string{"canary": "true", "lane": "stable"}, "lane", `"stable" is the base lane`},
+		{map[string]string{"bluegreen": "green", "lane": "stable"}, "lane", `"stable" is the base lane`},
 	}
 	for _, c := range cases {
 		_, err := gray.ParseMeta(c.meta)
@@ -304,5 +306,14 @@ func TestParseInstanceMetaNamesTheInstance(t *testing.T) {
 	}
 	if m, err := gray.ParseInstanceMeta("b-7", map[string]string{"canary": "true"}); err != nil || !m.Canary {
 		t.Fatalf("%+v %v", m, err)
+	}
+}
+
+func TestYAMLRepeatedKeyIsRefused(t *testing.T) {
+	var m gray.Meta
+	err := yaml.Unmarshal([]byte("weight: 5\ncanary: true\nweight: 10\n"), &m)
+	var me *gray.MetaError
+	if !errors.As(err, &me) || me.Key != "weight" || me.Line != 3 || !strings.Contains(err.Error(), "first at line 1") {
+		t.Fatalf("got %v", err)
 	}
 }

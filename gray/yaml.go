@@ -30,6 +30,9 @@ func (m *Meta) UnmarshalYAML(node *yaml.Node) error {
 	for i := 0; i+1 < len(node.Content); i += 2 {
 		k, v := node.Content[i], resolveAlias(node.Content[i+1])
 		key := k.Value
+		if first, dup := lines[key]; dup {
+			return &MetaError{Key: key, Line: k.Line, Err: fmt.Errorf("repeated (first at line %d); a mapping holds each key once", first)}
+		}
 		lines[key] = k.Line
 		switch key {
 		case KeyCanary, KeyBlueGreen, KeyWeight, KeyLane, KeyDrain:

@@ -52,11 +52,13 @@ func (r *Registrar) applyService(ctx context.Context, service string, specs []Sp
 	if err != nil {
 		return nil, err
 	}
-	plan := &Plan{Service: service, Action: "apply", stateIndex: index,
-		state: desiredState{Instances: maps.Clone(st.Instances)}, instances: map[string]Instance{}}
+	plan := &Plan{Service: service, Action: "apply", stateIndex: index, state: st.clone(), instances: map[string]Instance{}}
 	var applied []Applied
 	var regs []*api.AgentServiceRegistration
 	for _, s := range specs {
+		if err := r.checkOwnID(ctx, s); err != nil {
+			return nil, err
+		}
 		a := Applied{Service: service, ID: s.ID, Gray: s.Gray}
 		if rec, ok := st.Instances[s.ID]; ok {
 			if opts.ResetGray {
@@ -87,17 +89,43 @@ func (r *Registrar) applyService(ctx context.Context, service string, specs []Sp
 	if opts.ResetGray {
 		plan.Action = "apply --reset-gray"
 	}
-	// Record first (check-and-set), then register through the configured agent, which owns what it
-	// registers.
-	if err := r.record(ctx, plan); err != nil {
+	// Check permissions, record (check-and-set), then register through the configured agent, which
+	// owns what it registers, and apply the latest record: a change committed meanwhile wins over
+	// the state this apply read.
+	if err := r.authorize(ctx, plan); err != nil {
 		return nil, err
 	}
+	entry, err := r.record(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	var applyErr error
 	for _, reg := range regs {
 		if err := r.client.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
-			return applied, r.wrap(err, "registering %s", reg.ID)
+			applyErr = &ApplyError{Failed: map[string]error{reg.ID: r.wrap(err, "registering %s", reg.ID)}}
+			break
 		}
 	}
-	return applied, nil
+	if applyErr == nil {
+		_, applyErr = r.Reconcile(ctx, service)
+	}
+	outcome := OutcomeApplied
+	if applyErr != nil {
+		outcome = OutcomeNotApplied + ": " + applyErr.Error()
+	}
+	r.setOutcome(ctx, entry, outcome)
+	return applied, applyErr
+}
+
+// checkOwnID refuses a spec whose instance ID the agent has registered for another service:
+// registering it would silently move the instance from one service to the other.
+func (r *Registrar) checkOwnID(ctx context.Context, s Spec) error {
+	svc, _, err := r.client.Agent().Service(s.ID, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil || svc == nil || svc.Service == s.Name {
+		return nil
+	}
+	return &SpecError{File: s.File, Line: s.Line, Instance: s.ID, Field: "id",
+		Err: fmt.Errorf("instance %s is registered as service %s; deregister it first (graylane drain %s) or choose another id", s.ID, svc.Service, s.ID)}
 }
 
 // applyPlanner is the service as it will be after an apply: its current instances with the applied
@@ -116,26 +144,31 @@ func applyPlanner(service string, current []Instance, applied []Applied) *planne
 	return p
 }
 
+// DefaultDrainGrace is the grace period the graylane command and Register's drain use: graylane's
+// watcher sees a change within milliseconds, Kratos' own consul watcher within about a second.
+const DefaultDrainGrace = 3 * time.Second
+
 // DrainOptions tune Drain.
 type DrainOptions struct {
 	// Service names the instance's service; found from the catalog when empty.
 	Service string
-	// Grace is how long clients get to see the change before the instance is deregistered. Default 3s
-	// (graylane's watcher sees a change within milliseconds; Kratos' own watcher within about a
-	// second).
+	// Grace is how long clients get to see the change before the instance is deregistered; zero
+	// deregisters as soon as the catalog serves the change. DefaultDrainGrace suits most clients.
 	Grace time.Duration
 	// Timeout bounds the wait for the catalog to show the drained meta. Default 30s.
 	Timeout time.Duration
 	// Keep leaves the drained instance registered.
 	Keep bool
+	// Committed, when set, is called once the drain is recorded and applied, before the wait.
+	Committed func(*Result)
 }
 
 // Drain sets an instance's weight to 0 and marks it draining, so that no new traffic is chosen for
 // it, waits until the catalog serves the change and clients have had the grace period to see it, then
 // deregisters it.
 func (r *Registrar) Drain(ctx context.Context, id string, o DrainOptions) (*Result, error) {
-	if o.Grace == 0 {
-		o.Grace = 3 * time.Second
+	if o.Grace < 0 || o.Timeout < 0 {
+		return nil, fmt.Errorf("drain %s: grace %v and timeout %v must not be negative", id, o.Grace, o.Timeout)
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 30 * time.Second
@@ -170,9 +203,14 @@ func (r *Registrar) Drain(ctx context.Context, id string, o DrainOptions) (*Resu
 	if err != nil {
 		return nil, err
 	}
-	res, err := r.Commit(ctx, plan)
-	if err != nil {
-		return res, err
+	res := &Result{Plan: plan, Outcome: OutcomeApplied}
+	if len(plan.Changes) > 0 { // else it is draining already: go on waiting and deregistering
+		if res, err = r.Commit(ctx, plan); err != nil {
+			return res, err
+		}
+	}
+	if o.Committed != nil {
+		o.Committed(res)
 	}
 	if err := r.waitForMeta(ctx, service, id, o.Timeout, func(inst *Instance) bool { return inst == nil || inst.Gray.Drain }); err != nil {
 		return res, err
@@ -180,10 +218,14 @@ func (r *Registrar) Drain(ctx context.Context, id string, o DrainOptions) (*Resu
 	if o.Keep {
 		return res, nil
 	}
-	select {
-	case <-time.After(o.Grace):
-	case <-ctx.Done():
-		return res, ctx.Err()
+	if o.Grace > 0 {
+		t := time.NewTimer(o.Grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return res, ctx.Err()
+		}
 	}
 	return r.forget(ctx, service, id)
 }
@@ -195,7 +237,7 @@ func (r *Registrar) forget(ctx context.Context, service, id string) (*Result, er
 		return nil, err
 	}
 	plan := &Plan{Service: service, Action: "deregister " + id, stateIndex: index, deregister: true,
-		state: desiredState{Instances: maps.Clone(st.Instances)}, instances: map[string]Instance{}}
+		state: st.clone(), instances: map[string]Instance{}}
 	delete(plan.state.Instances, id)
 	for _, inst := range instances {
 		if inst.ID == id {
@@ -255,21 +297,31 @@ func (r *Registrar) serviceOf(ctx context.Context, id string) (string, error) {
 	return "", fmt.Errorf("%w: no service has an instance %s", ErrNotFound, id)
 }
 
-// Status is a service's gray state as the data planes see it.
+// Status is a service's gray state as the data planes see it, beside the recorded state.
 type Status struct {
 	Service string
-	// Instances are all registered instances, healthy or not.
+	// Instances are all registered instances, healthy or not, with their catalog meta.
 	Instances []Instance
+	// Options are the decision options the service keeps in Consul, with the caller's overrides.
+	Options gray.Options
 	// Lanes describe the decision over the passing instances, with traffic shares.
 	Lanes []gray.LaneInfo
-	// Problems are the snapshot's problems: meta that does not decode, lane conflicts.
+	// Problems are the snapshot's problems (meta that does not decode, lane conflicts), and the
+	// meta problems of instances that are not passing, which the data planes do not see yet.
 	Problems []error
+	// Drift lists instances whose catalog meta differs from the recorded state; Reconcile repairs it.
+	Drift []Drift
 	// Snapshot is the decision snapshot over the passing instances, as a data plane builds it.
 	Snapshot *gray.Snapshot[string]
 }
 
-// Status reads a service's instances and builds the snapshot a data plane would build from them.
-func (r *Registrar) Status(ctx context.Context, service string, opts gray.Options) (*Status, error) {
+// Status reads a service's instances and recorded state and builds the snapshot a data plane would
+// build: with the service's options from Consul, overridden by the non-empty fields of override.
+func (r *Registrar) Status(ctx context.Context, service string, override gray.Options) (*Status, error) {
+	st, _, err := r.readState(ctx, service)
+	if err != nil {
+		return nil, err
+	}
 	instances, _, err := r.Instances(ctx, service)
 	if err != nil {
 		return nil, err
@@ -277,12 +329,21 @@ func (r *Registrar) Status(ctx context.Context, service string, opts gray.Option
 	if len(instances) == 0 {
 		return nil, fmt.Errorf("%w: service %s has no instances", ErrNotFound, service)
 	}
+	var opts gray.Options
+	if st.Options != nil {
+		opts = *st.Options
+	}
+	opts = opts.Override(override)
 	var passing []gray.Instance[string]
+	var problems []error
 	for _, inst := range instances {
 		if inst.Health == api.HealthPassing {
 			passing = append(passing, gray.Instance[string]{ID: inst.ID, Meta: inst.Meta, Value: inst.ID})
+		} else if inst.GrayErr != nil {
+			problems = append(problems, fmt.Errorf("%w (instance is %s)", inst.GrayErr, inst.Health))
 		}
 	}
 	snap := gray.NewSnapshot(service, passing, opts)
-	return &Status{Service: service, Instances: instances, Lanes: snap.Lanes(), Problems: snap.Problems(), Snapshot: snap}, nil
+	return &Status{Service: service, Instances: instances, Options: opts, Lanes: snap.Lanes(),
+		Problems: append(slices.Clone(snap.Problems()), problems...), Drift: drift(st, instances), Snapshot: snap}, nil
 }

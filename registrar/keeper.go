@@ -144,7 +144,7 @@ func (k *Keeper) reconcile() {
 			continue
 		}
 		inst := &Instance{ID: k.id, Service: k.service}
-		if err := k.r.reregisterOn(k.ctx, k.r.client, inst, desired); err == nil {
+		if wrote, err := k.r.reregisterOn(k.ctx, k.r.client, inst, desired); err == nil && wrote {
 			k.repairs.Add(1)
 		}
 	}
@@ -191,7 +191,7 @@ func DrainOnSignal(grace time.Duration, sigs ...os.Signal) RegisterOption {
 // Register registers a process's own instance from spec, with the gray meta recorded by earlier
 // graylane changes winning over the spec's, and keeps that meta in place while the process runs.
 func (r *Registrar) Register(ctx context.Context, spec Spec, opts ...RegisterOption) (*Registration, error) {
-	g := &Registration{r: r, spec: spec, done: make(chan struct{}), stop: make(chan struct{})}
+	g := &Registration{r: r, spec: spec, grace: DefaultDrainGrace, done: make(chan struct{}), stop: make(chan struct{})}
 	var sigs []os.Signal
 	for _, o := range opts {
 		o(g, &sigs)
@@ -227,6 +227,14 @@ func (r *Registrar) Register(ctx context.Context, spec Spec, opts ...RegisterOpt
 	}
 	return g, nil
 }
+
+// Lane returns the lane the instance serves in, from its desired gray meta (the recorded state,
+// else the spec); it follows promotions while the process runs. Safe for concurrent use; it does
+// not allocate.
+func (g *Registration) Lane() string { return g.keeper.desired.Load().LaneName() }
+
+// Desired returns the gray meta the keeper holds the instance at.
+func (k *Keeper) Desired() gray.Meta { return *k.desired.Load() }
 
 // Done is closed once a drain started by a signal has finished.
 func (g *Registration) Done() <-chan struct{} { return g.done }

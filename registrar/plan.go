@@ -72,13 +72,22 @@ func (p *planner) requireLane(name string) ([]string, error) {
 	ids := p.lane(name)
 	if len(ids) == 0 {
 		lanes := map[string]bool{}
+		var broken []string
 		for _, inst := range p.instances {
 			if inst.GrayErr == nil && !inst.Gray.Drain {
 				lanes[inst.Gray.LaneName()] = true
 			}
+			if inst.GrayErr != nil {
+				broken = append(broken, inst.GrayErr.Error())
+			}
 		}
-		return nil, fmt.Errorf("%w: service %s has no lane %q (lanes: %s)", ErrNotFound, p.service, name,
+		err := fmt.Errorf("%w: service %s has no lane %q (lanes: %s)", ErrNotFound, p.service, name,
 			strings.Join(slices.Sorted(maps.Keys(lanes)), ", "))
+		if len(broken) > 0 {
+			err = fmt.Errorf("%w; instances whose meta does not decode belong to no lane: %s; fix their meta with graylane apply --reset-gray, or drain them",
+				err, strings.Join(broken, "; "))
+		}
+		return nil, err
 	}
 	return ids, nil
 }
@@ -221,13 +230,17 @@ func (r *Registrar) Plan(ctx context.Context, service string, op Op) (*Plan, err
 	if err := checkTotalWeight(p); err != nil {
 		return nil, fmt.Errorf("%s on %s: %w", op, service, err)
 	}
-	return r.newPlan(service, op.String(), st, index, p)
+	plan, err := r.newPlan(service, op.String(), st, index, p)
+	if err == nil && len(plan.Changes) == 0 {
+		err = fmt.Errorf("%s on %s: %w", op, service, ErrUnchanged)
+	}
+	return plan, err
 }
 
 // newPlan turns a planner's edits into a Plan and the new desired state.
 func (r *Registrar) newPlan(service, action string, st desiredState, index uint64, p *planner) (*Plan, error) {
 	plan := &Plan{Service: service, Action: action, Notes: p.notes, stateIndex: index,
-		state: desiredState{Instances: maps.Clone(st.Instances)}, instances: map[string]Instance{}}
+		state: st.clone(), instances: map[string]Instance{}}
 	for _, inst := range p.instances {
 		plan.instances[inst.ID] = inst
 		after, ok := p.after[inst.ID]
@@ -237,6 +250,9 @@ func (r *Registrar) newPlan(service, action string, st desiredState, index uint6
 		enc, err := after.Encode()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", inst.ID, err)
+		}
+		if before, err := inst.Gray.Encode(); inst.GrayErr == nil && err == nil && maps.Equal(before, enc) {
+			continue // no change for this instance
 		}
 		merged, err := after.Merge(inst.Meta)
 		if err == nil {

@@ -2,7 +2,6 @@ package registrar
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -34,6 +33,10 @@ var (
 	ErrConflict = errors.New("registrar: the service changed since the change was planned")
 	// ErrNotFound: no such service, lane or instance.
 	ErrNotFound = errors.New("registrar: not found")
+	// ErrPermission: the token may not make the change; a retry with the same token will not help.
+	ErrPermission = errors.New("registrar: permission denied")
+	// ErrUnchanged: the change asks for what the recorded state already holds; nothing was recorded.
+	ErrUnchanged = errors.New("nothing to change: the service is in that state already")
 )
 
 // Registrar registers instances with gray meta and changes that meta in place. Every change is
@@ -43,6 +46,7 @@ var (
 type Registrar struct {
 	cfg        api.Config
 	client     *api.Client
+	httpClient *http.Client // for the ACL authorize endpoint, which the API client does not cover
 	prefix     string
 	operator   string
 	agentAddrs func(node *api.Node) string
@@ -73,13 +77,14 @@ func WithAgentAddress(f func(node *api.Node) string) Option {
 
 // NewConfig returns the Consul client configuration from the standard environment
 // (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...), with addr overriding the address when
-// set, and a transport that keeps enough idle connections for many concurrent blocking queries.
+// set, and a transport that keeps enough idle connections for many concurrent blocking queries (a
+// watcher holds two per service).
 func NewConfig(addr string) *api.Config {
 	cfg := api.DefaultConfig()
 	if addr != "" {
 		cfg.Address = addr
 	}
-	cfg.Transport.MaxIdleConnsPerHost = 64
+	cfg.Transport.MaxIdleConnsPerHost = 512
 	cfg.Transport.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	return cfg
 }
@@ -99,7 +104,12 @@ func New(cfg *api.Config, opts ...Option) (*Registrar, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registrar{cfg: *cfg, client: client, prefix: DefaultKVPrefix, now: time.Now, agents: map[string]*api.Client{}}
+	httpClient, err := api.NewHttpClient(cfg.Transport, cfg.TLSConfig)
+	if err != nil {
+		return nil, redact(err, cfg.Token)
+	}
+	httpClient.Timeout = 10 * time.Second
+	r := &Registrar{cfg: *cfg, client: client, httpClient: httpClient, prefix: DefaultKVPrefix, now: time.Now, agents: map[string]*api.Client{}}
 	for _, o := range opts {
 		o(r)
 	}
@@ -194,235 +204,6 @@ func instanceOf(e *api.ServiceEntry) Instance {
 	return inst
 }
 
-// desiredState is the state graylane keeps in KV for one service: the gray meta of each instance
-// that a graylane change touched, which wins over the instance's own spec when it registers again.
-type desiredState struct {
-	Instances map[string]map[string]string `json:"instances"`
-}
-
-func (r *Registrar) stateKey(service string) string {
-	return r.prefix + "/services/" + service + "/state"
-}
-
-func (r *Registrar) historyPrefix(service string) string {
-	return r.prefix + "/services/" + service + "/history/"
-}
-
-// readState returns the service's desired state and the KV index to check-and-set against (0 when
-// the key does not exist yet).
-func (r *Registrar) readState(ctx context.Context, service string) (desiredState, uint64, error) {
-	st := desiredState{Instances: map[string]map[string]string{}}
-	pair, _, err := r.client.KV().Get(r.stateKey(service), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
-	if err != nil {
-		return st, 0, r.wrap(err, "reading the gray state of %s", service)
-	}
-	if pair == nil {
-		return st, 0, nil
-	}
-	if err := json.Unmarshal(pair.Value, &st); err != nil {
-		return st, 0, fmt.Errorf("the gray state of %s in KV key %s is not valid: %w", service, pair.Key, err)
-	}
-	if st.Instances == nil {
-		st.Instances = map[string]map[string]string{}
-	}
-	return st, pair.ModifyIndex, nil
-}
-
-// current reads a service's recorded state (with its check-and-set index) and its instances.
-func (r *Registrar) current(ctx context.Context, service string) (desiredState, uint64, []Instance, error) {
-	st, index, err := r.readState(ctx, service)
-	if err != nil {
-		return st, 0, nil, err
-	}
-	instances, _, err := r.Instances(ctx, service)
-	return st, index, instances, err
-}
-
-// DesiredMeta returns the gray meta an instance should register with: the state recorded by graylane
-// changes when there is one, else spec. A Kratos app calls it before registering, so that changes
-// made with graylane survive its restarts.
-func (r *Registrar) DesiredMeta(ctx context.Context, service, id string, spec gray.Meta) (gray.Meta, error) {
-	st, _, err := r.readState(ctx, service)
-	if err != nil {
-		return spec, err
-	}
-	rec, ok := st.Instances[id]
-	if !ok {
-		return spec, nil
-	}
-	m, err := gray.ParseMeta(rec)
-	if err != nil {
-		return spec, fmt.Errorf("the recorded gray state of %s/%s does not decode: %w", service, id, err)
-	}
-	return m, nil
-}
-
-// HistoryEntry is one recorded change.
-type HistoryEntry struct {
-	Time    time.Time `json:"time"`
-	Who     string    `json:"who"`
-	Service string    `json:"service"`
-	Action  string    `json:"action"`
-	// Before and After map instance IDs to their gray meta keys.
-	Before map[string]map[string]string `json:"before"`
-	After  map[string]map[string]string `json:"after"`
-}
-
-// History returns a service's recorded changes, oldest first.
-func (r *Registrar) History(ctx context.Context, service string) ([]HistoryEntry, error) {
-	pairs, _, err := r.client.KV().List(r.historyPrefix(service), (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return nil, r.wrap(err, "reading the history of %s", service)
-	}
-	out := make([]HistoryEntry, 0, len(pairs))
-	for _, p := range pairs {
-		var h HistoryEntry
-		if err := json.Unmarshal(p.Value, &h); err != nil {
-			return nil, fmt.Errorf("history entry %s is not valid: %w", p.Key, err)
-		}
-		out = append(out, h)
-	}
-	slices.SortStableFunc(out, func(a, b HistoryEntry) int { return a.Time.Compare(b.Time) })
-	return out, nil
-}
-
-// ConflictError reports a change that lost a check-and-set race: someone changed the service after
-// the change was planned. Nothing of the change was applied.
-type ConflictError struct {
-	Service string
-	Action  string
-	// Last is the most recent recorded change, when it can be read.
-	Last *HistoryEntry
-}
-
-func (e *ConflictError) Error() string {
-	msg := fmt.Sprintf("registrar: %s on %s not applied: the service's gray state changed since it was read", e.Action, e.Service)
-	if e.Last != nil {
-		msg += fmt.Sprintf(" (%q by %s at %s)", e.Last.Action, e.Last.Who, e.Last.Time.Format(time.RFC3339))
-	}
-	return msg + "; check `graylane status` and run the command again"
-}
-
-func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
-
-// InstanceChange is the change a plan makes to one instance.
-type InstanceChange struct {
-	ID     string
-	Before gray.Meta
-	After  gray.Meta
-}
-
-// Plan is a change computed against the current state of a service, not yet applied. Commit applies
-// it, unless the service changed in between.
-type Plan struct {
-	Service string
-	Action  string
-	Changes []InstanceChange
-	// Notes explain side effects (another lane's weight changed to keep blue/green unambiguous).
-	Notes []string
-
-	stateIndex uint64
-	state      desiredState
-	instances  map[string]Instance
-	deregister bool
-}
-
-// Result is what Commit did.
-type Result struct {
-	Plan *Plan
-	// Applied lists the instances re-registered with their new meta.
-	Applied []string
-}
-
-// ApplyError reports instances whose new meta was recorded but could not be re-registered through
-// their agent; run the command again, or restart them (they read the recorded state).
-type ApplyError struct {
-	Failed map[string]error
-}
-
-func (e *ApplyError) Error() string {
-	ids := slices.Sorted(maps.Keys(e.Failed))
-	parts := make([]string, len(ids))
-	for i, id := range ids {
-		parts[i] = fmt.Sprintf("%s: %v", id, e.Failed[id])
-	}
-	return "registrar: change recorded but not applied to " + strings.Join(parts, "; ")
-}
-
-// Commit records the plan in KV with check-and-set (with a history entry, in one transaction) and
-// re-registers each changed instance through its agent. It returns a *ConflictError when the
-// service's state changed since the plan was made.
-func (r *Registrar) Commit(ctx context.Context, p *Plan) (*Result, error) {
-	if err := r.record(ctx, p); err != nil {
-		return nil, err
-	}
-	return r.applyPlan(ctx, p)
-}
-
-// record writes the plan's desired state with check-and-set and its history entry, in one
-// transaction.
-func (r *Registrar) record(ctx context.Context, p *Plan) error {
-	entry := HistoryEntry{Time: r.now().UTC(), Who: r.operator, Service: p.Service, Action: p.Action,
-		Before: map[string]map[string]string{}, After: map[string]map[string]string{}}
-	for _, c := range p.Changes {
-		entry.Before[c.ID], _ = c.Before.Encode()
-		if !p.deregister {
-			entry.After[c.ID], _ = c.After.Encode()
-		}
-	}
-	stateJSON, err := json.Marshal(p.state)
-	if err != nil {
-		return err
-	}
-	historyJSON, err := json.Marshal(entry)
-	if err != nil {
-		return err
-	}
-	ops := api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: r.stateKey(p.Service), Value: stateJSON, Index: p.stateIndex}},
-		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: fmt.Sprintf("%s%020d", r.historyPrefix(p.Service), entry.Time.UnixNano()), Value: historyJSON}},
-	}
-	ok, resp, _, err := r.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil {
-		return r.wrap(err, "recording %s on %s", p.Action, p.Service)
-	}
-	if !ok {
-		if resp != nil && len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0 {
-			conflict := &ConflictError{Service: p.Service, Action: p.Action}
-			if hist, err := r.History(ctx, p.Service); err == nil && len(hist) > 0 {
-				conflict.Last = &hist[len(hist)-1]
-			}
-			return conflict
-		}
-		return fmt.Errorf("registrar: recording %s on %s: transaction refused: %v", p.Action, p.Service, resp.Errors)
-	}
-	return nil
-}
-
-// applyPlan re-registers (or deregisters) the plan's instances through their agents.
-func (r *Registrar) applyPlan(ctx context.Context, p *Plan) (*Result, error) {
-	res := &Result{Plan: p}
-	failed := map[string]error{}
-	for _, c := range p.Changes {
-		inst := p.instances[c.ID]
-		var err error
-		if p.deregister {
-			err = r.deregister(ctx, &inst)
-		} else {
-			err = r.reregister(ctx, &inst, c.After)
-		}
-		if err != nil {
-			failed[c.ID] = err
-			continue
-		}
-		res.Applied = append(res.Applied, c.ID)
-	}
-	if len(failed) > 0 {
-		return res, &ApplyError{Failed: failed}
-	}
-	return res, nil
-}
-
 // agentFor returns a client for the agent that owns an instance.
 func (r *Registrar) agentFor(ctx context.Context, inst *Instance) (*api.Client, error) {
 	addr := ""
@@ -478,28 +259,32 @@ func (r *Registrar) selfNode(ctx context.Context) (string, error) {
 	return name, nil
 }
 
-// reregister writes new gray meta into an instance through its agent. The registration carries no
-// checks, so the agent keeps the instance's checks and their status (a Kratos TTL heartbeat goes on).
-func (r *Registrar) reregister(ctx context.Context, inst *Instance, g gray.Meta) error {
+// reregister writes new gray meta into an instance through its agent, unless the agent holds it
+// already; it reports whether it wrote. The registration carries no checks, so the agent keeps the
+// instance's checks and their status (a Kratos TTL heartbeat goes on).
+func (r *Registrar) reregister(ctx context.Context, inst *Instance, g gray.Meta) (bool, error) {
 	agent, err := r.agentFor(ctx, inst)
 	if err != nil {
-		return err
+		return false, err
 	}
 	return r.reregisterOn(ctx, agent, inst, g)
 }
 
 // reregisterOn is reregister through a known agent.
-func (r *Registrar) reregisterOn(ctx context.Context, agent *api.Client, inst *Instance, g gray.Meta) error {
+func (r *Registrar) reregisterOn(ctx context.Context, agent *api.Client, inst *Instance, g gray.Meta) (bool, error) {
 	svc, _, err := agent.Agent().Service(inst.ID, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		return r.wrap(err, "reading %s from its agent", inst.ID)
+		return false, r.wrap(err, "reading %s from its agent", inst.ID)
 	}
 	meta, err := g.Merge(svc.Meta)
 	if err != nil {
-		return err
+		return false, err
+	}
+	if maps.Equal(meta, svc.Meta) {
+		return false, nil
 	}
 	if err := gray.CheckConsulLimits(meta); err != nil {
-		return err
+		return false, err
 	}
 	reg := &api.AgentServiceRegistration{
 		Kind: svc.Kind, ID: svc.ID, Name: svc.Service, Tags: svc.Tags, Port: svc.Port, Address: svc.Address,
@@ -507,7 +292,10 @@ func (r *Registrar) reregisterOn(ctx context.Context, agent *api.Client, inst *I
 		Weights: &svc.Weights, Proxy: svc.Proxy, Connect: svc.Connect, Namespace: svc.Namespace,
 		Partition: svc.Partition, Locality: svc.Locality,
 	}
-	return r.wrap(agent.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)), "re-registering %s", inst.ID)
+	if err := agent.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		return false, r.wrap(err, "re-registering %s", inst.ID)
+	}
+	return true, nil
 }
 
 func (r *Registrar) deregister(ctx context.Context, inst *Instance) error {

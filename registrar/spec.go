@@ -131,6 +131,9 @@ func ParseSpecs(file string, data []byte) ([]Spec, error) {
 		} else if err != nil {
 			return nil, &SpecError{File: file, Err: err}
 		}
+		if len(root.Content) == 0 || root.Content[0].Kind == yaml.ScalarNode && root.Content[0].Tag == "!!null" {
+			continue // an empty document, as a trailing --- makes
+		}
 		items := []*yaml.Node{&root}
 		if body := root.Content[0]; body.Kind == yaml.SequenceNode {
 			items = body.Content
@@ -225,6 +228,9 @@ func parseSpec(file string, node *yaml.Node, n int) (Spec, error) {
 			}
 			if near := nearGrayKey(k.Value); near != "" {
 				return fail(k.Line, s.ID, "meta."+k.Value, fmt.Errorf("looks like graylane's %q misspelt; graylane would ignore it (rename the key if it is meant for something else)", near))
+			}
+			if _, dup := s.Meta[k.Value]; dup {
+				return fail(k.Line, s.ID, "meta."+k.Value, errors.New("repeated; a mapping holds each key once"))
 			}
 			s.Meta[k.Value] = v.Value
 		}

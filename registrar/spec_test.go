@@ -27,6 +27,9 @@ func TestSpecErrors(t *testing.T) {
 		{"name: a\nmeta:\n  owner: [a, b]\n", "s.yaml:3: instance a: meta.owner: expected a single value"},
 		{"- {name: a, id: x}\n- {name: a, id: x}\n", "s.yaml:2: instance x: id: repeats the instance at line 1"},
 		{"- {name: a, id: ok}\n- {name: a, port: -1}\n", "s.yaml:2: instance a: port: -1 is not a port"},
+		{"name: a\nmeta:\n  weight: 5\n  weight: 10\n", `s.yaml:4: instance a: meta: gray: meta key "weight": repeated (first at line 3)`},
+		{"name: a\nmeta:\n  owner: x\n  owner: y\n", "s.yaml:4: instance a: meta.owner: repeated"},
+		{"name: a\nmeta:\n  canary: true\n  lane: stable\n", `s.yaml:4: instance a: meta: gray: meta key "lane": "stable" is the base lane`},
 	}
 	for _, c := range cases {
 		specs, err := registrar.ParseSpecs("s.yaml", []byte(c.yaml))
@@ -49,6 +52,8 @@ func TestSpecForms(t *testing.T) {
 		"name: a\nid: a-1\n",
 		"- name: a\n  id: a-1\n",
 		"name: a\nid: a-1\n---\nname: b\n",
+		"name: a\nid: a-1\n---\n",
+		"---\nname: a\nid: a-1\n---\n---\n",
 	} {
 		specs, err := registrar.ParseSpecs("s.yaml", []byte(text))
 		if err != nil || specs[0].ID != "a-1" || specs[0].Name != "a" {

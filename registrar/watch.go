@@ -6,11 +6,14 @@ package registrar
 // see a half-updated view and never block. When the index goes backwards (a restarted or replaced
 // server) it is reset to 0, and so it is after an error, so that the first answer after an outage
 // comes at once. Errors back off exponentially with full jitter; meanwhile the last good
-// snapshot stays in force and the view reports itself stale. All services share one Consul client,
-// whose transport keeps enough idle connections for one blocking query per service.
+// snapshot stays in force and the view reports itself stale. A second blocking query per service
+// follows its recorded state in KV for the decision options the service keeps there (sticky key,
+// tag key); a change of options rebuilds the snapshots too. All services share one Consul client,
+// whose transport keeps enough idle connections for two blocking queries per service.
 
 import (
 	"context"
+	"encoding/json"
 	"hash/fnv"
 	"maps"
 	"math/rand/v2"
@@ -39,7 +42,8 @@ type Endpoint struct {
 // WatchOption configures a Watcher.
 type WatchOption func(*Watcher)
 
-// WithSnapshotOptions sets the options every snapshot is built with (tag key, sticky key).
+// WithSnapshotOptions sets options that override, field by field, the decision options each service
+// keeps in Consul, for every view of this watcher.
 func WithSnapshotOptions(o gray.Options) WatchOption { return func(w *Watcher) { w.options = o } }
 
 // WithWaitTime sets how long one blocking query may wait. Default 5 minutes.
@@ -50,11 +54,18 @@ func WithBackoff(first, max time.Duration) WatchOption {
 	return func(w *Watcher) { w.backoffFirst, w.backoffMax = first, max }
 }
 
+// WithWatchKVPrefix sets the KV folder where the services' recorded state (with their decision
+// options) is kept, as the Registrar's WithKVPrefix. Default: DefaultKVPrefix.
+func WithWatchKVPrefix(prefix string) WatchOption {
+	return func(w *Watcher) { w.prefix = strings.Trim(prefix, "/") }
+}
+
 // Watcher watches services in Consul and keeps a current gray snapshot of each. It is safe for
 // concurrent use; Close stops every goroutine it started.
 type Watcher struct {
 	client       *api.Client
 	token        string
+	prefix       string
 	options      gray.Options
 	waitTime     time.Duration
 	backoffFirst time.Duration
@@ -65,7 +76,7 @@ type Watcher struct {
 	wg     sync.WaitGroup
 
 	mu       sync.Mutex
-	services map[string]*ServiceView
+	services map[string]*serviceWatch
 }
 
 // NewWatcher returns a Watcher for the agent in cfg (nil: NewConfig("")).
@@ -74,8 +85,8 @@ func NewWatcher(cfg *api.Config, opts ...WatchOption) (*Watcher, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{client: client, token: cfg.Token, waitTime: 5 * time.Minute,
-		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*ServiceView{}}
+	w := &Watcher{client: client, token: cfg.Token, prefix: DefaultKVPrefix, waitTime: 5 * time.Minute,
+		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*serviceWatch{}}
 	for _, o := range opts {
 		o(w)
 	}
@@ -83,23 +94,69 @@ func NewWatcher(cfg *api.Config, opts ...WatchOption) (*Watcher, error) {
 	return w, nil
 }
 
+// serviceWatch is what the watcher follows of one service: its passing instances and its decision
+// options, each with one blocking query, and the views built from them.
+type serviceWatch struct {
+	name string
+	opts *OptionsView
+
+	state atomic.Pointer[WatchState] // shared by the views; Changes is filled in per view
+
+	mu          sync.Mutex
+	instances   []gray.Instance[Endpoint]
+	options     gray.Options
+	haveEntries bool
+	haveOptions bool
+	views       map[gray.Options]*ServiceView
+}
+
+// watch returns the watch of a service, starting it on first use. w.mu must be held.
+func (w *Watcher) watch(name string) *serviceWatch {
+	if sw, ok := w.services[name]; ok {
+		return sw
+	}
+	sw := &serviceWatch{name: name, views: map[gray.Options]*ServiceView{},
+		opts: &OptionsView{changed: make(chan struct{}), ready: make(chan struct{})}}
+	sw.opts.value.Store(&gray.Options{})
+	sw.state.Store(&WatchState{Stale: true})
+	w.services[name] = sw
+	if w.ctx.Err() == nil {
+		w.wg.Add(2)
+		go w.runInstances(sw)
+		go w.runOptions(sw)
+	}
+	return sw
+}
+
 // Service returns the view of a service, starting to watch it on the first call. Views are shared:
-// every caller asking for the same service gets the same view.
-func (w *Watcher) Service(name string) *ServiceView {
+// every caller asking for the same service gets the same view. Its snapshots use the decision
+// options the service keeps in Consul, overridden by WithSnapshotOptions.
+func (w *Watcher) Service(name string) *ServiceView { return w.ServiceWith(name, gray.Options{}) }
+
+// ServiceWith returns a view of a service whose snapshots use the service's options from Consul,
+// overridden by WithSnapshotOptions and then by the non-empty fields of override. Views of one
+// service share its watch: one blocking query on its instances and one on its options.
+func (w *Watcher) ServiceWith(name string, override gray.Options) *ServiceView {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if v, ok := w.services[name]; ok {
+	sw := w.watch(name)
+	w.mu.Unlock()
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if v, ok := sw.views[override]; ok {
 		return v
 	}
-	v := &ServiceView{name: name, changed: make(chan struct{}), ready: make(chan struct{})}
-	v.snap.Store(gray.NewSnapshot[Endpoint](name, nil, w.options))
-	v.state.Store(&WatchState{Stale: true})
-	w.services[name] = v
-	if w.ctx.Err() == nil {
-		w.wg.Add(1)
-		go w.run(v)
-	}
+	v := &ServiceView{watch: sw, override: w.options.Override(override), changed: make(chan struct{}), ready: make(chan struct{})}
+	sw.views[override] = v
+	sw.publish(v)
 	return v
+}
+
+// Options returns the view of the decision options a service keeps in Consul, starting to watch the
+// service on the first call.
+func (w *Watcher) Options(name string) *OptionsView {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.watch(name).opts
 }
 
 // Close stops watching and waits for every goroutine to end.
@@ -111,14 +168,15 @@ func (w *Watcher) Close() error {
 
 // ServiceView is the live view of one watched service.
 type ServiceView struct {
-	name  string
-	snap  atomic.Pointer[gray.Snapshot[Endpoint]]
-	state atomic.Pointer[WatchState]
+	watch    *serviceWatch
+	override gray.Options
+	snap     atomic.Pointer[gray.Snapshot[Endpoint]]
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every published change
 	ready     chan struct{} // closed on the first answer
 	readyOnce sync.Once
+	changes   uint64
 }
 
 // WatchState describes a view's freshness.
@@ -130,7 +188,7 @@ type WatchState struct {
 	LastError error
 	// Updated is when the snapshot last changed.
 	Updated time.Time
-	// Index is the Consul index of the snapshot's data.
+	// Index is the Consul index of the snapshot's instances.
 	Index uint64
 	// Changes counts the snapshots published.
 	Changes uint64
@@ -140,7 +198,13 @@ type WatchState struct {
 func (v *ServiceView) Snapshot() *gray.Snapshot[Endpoint] { return v.snap.Load() }
 
 // State returns the view's freshness.
-func (v *ServiceView) State() WatchState { return *v.state.Load() }
+func (v *ServiceView) State() WatchState {
+	s := *v.watch.state.Load()
+	v.mu.Lock()
+	s.Changes = v.changes
+	v.mu.Unlock()
+	return s
+}
 
 // Changed returns a channel that is closed at the next published change.
 func (v *ServiceView) Changed() <-chan struct{} {
@@ -149,17 +213,84 @@ func (v *ServiceView) Changed() <-chan struct{} {
 	return v.changed
 }
 
-// Ready returns a channel that is closed once the first answer from Consul has been published.
+// Ready returns a channel that is closed once Consul has answered for both the service's instances
+// and its options, and the snapshot built from them is published.
 func (v *ServiceView) Ready() <-chan struct{} { return v.ready }
 
-func (w *Watcher) run(v *ServiceView) {
+// OptionsView is the live view of the decision options a service keeps in Consul.
+type OptionsView struct {
+	value atomic.Pointer[gray.Options]
+	err   atomic.Pointer[error]
+
+	mu        sync.Mutex
+	changed   chan struct{}
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// Load returns the service's options; the zero Options until Consul answered or when none are set.
+// It never blocks.
+func (o *OptionsView) Load() gray.Options { return *o.value.Load() }
+
+// Err returns the last error reading the options, nil after a success.
+func (o *OptionsView) Err() error {
+	if p := o.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Changed returns a channel that is closed at the next change of the options.
+func (o *OptionsView) Changed() <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.changed
+}
+
+// Ready returns a channel that is closed once Consul has answered (or refused the token, in which case
+// the options stay at their zero value and Err says why).
+func (o *OptionsView) Ready() <-chan struct{} { return o.ready }
+
+// publish builds v's snapshot from the latest instances and options and publishes it. sw.mu must be
+// held.
+func (sw *serviceWatch) publish(v *ServiceView) {
+	v.snap.Store(gray.NewSnapshot(sw.name, sw.instances, sw.options.Override(v.override)))
+	v.mu.Lock()
+	v.changes++
+	close(v.changed)
+	v.changed = make(chan struct{})
+	v.mu.Unlock()
+	if sw.haveEntries && sw.haveOptions {
+		v.readyOnce.Do(func() { close(v.ready) })
+	}
+}
+
+// publishAll rebuilds every view. sw.mu must be held.
+func (sw *serviceWatch) publishAll() {
+	for _, v := range sw.views {
+		sw.publish(v)
+	}
+}
+
+// setState stores the watch's freshness: updated says the snapshots changed now. sw.mu must be held.
+func (sw *serviceWatch) setState(st WatchState, updated bool) {
+	prev := sw.state.Load()
+	st.Updated = prev.Updated
+	if updated {
+		st.Updated = time.Now()
+	}
+	if st.Stale {
+		st.Index = prev.Index
+	}
+	sw.state.Store(&st)
+}
+
+func (w *Watcher) runInstances(sw *serviceWatch) {
 	defer w.wg.Done()
 	var index, hash uint64
-	var changes uint64
-	var updated time.Time
 	failures := 0
 	for {
-		entries, meta, err := w.client.Health().Service(v.name, "", true,
+		entries, meta, err := w.client.Health().Service(sw.name, "", true,
 			(&api.QueryOptions{WaitIndex: index, WaitTime: w.waitTime}).WithContext(w.ctx))
 		if w.ctx.Err() != nil {
 			return
@@ -169,7 +300,9 @@ func (w *Watcher) run(v *ServiceView) {
 			// Ask without waiting once Consul is back: the view is fresh again as soon as it answers,
 			// not only at the next change. The content comparison keeps that from being a change.
 			index = 0
-			v.state.Store(&WatchState{Stale: true, LastError: redact(err, w.token), Updated: updated, Changes: changes})
+			sw.mu.Lock()
+			sw.setState(WatchState{Stale: true, LastError: redact(err, w.token)}, false)
+			sw.mu.Unlock()
 			if !w.sleep(w.backoff(failures)) {
 				return
 			}
@@ -181,18 +314,85 @@ func (w *Watcher) run(v *ServiceView) {
 		} else {
 			index = max(meta.LastIndex, 1) // an index below 1 would never block
 		}
-		if h := contentHash(entries); h != hash || changes == 0 {
+		sw.mu.Lock()
+		h := contentHash(entries)
+		changed := h != hash || !sw.haveEntries
+		if changed {
 			hash = h
-			changes++
-			updated = time.Now()
-			v.snap.Store(gray.NewSnapshot(v.name, endpoints(entries), w.options))
-			v.mu.Lock()
-			close(v.changed)
-			v.changed = make(chan struct{})
-			v.mu.Unlock()
+			sw.instances, sw.haveEntries = endpoints(entries), true
+			sw.publishAll()
 		}
-		v.state.Store(&WatchState{Updated: updated, Index: meta.LastIndex, Changes: changes})
-		v.readyOnce.Do(func() { close(v.ready) })
+		sw.setState(WatchState{Index: meta.LastIndex}, changed)
+		sw.mu.Unlock()
+	}
+}
+
+// runOptions follows the service's recorded state for its decision options.
+func (w *Watcher) runOptions(sw *serviceWatch) {
+	defer w.wg.Done()
+	key := w.prefix + "/services/" + sw.name + "/state"
+	var index uint64
+	failures := 0
+	for {
+		pair, meta, err := w.client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: w.waitTime}).WithContext(w.ctx))
+		if w.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			index = 0
+			err = redact(err, w.token)
+			sw.opts.err.Store(&err)
+			if isPermissionDenied(err) {
+				// The token may not read the options: decide with the defaults (and the overrides)
+				// rather than never becoming ready.
+				sw.mu.Lock()
+				if !sw.haveOptions {
+					sw.haveOptions = true
+					sw.publishAll()
+				}
+				sw.mu.Unlock()
+				sw.opts.readyOnce.Do(func() { close(sw.opts.ready) })
+			}
+			if !w.sleep(w.backoff(failures)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		sw.opts.err.Store(nil)
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = max(meta.LastIndex, 1)
+		}
+		var o gray.Options
+		if pair != nil {
+			var st desiredState
+			// A record that does not decode keeps the options last seen: the registrar refuses to
+			// plan from it, and status reports it.
+			if json.Unmarshal(pair.Value, &st) != nil {
+				continue
+			}
+			if st.Options != nil && st.Options.Validate() == nil {
+				o = *st.Options
+			}
+		}
+		sw.mu.Lock()
+		if o != sw.options || !sw.haveOptions {
+			sw.options, sw.haveOptions = o, true
+			sw.opts.value.Store(&o)
+			sw.opts.mu.Lock()
+			close(sw.opts.changed)
+			sw.opts.changed = make(chan struct{})
+			sw.opts.mu.Unlock()
+			sw.publishAll()
+			st := *sw.state.Load()
+			st.Updated = time.Now()
+			sw.state.Store(&st)
+		}
+		sw.mu.Unlock()
+		sw.opts.readyOnce.Do(func() { close(sw.opts.ready) })
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/registrar"
@@ -21,9 +23,16 @@ func outputFlags(fs *flag.FlagSet, o *opts) {
 }
 
 func optionFlags(fs *flag.FlagSet, o *opts) {
-	fs.StringVar(&o.tagKey, "tag-key", gray.DefaultTagKey, "header carrying the propagated lane tag, as the data planes are configured")
-	fs.StringVar(&o.stickyHeader, "sticky-header", "", "header holding the sticky key, as the data planes are configured")
-	fs.StringVar(&o.stickyCookie, "sticky-cookie", "", "cookie holding the sticky key, as the data planes are configured")
+	fs.StringVar(&o.tagKey, "tag-key", "", "header carrying the propagated lane tag (default: the service's option, else "+gray.DefaultTagKey+")")
+	fs.StringVar(&o.stickyHeader, "sticky-header", "", "header holding the sticky key (default: the service's option)")
+	fs.StringVar(&o.stickyCookie, "sticky-cookie", "", "cookie holding the sticky key (default: the service's option)")
+}
+
+func serviceOptionFlags(fs *flag.FlagSet, o *opts) {
+	optionFlags(fs, o)
+	fs.BoolVar(&o.none, "clear", false, "remove the service's options (back to the defaults)")
+	changeFlags(fs, o)
+	outputFlags(fs, o)
 }
 
 func applyFlags(fs *flag.FlagSet, o *opts) {
@@ -101,6 +110,9 @@ func runApply(ctx context.Context, e *env, _ []string) error {
 		return err
 	}
 	applied, err := r.Apply(ctx, specs, registrar.ApplyOptions{ResetGray: e.o.resetGray})
+	if len(applied) == 0 && err != nil {
+		return err
+	}
 	if e.asJSON() {
 		type row struct {
 			Service string            `json:"service"`
@@ -160,16 +172,22 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 			Error   string            `json:"error,omitempty"`
 		}
 		out := struct {
-			Service   string     `json:"service"`
-			Lanes     []lane     `json:"lanes"`
-			Instances []instance `json:"instances"`
-			Problems  []string   `json:"problems"`
-		}{Service: st.Service, Lanes: []lane{}, Instances: []instance{}, Problems: []string{}}
+			Service   string            `json:"service"`
+			Options   gray.Options      `json:"options"`
+			Lanes     []lane            `json:"lanes"`
+			Instances []instance        `json:"instances"`
+			Problems  []string          `json:"problems"`
+			Drift     []registrar.Drift `json:"drift"`
+		}{Service: st.Service, Options: st.Options, Lanes: []lane{}, Instances: []instance{}, Problems: []string{}, Drift: []registrar.Drift{}}
+		out.Drift = append(out.Drift, st.Drift...)
 		for _, l := range st.Lanes {
 			out.Lanes = append(out.Lanes, lane{l.Name, l.Base, l.Weight.String(), l.Share.String(), l.Match, l.Instances})
 		}
 		for _, inst := range st.Instances {
 			i := instance{ID: inst.ID, Address: inst.Address, Port: inst.Port, Health: inst.Health, Lane: inst.Lane(), Meta: inst.Meta}
+			if i.Meta == nil {
+				i.Meta = map[string]string{}
+			}
 			if inst.GrayErr != nil {
 				i.Error = oneLine(inst.GrayErr)
 			}
@@ -180,7 +198,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		}
 		return e.writeJSON(out)
 	}
-	fmt.Fprintf(e.stdout, "service %s\n\n", st.Service)
+	fmt.Fprintf(e.stdout, "service %s\noptions %s\n\n", st.Service, describeOptions(st.Options))
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LANE\tROLE\tWEIGHT\tSHARE\tINSTANCES\tMATCH")
 	for _, l := range st.Lanes {
@@ -190,10 +208,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		}
 		match := "-"
 		if len(l.Match) > 0 {
-			match = gray.RulesJSON(l.Match)
-			if len(match) > 80 {
-				match = match[:77] + "..."
-			}
+			match = truncate(gray.RulesJSON(l.Match), 80)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s%%\t%s%%\t%s\t%s\n", l.Name, role, l.Weight, l.Share, strings.Join(l.Instances, ","), match)
 	}
@@ -204,7 +219,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	for _, inst := range st.Instances {
 		lane, meta := inst.Lane(), describe(inst.Gray)
 		if inst.GrayErr != nil {
-			lane, meta = "(none)", "invalid: see problems"
+			lane, meta = "(none)", "invalid: "+truncate(oneLine(inst.GrayErr), 60)
 		}
 		fmt.Fprintf(tw, "%s\t%s:%d\t%s\t%s\t%s\n", inst.ID, inst.Address, inst.Port, inst.Health, lane, meta)
 	}
@@ -215,7 +230,41 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 			fmt.Fprintf(e.stdout, "  %s\n", oneLine(p))
 		}
 	}
+	if len(st.Drift) > 0 {
+		fmt.Fprintln(e.stdout, "\ndrift (the instance's meta differs from the recorded state; graylane reconcile "+st.Service+" repairs it):")
+		for _, d := range st.Drift {
+			fmt.Fprintf(e.stdout, "  %s: recorded %s, instance has %s\n", d.Instance, describeMap(d.Recorded), describeMap(d.Actual))
+		}
+	}
 	return nil
+}
+
+// truncate shortens s to at most n characters (not bytes), marking the cut with "...".
+func truncate(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n-3]) + "..."
+}
+
+func describeOptions(o gray.Options) string {
+	var parts []string
+	if o.StickyHeader != "" {
+		parts = append(parts, "sticky header "+o.StickyHeader)
+	}
+	if o.StickyCookie != "" {
+		parts = append(parts, "sticky cookie "+o.StickyCookie)
+	}
+	tag := o.TagKey
+	if tag == "" {
+		tag = gray.DefaultTagKey
+	}
+	parts = append(parts, "lane tag "+tag)
+	if o.StickyHeader == "" && o.StickyCookie == "" {
+		parts = append(parts, "no sticky key (weights pick at random per request)")
+	}
+	return strings.Join(parts, ", ")
 }
 
 // change plans an operation, prints it, and commits it unless --dry-run.
@@ -225,25 +274,37 @@ func change(ctx context.Context, e *env, service string, op registrar.Op) error 
 		return err
 	}
 	plan, err := r.Plan(ctx, service, op)
+	if errors.Is(err, registrar.ErrUnchanged) {
+		fmt.Fprintf(e.stdout, "%s on %s: nothing to change, nothing recorded\n", op, service)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	verb := "changed"
 	if e.o.dryRun {
-		verb = "would change"
+		printPlan(e, plan, "would change")
+		return nil
 	}
-	fmt.Fprintf(e.stdout, "%s on %s:\n", op, service)
+	if _, err := r.Commit(ctx, plan); err != nil {
+		var applyErr *registrar.ApplyError
+		if errors.As(err, &applyErr) {
+			printPlan(e, plan, "recorded, not applied:")
+		}
+		return err
+	}
+	printPlan(e, plan, "changed")
+	return nil
+}
+
+// printPlan shows a plan's changes; verb says what became of them.
+func printPlan(e *env, plan *registrar.Plan, verb string) {
+	fmt.Fprintf(e.stdout, "%s on %s:\n", plan.Action, plan.Service)
 	for _, c := range plan.Changes {
 		fmt.Fprintf(e.stdout, "  %s %s: %s -> %s\n", verb, c.ID, describe(c.Before), describe(c.After))
 	}
 	for _, n := range plan.Notes {
 		fmt.Fprintf(e.stdout, "  note: %s\n", n)
 	}
-	if e.o.dryRun {
-		return nil
-	}
-	_, err = r.Commit(ctx, plan)
-	return err
 }
 
 func runWeight(ctx context.Context, e *env, args []string) error {
@@ -262,6 +323,9 @@ func runMatch(ctx context.Context, e *env, args []string) error {
 	case !e.o.none && len(args) < 3:
 		return &usageError{"expected RULES_JSON, or --none"}
 	case !e.o.none:
+		if t := strings.Join(strings.Fields(args[2]), ""); t == "[]" || t == "" || t == "null" {
+			return &usageError{fmt.Sprintf("RULES_JSON %q holds no rule; to remove the lane's rules use --none", args[2])}
+		}
 		m, err := gray.ParseMeta(map[string]string{gray.KeyMatch: args[2]})
 		if err != nil {
 			return err
@@ -284,17 +348,29 @@ func runDrain(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return &usageError{"--grace: " + err.Error()}
 	}
+	if grace < 0 {
+		return &usageError{fmt.Sprintf("--grace %s: must not be negative (0 deregisters at once)", e.o.grace)}
+	}
 	timeout, err := time.ParseDuration(e.o.timeout)
 	if err != nil {
 		return &usageError{"--timeout: " + err.Error()}
+	}
+	if timeout <= 0 {
+		return &usageError{fmt.Sprintf("--timeout %s: must be positive", e.o.timeout)}
 	}
 	r, err := e.registrar()
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	fmt.Fprintf(e.stdout, "draining %s: weight 0, no new traffic; deregistering after a %v grace period\n", args[0], grace)
-	res, err := r.Drain(ctx, args[0], registrar.DrainOptions{Service: e.o.service, Grace: grace, Timeout: timeout, Keep: e.o.keep})
+	committed := func(res *registrar.Result) {
+		fmt.Fprintf(e.stdout, "draining %s of %s: weight 0, no new traffic", args[0], res.Plan.Service)
+		if !e.o.keep {
+			fmt.Fprintf(e.stdout, "; deregistering after a %v grace period", grace)
+		}
+		fmt.Fprintln(e.stdout)
+	}
+	res, err := r.Drain(ctx, args[0], registrar.DrainOptions{Service: e.o.service, Grace: grace, Timeout: timeout, Keep: e.o.keep, Committed: committed})
 	if err != nil {
 		return err
 	}
@@ -312,8 +388,13 @@ func runHistory(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	hist, err := r.History(ctx, args[0])
-	if err != nil {
+	var bad *registrar.HistoryError
+	if err != nil && !errors.As(err, &bad) {
 		return err
+	}
+	if bad != nil {
+		// The readable entries are shown; the unreadable ones are named on stderr.
+		fmt.Fprintf(e.stderr, "graylane history: warning: %s\n", oneLine(bad))
 	}
 	if e.asJSON() {
 		if hist == nil {
@@ -322,30 +403,94 @@ func runHistory(ctx context.Context, e *env, args []string) error {
 		return e.writeJSON(hist)
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tWHO\tACTION\tINSTANCE\tBEFORE\tAFTER")
+	fmt.Fprintln(tw, "TIME\tWHO\tACTION\tOUTCOME\tINSTANCE\tBEFORE\tAFTER")
 	for _, h := range hist {
+		outcome := h.Outcome
+		if outcome == "" {
+			outcome = "-"
+		}
+		// The entry's first row carries its time, operator, action and outcome; the others only
+		// the instance.
+		prefix := fmt.Sprintf("%s\t%s\t%s\t%s", h.Time.Local().Format(time.DateTime), h.Who, h.Action, truncate(outcome, 40))
 		first := true
+		row := func(id, before, after string) {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", prefix, id, before, after)
+			prefix, first = "\t\t\t", false
+		}
 		for _, id := range slices.Sorted(maps.Keys(h.Before)) {
-			before := h.Before[id]
-			t, who, action := "", "", ""
-			if first {
-				t, who, action = h.Time.Local().Format(time.DateTime), h.Who, h.Action
-				first = false
+			row(id, describeMap(h.Before[id]), describeMap(h.After[id]))
+		}
+		if h.OptionsAfter != nil {
+			before := gray.Options{}
+			if h.OptionsBefore != nil {
+				before = *h.OptionsBefore
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t, who, action, id, describeMap(before), describeMap(h.After[id]))
+			row("(options)", describeOptions(before), describeOptions(*h.OptionsAfter))
 		}
 		if first {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t-\t-\n", h.Time.Local().Format(time.DateTime), h.Who, h.Action)
+			row("-", "-", "-")
 		}
 	}
 	return tw.Flush()
+}
+
+func runOptions(ctx context.Context, e *env, args []string) error {
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	set := gray.Options{TagKey: e.o.tagKey, StickyHeader: e.o.stickyHeader, StickyCookie: e.o.stickyCookie}
+	if !e.o.none && set == (gray.Options{}) {
+		o, err := r.ServiceOptions(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		if e.asJSON() {
+			return e.writeJSON(o)
+		}
+		fmt.Fprintf(e.stdout, "%s: %s\n", args[0], describeOptions(o))
+		return nil
+	}
+	if e.o.none && set != (gray.Options{}) {
+		return &usageError{"give options or --clear, not both"}
+	}
+	if err := set.Validate(); err != nil {
+		return &usageError{err.Error()}
+	}
+	if e.o.dryRun {
+		fmt.Fprintf(e.stdout, "would set the options of %s: %s\n", args[0], describeOptions(set))
+		return nil
+	}
+	if _, err := r.SetServiceOptions(ctx, args[0], set); errors.Is(err, registrar.ErrUnchanged) {
+		fmt.Fprintf(e.stdout, "options of %s: nothing to change, nothing recorded\n", args[0])
+		return nil
+	} else if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "options of %s set: %s\nevery data plane that reads them (the Kratos selector, the APISIX plugin) follows within seconds\n", args[0], describeOptions(set))
+	return nil
+}
+
+func runReconcile(ctx context.Context, e *env, args []string) error {
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	res, err := r.Reconcile(ctx, args[0])
+	if res != nil {
+		for _, id := range res.Rewritten {
+			fmt.Fprintf(e.stdout, "rewrote %s with its recorded state\n", id)
+		}
+		fmt.Fprintf(e.stdout, "%s: %d rewritten, %d in sync, %d failed\n", args[0], len(res.Rewritten), len(res.InSync), len(res.Failed))
+	}
+	return err
 }
 
 func runExplain(ctx context.Context, e *env, args []string) error {
 	req := &gray.StaticRequest{Headers: map[string]string{}, URLPath: e.o.path, URLQuery: e.o.query, HTTPMethod: strings.ToUpper(e.o.method)}
 	for _, h := range e.o.headers {
 		name, value, ok := strings.Cut(h, ":")
-		if !ok {
+		if !ok || strings.TrimSpace(name) == "" {
 			return &usageError{fmt.Sprintf("-H %q: write 'Name: value'", h)}
 		}
 		req.Headers[strings.ToLower(strings.TrimSpace(name))] = strings.TrimSpace(value)
@@ -359,20 +504,26 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 			return &usageError{fmt.Sprintf("--ip %q is not an IP address", e.o.ip)}
 		}
 	}
-	options := e.grayOptions()
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	// Decide with the options the data planes use: the service's, overridden by the flags.
+	options, err := r.ServiceOptions(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	options = options.Override(e.grayOptions())
+	if options.TagKey == "" {
+		options.TagKey = gray.DefaultTagKey
+	}
 	if e.o.lane != "" {
 		req.Headers[strings.ToLower(options.TagKey)] = e.o.lane
 	}
 	if e.o.key != "" {
 		// The bucket depends on the service and the key only, whichever header or cookie holds it.
-		if options.StickyHeader == "" {
-			options.StickyHeader = "x-graylane-explain-key"
-		}
-		req.Headers[strings.ToLower(options.StickyHeader)] = e.o.key
-	}
-	r, err := e.registrar()
-	if err != nil {
-		return err
+		options.StickyHeader = "x-graylane-explain-key"
+		req.Headers[options.StickyHeader] = e.o.key
 	}
 	st, err := r.Status(ctx, args[0], options)
 	if err != nil {
@@ -417,8 +568,11 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 		return e.writeJSON(out)
 	}
 	lane := out.Lane
-	if lane == "" {
-		lane = "(none: fallback to every instance that can serve)"
+	switch {
+	case lane == "" && len(out.Instances) == 0:
+		lane = "(none: no instance with valid meta can serve; the data planes fail this request)"
+	case lane == "":
+		lane = "(none: fallback to every instance with valid meta)"
 	}
 	fmt.Fprintf(e.stdout, "lane       %s\n", lane)
 	reason := out.Reason

@@ -9,6 +9,8 @@
 //	graylane rollback bservice green
 //	graylane drain bservice-canary-1
 //	graylane history bservice
+//	graylane options bservice --sticky-header userid
+//	graylane reconcile bservice
 //	graylane explain bservice -H 'userid: 123' --path /api/user
 //
 // The Consul agent, token and TLS settings come from the standard CONSUL_* environment (CONSUL_HTTP_ADDR,
@@ -42,6 +44,7 @@ type command struct {
 	flags   func(fs *flag.FlagSet, o *opts)
 	run     func(ctx context.Context, e *env, args []string) error
 	nargs   int // required positional arguments
+	maxargs int // the most positional arguments; nargs when 0
 }
 
 // opts holds every command's flags; each command registers the ones it takes.
@@ -63,6 +66,7 @@ type opts struct {
 type env struct {
 	o      *opts
 	stdout io.Writer
+	stderr io.Writer
 }
 
 // usageError is a mistake in how the command was called: exit status 2.
@@ -75,11 +79,13 @@ func commands() []*command {
 		{name: "apply", summary: "register or update the instances of a spec file", flags: applyFlags, run: runApply},
 		{name: "status", args: "SERVICE", nargs: 1, summary: "lanes, instances, health, weights, rules, conflicts and traffic shares", flags: statusFlags, run: runStatus},
 		{name: "weight", args: "SERVICE LANE PERCENT", nargs: 3, summary: "set a lane's share of unmatched traffic (0-100, two decimals)", flags: changeFlags, run: runWeight},
-		{name: "match", args: "SERVICE LANE [RULES_JSON]", nargs: 2, summary: "set a lane's match rules (JSON, as in the match meta key), or remove them with --none", flags: matchFlags, run: runMatch},
+		{name: "match", args: "SERVICE LANE [RULES_JSON]", nargs: 2, maxargs: 3, summary: "set a lane's match rules (JSON, as in the match meta key), or remove them with --none", flags: matchFlags, run: runMatch},
 		{name: "promote", args: "SERVICE LANE", nargs: 2, summary: "make a lane the base (a colour gets weight 100; canaries become stable)", flags: changeFlags, run: runPromote},
 		{name: "rollback", args: "SERVICE LANE", nargs: 2, summary: "send a lane back to matched test traffic only (weight 0)", flags: changeFlags, run: runRollback},
 		{name: "drain", args: "INSTANCE", nargs: 1, summary: "stop new traffic to an instance, wait for clients to see it, deregister it", flags: drainFlags, run: runDrain},
 		{name: "history", args: "SERVICE", nargs: 1, summary: "the recorded changes of a service: who, when, before, after", flags: outputFlags, run: runHistory},
+		{name: "options", args: "SERVICE", nargs: 1, summary: "show or set the decision options every data plane reads (sticky key, tag key)", flags: serviceOptionFlags, run: runOptions},
+		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", run: runReconcile},
 		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
 		{name: "apisix", args: "sync|route [SERVICE...]", nargs: 1, summary: "keep APISIX lane upstreams in sync with Consul (sync), print or apply a service's route (route)", flags: apisixFlags, run: runAPISIX},
 	}
@@ -115,6 +121,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fs.Usage = func() {} // help is printed below; parse errors get the one-line treatment
 	positional, err := parseInterleaved(fs, args[1:])
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		err = &usageError{err.Error()} // unknown flag, missing or bad value
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintf(stdout, "usage: graylane %s [flags] %s\n\n%s.\n\nflags:\n", cmd.name, cmd.args, upperFirst(cmd.summary))
 		fs.SetOutput(stdout)
@@ -124,18 +133,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err == nil && len(positional) < cmd.nargs {
 		err = &usageError{fmt.Sprintf("expected %s", cmd.args)}
 	}
+	if err == nil && len(positional) > max(cmd.nargs, cmd.maxargs) {
+		err = &usageError{fmt.Sprintf("unexpected argument %q; expected %s", positional[max(cmd.nargs, cmd.maxargs)], cmd.args)}
+	}
+	if err == nil {
+		err = checkNames(cmd, positional)
+	}
+	if err == nil && strings.Trim(o.prefix, "/") == "" {
+		err = &usageError{fmt.Sprintf("--kv-prefix %q: name a KV folder, such as graylane", o.prefix)}
+	}
 	if err == nil && o.output != "" && o.output != "table" && o.output != "json" {
 		err = &usageError{fmt.Sprintf("-o %q: use table or json", o.output)}
 	}
 	if err == nil {
-		err = cmd.run(ctx, &env{o: o, stdout: stdout}, positional)
+		err = cmd.run(ctx, &env{o: o, stdout: stdout, stderr: stderr}, positional)
 	}
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintf(stderr, "graylane %s: %s\n", cmd.name, oneLine(err))
 	var ue *usageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "invalid value") {
+	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "run graylane %s --help for usage\n", cmd.name)
 		return 2
 	}
@@ -171,9 +189,44 @@ func printUsage(w io.Writer, cmds []*command) {
 	fmt.Fprintln(w, "CONSUL_HTTP_TOKEN, CONSUL_CACERT and the other standard variables, or --consul.")
 }
 
+// checkNames refuses empty or malformed SERVICE, LANE and INSTANCE arguments before anything asks
+// Consul about them.
+func checkNames(cmd *command, positional []string) error {
+	names := strings.Fields(cmd.args)
+	for i, arg := range positional {
+		if i >= len(names) {
+			break
+		}
+		what := strings.Trim(names[i], "[]")
+		if what != "SERVICE" && what != "LANE" && what != "INSTANCE" {
+			continue
+		}
+		if arg == "" || strings.ContainsAny(arg, "/?#% \t\n") {
+			return &usageError{fmt.Sprintf("%s %q: give a %s name (no spaces or /?#%%)", what, arg, strings.ToLower(what))}
+		}
+	}
+	return nil
+}
+
 // oneLine joins a multi-line error (several problems in a spec file) into one line.
 func oneLine(err error) string {
-	return strings.Join(strings.Split(strings.TrimSpace(err.Error()), "\n"), "; ")
+	lines := strings.Split(strings.TrimSpace(err.Error()), "\n")
+	var b strings.Builder
+	for i, l := range lines {
+		l = strings.TrimSpace(l)
+		if l == "" {
+			continue
+		}
+		if i > 0 && b.Len() > 0 {
+			if strings.HasSuffix(b.String(), ":") {
+				b.WriteString(" ")
+			} else {
+				b.WriteString("; ")
+			}
+		}
+		b.WriteString(l)
+	}
+	return b.String()
 }
 
 func upperFirst(s string) string {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/graylane/graylane/internal/consultest"
 )
@@ -154,5 +155,92 @@ func TestEveryCommandHasHelp(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"--help"}, &out, &out); code != 0 || !strings.Contains(out.String(), "explain") {
 		t.Errorf("--help: exit %d\n%s", code, out.String())
+	}
+}
+
+// TestHostileInput: what a careless operator types gets a one-line error that names the problem,
+// the right exit status, and changes nothing.
+func TestHostileInput(t *testing.T) {
+	a := consultest.Start(t)
+	mustRun(t, a, "apply", "-f", "../../registrar/testdata/bservice.yaml")
+	historyLen := func() int {
+		var hist []json.RawMessage
+		if err := json.Unmarshal([]byte(mustRun(t, a, "history", "bservice", "-o", "json")), &hist); err != nil {
+			t.Fatal(err)
+		}
+		return len(hist)
+	}
+	before := historyLen()
+	cases := []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"weight", "bservice", "canary", "5", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"promote", "bservice", "canary", "now"}, 2, `unexpected argument "now"`},
+		{[]string{"drain", "bservice-1", "--grace", "-1s"}, 2, "must not be negative"},
+		{[]string{"explain", "bservice", "-H", ": 123"}, 2, "write 'Name: value'"},
+		{[]string{"status", ""}, 2, `SERVICE "": give a service name`},
+		{[]string{"weight", "bservice", "can ary", "5"}, 2, `LANE "can ary"`},
+		{[]string{"status", "bservice", "--kv-prefix", "/"}, 2, `--kv-prefix "/": name a KV folder`},
+		{[]string{"apply", "-f"}, 2, "flag needs an argument: -f"},
+		{[]string{"match", "bservice", "canary", "[]"}, 2, "use --none"},
+		{[]string{"drain", "no-such-instance"}, 1, "no service has an instance no-such-instance"},
+		{[]string{"options", "bservice", "--sticky-header", "user id"}, 2, "sticky_header"},
+	}
+	for _, c := range cases {
+		out, errOut, code := graylane(t, a, c.args...)
+		lines := strings.Split(strings.TrimSpace(errOut), "\n")
+		if code != c.code || !strings.Contains(lines[0], c.says) {
+			t.Errorf("graylane %q: exit %d, stderr %q; want exit %d saying %q", c.args, code, errOut, c.code, c.says)
+		}
+		if out != "" {
+			t.Errorf("graylane %q failed but printed on stdout: %q", c.args, out)
+		}
+		if c.code == 2 && (len(lines) != 2 || !strings.Contains(lines[1], "--help")) {
+			t.Errorf("graylane %q: a usage error must point to --help: %q", c.args, errOut)
+		}
+	}
+	if n := historyLen(); n != before {
+		t.Fatalf("refused commands wrote history: %d entries, then %d", before, n)
+	}
+
+	// A change to the state the service is in already records nothing.
+	mustRun(t, a, "weight", "bservice", "canary", "7")
+	n := historyLen()
+	if out := mustRun(t, a, "weight", "bservice", "canary", "7"); !strings.Contains(out, "nothing to change") {
+		t.Fatalf("no-op weight: %q", out)
+	}
+	if historyLen() != n {
+		t.Fatal("a no-op change wrote history")
+	}
+
+	// status -o json never prints null meta; the table cuts long multi-byte rules on characters.
+	mustRun(t, a, "match", "bservice", "canary", `{"header":{"key":"userid","value_match":"用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户"}}`)
+	if out := mustRun(t, a, "status", "bservice", "-o", "json"); strings.Contains(out, `"meta": null`) {
+		t.Fatalf("status -o json: %s", out)
+	}
+	if out := mustRun(t, a, "status", "bservice"); !utf8.ValidString(out) || !strings.Contains(out, "...") {
+		t.Fatalf("status is not valid UTF-8 or not cut:\n%s", out)
+	}
+}
+
+// TestOptionsAndReconcileCommands: options are set once for the service, shown by status and used by
+// explain; reconcile reports what it did.
+func TestOptionsAndReconcileCommands(t *testing.T) {
+	a := consultest.Start(t)
+	mustRun(t, a, "apply", "-f", "../../registrar/testdata/bservice.yaml")
+	if out := mustRun(t, a, "options", "bservice"); !strings.Contains(out, "no sticky key") {
+		t.Fatalf("options before any were set: %q", out)
+	}
+	mustRun(t, a, "options", "bservice", "--sticky-header", "userid")
+	if out := mustRun(t, a, "status", "bservice"); !strings.Contains(out, "options sticky header userid") {
+		t.Fatalf("status does not show the options:\n%s", out)
+	}
+	if out := mustRun(t, a, "history", "bservice"); !strings.Contains(out, "options sticky_header=userid") || !strings.Contains(out, "applied") {
+		t.Fatalf("history:\n%s", out)
+	}
+	if out := mustRun(t, a, "reconcile", "bservice"); !strings.Contains(out, "0 rewritten") {
+		t.Fatalf("reconcile of a service in sync: %q", out)
 	}
 }

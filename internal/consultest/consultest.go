@@ -62,6 +62,8 @@ type Agent struct {
 	NodeName string
 	// SerfLANAddr is the address other agents join, host:port.
 	SerfLANAddr string
+	// Token is the management token of an agent started with StartACL; empty otherwise.
+	Token string
 
 	binary string
 	args   []string
@@ -77,6 +79,29 @@ type Agent struct {
 func Start(tb testing.TB) *Agent {
 	tb.Helper()
 	a, err := StartAgent()
+	if err != nil {
+		tb.Fatalf("consultest: %v", err)
+	}
+	tb.Cleanup(a.Stop)
+	return a
+}
+
+// ManagementToken is the management token of agents started with StartACL.
+const ManagementToken = "9b1e3c57-0000-4000-8000-000000000001"
+
+// StartACL runs a dev agent with ACLs enabled and every request denied by default, and stops it in
+// the test's cleanup. Agent.Token holds the management token, which creates the tokens a test needs.
+func StartACL(tb testing.TB) *Agent {
+	tb.Helper()
+	a, err := newAgent([]string{"-dev", "-hcl", `acl { enabled = true
+		default_policy = "deny"
+		enable_token_persistence = false
+		tokens { initial_management = "` + ManagementToken + `"
+			agent = "` + ManagementToken + `" } }`})
+	if err == nil {
+		a.Token = ManagementToken
+		err = a.start()
+	}
 	if err != nil {
 		tb.Fatalf("consultest: %v", err)
 	}
@@ -223,7 +248,14 @@ func (a *Agent) start() error {
 func (a *Agent) waitReady(ctx context.Context, exited <-chan struct{}) error {
 	client := &http.Client{Timeout: 2 * time.Second}
 	get := func(path string) (string, error) {
-		resp, err := client.Get("http://" + a.HTTPAddr + path)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.HTTPAddr+path, nil)
+		if err != nil {
+			return "", err
+		}
+		if a.Token != "" {
+			req.Header.Set("X-Consul-Token", a.Token)
+		}
+		resp, err := client.Do(req)
 		if err != nil {
 			return "", err
 		}
