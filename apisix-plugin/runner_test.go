@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/registrar"
 )
 
 func TestMain(m *testing.M) {
@@ -280,6 +282,42 @@ func TestRunnerAgainstConsul(t *testing.T) {
 		register(t, env.consul, "bservice-canary-1", 9002, canaryMeta)
 		took = waitLane(t, c, r, "", 20*time.Second)
 		t.Logf("weight 50 -> 10 seen by the runner after %v", took)
+	})
+
+	t.Run("decision options come from Consul unless the conf overrides them", func(t *testing.T) {
+		reg, err := registrar.New(&api.Config{Address: env.agent.HTTPAddr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.SetServiceOptions(context.Background(), "bservice", gray.Options{StickyHeader: "x-account"}); err != nil {
+			t.Fatal(err)
+		}
+		plain, err := c.prepareConf("route-plain", [2]string{"graylane", `{"service":"bservice"}`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inCanary := ""
+		for i := 0; inCanary == ""; i++ {
+			if u := fmt.Sprintf("acct-%d", i); gray.Bucket("bservice", u) < 1000 {
+				inCanary = u
+			}
+		}
+		// The conf names no sticky key: the account header from Consul's options decides.
+		byAccount := &httpReq{token: plain, id: 1, ip: untrusted, path: "/", headers: [][2]string{{"x-account", inCanary}}}
+		took := waitLane(t, c, byAccount, "canary", 20*time.Second)
+		t.Logf("options from Consul seen by the runner after %v", took)
+		for range 20 {
+			if lane, _ := laneOf(t, c, byAccount); lane != "canary" {
+				t.Fatalf("sticky account from Consul's options: lane %q", lane)
+			}
+		}
+		// testConf names x-user-id: it overrides Consul's x-account.
+		both := &httpReq{token: token, id: 2, ip: untrusted, path: "/", headers: [][2]string{{"x-account", inCanary}, {"x-user-id", stableUser(0)}}}
+		for range 20 {
+			if lane, _ := laneOf(t, c, both); lane != "" {
+				t.Fatalf("conf's sticky header did not override Consul's: lane %q", lane)
+			}
+		}
 	})
 
 	t.Run("forgotten conf token: not found, then PrepareConf again", func(t *testing.T) {

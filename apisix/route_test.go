@@ -226,7 +226,18 @@ func TestSyncRewritesOnlyTrafficSplit(t *testing.T) {
 		"http_x_md_global_gray_lane==green->graylane-bservice-green", "http_x_md_global_gray_lane==stable->graylane-bservice-stable"}) {
 		t.Errorf("rules %v", got)
 	}
-	for _, p := range []string{"proxy-rewrite", "ext-plugin-pre-req"} {
+	// A new lane header (the service's option in Consul changed): the strip follows it.
+	if !setRules(route, "bservice", "x-lane", []string{"green", "stable"}) {
+		t.Fatalf("new lane header not reported as a change")
+	}
+	strip := route["plugins"].(map[string]any)["proxy-rewrite"].(map[string]any)["headers"].(map[string]any)["remove"]
+	if !slices.Equal(strip.([]any), []any{"x-lane"}) {
+		t.Errorf("strip removes %v after the lane header changed", strip)
+	}
+	if got := routeLanes(route); !slices.Equal(got, []string{"http_x_lane==green->graylane-bservice-green", "http_x_lane==stable->graylane-bservice-stable"}) {
+		t.Errorf("rules %v", got)
+	}
+	for _, p := range []string{"ext-plugin-pre-req"} {
 		a, _ := json.Marshal(before["plugins"].(map[string]any)[p])
 		b, _ := json.Marshal(route["plugins"].(map[string]any)[p])
 		if string(a) != string(b) {

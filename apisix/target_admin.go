@@ -152,16 +152,27 @@ func routeConf(r map[string]any) (*extplugin.Conf, bool) {
 	return nil, false
 }
 
-// setRules puts the lanes' traffic-split rules into route r and reports whether they changed.
+// setRules puts the lanes' traffic-split rules into route r, keeps the header its proxy-rewrite
+// strips equal to the lane header (the service's option in Consul may change it), and reports
+// whether anything changed.
 func setRules(r map[string]any, service, header string, lanes []string) bool {
 	plugins, _ := r["plugins"].(map[string]any)
 	if plugins == nil {
 		plugins = map[string]any{}
 		r["plugins"] = plugins
 	}
+	changed := false
+	if pr, ok := plugins["proxy-rewrite"].(map[string]any); ok {
+		if hs, ok := pr["headers"].(map[string]any); ok {
+			if rm, _ := hs["remove"].([]any); len(rm) != 1 || rm[0] != header {
+				hs["remove"] = []any{header}
+				changed = true
+			}
+		}
+	}
 	ts, _ := plugins["traffic-split"].(map[string]any)
 	if slices.Equal(rulePairs(ts), wantPairs(service, header, lanes)) {
-		return false
+		return changed
 	}
 	if len(lanes) == 0 {
 		delete(plugins, "traffic-split")
