@@ -380,3 +380,28 @@ func stableUser(n int) string {
 		}
 	}
 }
+
+// TestRunnerWithoutConsul: Consul unreachable from the start. Requests are answered at once, all in
+// the base lane: the plugin never waits for Consul, and a client's lane header is still removed.
+func TestRunnerWithoutConsul(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "runner.sock")
+	r := startRunner(t, sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR=127.0.0.1:1")
+	c := dialRunner(t, sock)
+	token, err := c.prepareConf("route-1", [2]string{"graylane", testConf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		rw, err := c.call(&httpReq{token: token, id: uint32(i), ip: untrusted, path: "/api/user",
+			headers: [][2]string{{"userid", "123"}, {laneHeader, "canary"}}})
+		if err != nil {
+			t.Fatalf("call %d: %v\n%s", i, err, r.out)
+		}
+		if _, removed, _ := rw.header(laneHeader); !removed {
+			t.Fatalf("call %d: spoofed lane header kept without Consul: %v", i, rw.headers)
+		}
+	}
+	if err := r.stop(); err != nil {
+		t.Errorf("runner exit after SIGTERM: %v\n%s", err, r.out)
+	}
+}
