@@ -31,6 +31,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=$(FUZZTIME) ./gray
 	$(GO) test -run='^$$' -fuzz='^FuzzDFA$$' -fuzztime=$(FUZZTIME) ./gray
 	$(GO) test -run='^$$' -fuzz='^FuzzParseConf$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
+	$(GO) test -run='^$$' -fuzz='^FuzzRequestFilter$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
 
 ## bench: the decision and gateway plugin benchmarks, with allocations
 bench: consul

@@ -235,6 +235,20 @@ func TestRunnerAgainstConsul(t *testing.T) {
 				t.Errorf("%s: lane %q", name, v)
 			}
 		}
+		// Cookies are parsed only for a sticky cookie or a cookie rule: the same with a sticky cookie.
+		byCookie, err := c.prepareConf("route-cookie", [2]string{"graylane", `{"service":"bservice","sticky_cookie":"uid"}`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cookie := range []string{`=;;; ;="x; uid==; "`, `uid`, `uid=`, `uid="`, `uid=""`, strings.Repeat("uid=1;", 5000), "uid=\xff\x00"} {
+			rw, err := c.call(&httpReq{token: byCookie, id: 10, path: "/", headers: [][2]string{{"cookie", cookie}}})
+			if err != nil {
+				t.Fatalf("cookie %.40q: %v\n%s", cookie, err, env.runner.out)
+			}
+			if v, _, _ := rw.header(laneHeader); v != "" && v != "canary" {
+				t.Errorf("cookie %.40q: lane %q", cookie, v)
+			}
+		}
 		if !env.runner.alive() {
 			t.Fatalf("runner died:\n%s", env.runner.out)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"testing"
@@ -209,4 +210,31 @@ func BenchmarkRequestFilter(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzRequestFilter: whatever a client sends, the filter does not panic, and the lane header it
+// leaves is a lane of the service or absent; an untrusted client never keeps a lane it named.
+func FuzzRequestFilter(f *testing.F) {
+	f.Add("203.0.113.1", "/api/user/1", "userid", "123", "cookie", "uid=7; a", "green", "beta=1")
+	f.Add("10.0.0.1", "", "x-user-id", "", "cookie", "=;;;=", "nope", "%zz=%")
+	f.Add("::1", "/\xff", "UserID", "123", "Cookie", `uid="x`, "canary", "a&b==c")
+	p, c := testPlugin(f, `{"service":"bservice","sticky_cookie":"uid","trusted_cidrs":["10.0.0.0/8"]}`)
+	lanes := map[string]bool{"canary": true, "green": true, "stable": true}
+	f.Fuzz(func(t *testing.T, ip, path, h1, v1, h2, v2, tag, query string) {
+		r := newFake(ip, path, h1, v1, h2, v2, lane, tag)
+		if q, err := url.ParseQuery(query); err == nil {
+			r.args = q
+		}
+		p.RequestFilter(c, nil, r)
+		got := r.hdr.Get(lane)
+		if got != "" && !lanes[got] {
+			t.Fatalf("lane header %q is no lane of the service", got)
+		}
+		// green is reachable only by a tag, and only a trusted client's tag counts.
+		addr, err := netip.ParseAddr(ip)
+		trusted := err == nil && netip.MustParsePrefix("10.0.0.0/8").Contains(addr.Unmap())
+		if got == "green" && !trusted {
+			t.Fatalf("untrusted %q kept a lane tag: green", ip)
+		}
+	})
 }
