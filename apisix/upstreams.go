@@ -58,8 +58,11 @@ func LaneUpstreamID(service, lane string) string { return "graylane-" + service 
 func BaseUpstreamID(service string) string { return "graylane-" + service }
 
 // Desired returns the upstreams a service's snapshot asks for: the base upstream and one per lane,
-// sorted by id. The base holds the base decision's instances (its fallback when the base lane is
-// empty). An id APISIX would refuse is an error naming it; the others are still returned.
+// sorted by id. The base upstream, the route's own, serves what the plugin does not label (and
+// everything while the runner is down): the live lane, which is the lane taking all unmatched
+// traffic when one does (green at weight 100 after a blue/green switch), else the snapshot's base
+// decision (stable, or its fallback when the base lane is empty). An id APISIX would refuse is an
+// error naming it; the others are still returned.
 func Desired(service string, snap *gray.Snapshot[registrar.Endpoint]) ([]Upstream, error) {
 	var out []Upstream
 	var errs []error
@@ -74,8 +77,18 @@ func Desired(service string, snap *gray.Snapshot[registrar.Endpoint]) ([]Upstrea
 		})
 	}
 	baseEps := snap.Base().Instances
+	lanes := laneEndpoints(snap)
+	for _, info := range snap.Lanes() {
+		if !info.Base && info.Share == gray.MaxWeight {
+			for _, l := range lanes {
+				if l.name == info.Name {
+					baseEps = l.eps
+				}
+			}
+		}
+	}
 	add(BaseUpstreamID(service), BaseLabel, fmt.Sprintf("graylane: the base of %s (route upstream), from Consul", service), baseEps)
-	for _, l := range laneEndpoints(snap) {
+	for _, l := range lanes {
 		add(LaneUpstreamID(service, l.name), l.name, fmt.Sprintf("graylane: lane %s of %s, from Consul", l.name, service), l.eps)
 	}
 	slices.SortFunc(out, func(a, b Upstream) int { return strings.Compare(a.ID, b.ID) })
