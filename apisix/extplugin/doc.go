@@ -10,8 +10,9 @@
 //
 //  1. removes a lane header the client sent, unless the client's address is in the conf's
 //     trusted_cidrs (a trusted client, such as a test harness, may pick its lane);
-//  2. decides the lane from what the runner already holds: headers, path, arguments, method and
-//     source address (no Var or Body calls, which would each cost a round trip to APISIX);
+//  2. decides the lane from what arrived with the call: headers, path, arguments, method and source
+//     address, read straight from the message APISIX sent (no Var or Body calls, which would each
+//     cost a round trip to APISIX);
 //  3. sets the lane header to a gray lane, overwriting whatever was there, or removes it for the
 //     base lane, so base decisions do not travel to the next hop and the route's own upstream
 //     (the service's base) serves the request;
@@ -23,7 +24,8 @@
 // last good snapshot stays in force.
 //
 // Concurrency: the runner calls ParseConf and RequestFilter from one goroutine per APISIX
-// connection; both are safe for concurrent use. RequestFilter allocates nothing of its own (the
-// runner's lazily built header map aside), except to echo the lane of a base made of several lanes
-// and to rebuild its small per-snapshot table of header values once after each Consul change.
+// connection; both are safe for concurrent use. RequestFilter allocates nothing of its own, except
+// to rebuild its small per-snapshot table of header values once after each Consul change. It asks
+// the runner for its Go header map (which the runner builds on first use, at some cost) only when
+// the lane header must change, and for its response header map only to echo the lane.
 package extplugin
