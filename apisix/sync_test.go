@@ -2,6 +2,7 @@ package apisix
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/graylane/graylane/apisix/extplugin"
+	"github.com/graylane/graylane/internal/apisixtest"
 	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
 )
@@ -109,16 +111,16 @@ func nodesOf(ups map[string]map[string]any, id string) []string {
 	return out
 }
 
-func wantUpstreams(s *standin, want map[string][]string) func() string {
+func wantUpstreams(s *apisixtest.AdminAPI, want map[string][]string) func() string {
 	return func() string {
-		ups, _, _ := s.snapshot()
+		ups, _, _ := s.State()
 		for id, nodes := range want {
 			got := nodesOf(ups, id)
 			if nodes == nil && got != nil {
 				return fmt.Sprintf("upstream %s still exists with %v", id, got)
 			}
 			if nodes != nil && !slices.Equal(got, nodes) {
-				return fmt.Sprintf("upstream %s nodes %v, want %v (all: %v; rejected: %v)", id, got, nodes, keys(ups), s.rejected)
+				return fmt.Sprintf("upstream %s nodes %v, want %v (all: %v; rejected: %v)", id, got, nodes, keys(ups), s.Rejected())
 			}
 		}
 		return ""
@@ -154,8 +156,8 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 	env := startConsul(t)
 	env.register(t, "s1", 9001, nil)
 	env.register(t, "c1", 9002, map[string]string{"canary": "true", "weight": "10"})
-	s := newStandin(t)
-	admin := s.admin(t)
+	s := apisixtest.NewAdminAPI(t)
+	admin := newAdmin(t, s)
 	logs := &logRecorder{}
 
 	// The route job: upstreams first, then the route.
@@ -163,9 +165,9 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 	defer cancel()
 	spec := RouteSpec{URI: "/api/*", Conf: extplugin.Conf{Service: "bservice", TrustedCIDRs: []string{"10.0.0.0/8"}}}
 	if _, err := ApplyRoute(ctx, admin, env.watcher, spec); err != nil {
-		t.Fatalf("apply route: %v (rejected: %v)", err, s.rejected)
+		t.Fatalf("apply route: %v (rejected: %v)", err, s.Rejected())
 	}
-	_, routes, _ := s.snapshot()
+	_, routes, _ := s.State()
 	if got, want := routeLanes(routes["graylane-bservice"]), []string{
 		"http_x_md_global_gray_lane==canary->graylane-bservice-canary",
 		"http_x_md_global_gray_lane==stable->graylane-bservice-stable",
@@ -192,9 +194,9 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 	}))
 
 	t.Run("nothing written when nothing changed", func(t *testing.T) {
-		_, _, before := s.snapshot()
+		_, _, before := s.State()
 		time.Sleep(300 * time.Millisecond) // about 15 resyncs
-		if _, _, after := s.snapshot(); after != before {
+		if _, _, after := s.State(); after != before {
 			t.Errorf("%d writes while nothing changed", after-before)
 		}
 	})
@@ -205,7 +207,7 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 			if msg := wantUpstreams(s, map[string][]string{"graylane-bservice-green": {"127.0.0.1:9003"}})(); msg != "" {
 				return msg
 			}
-			_, routes, _ := s.snapshot()
+			_, routes, _ := s.State()
 			if got := routeLanes(routes["graylane-bservice"]); !slices.Contains(got, "http_x_md_global_gray_lane==green->graylane-bservice-green") {
 				return fmt.Sprintf("route rules %v", got)
 			}
@@ -220,9 +222,7 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 	})
 
 	t.Run("5xx from the Admin API is retried and nothing is lost", func(t *testing.T) {
-		s.mu.Lock()
-		s.failNext = 3
-		s.mu.Unlock()
+		s.FailNextWrites(3)
 		env.register(t, "s2", 9004, nil)
 		env.register(t, "g2", 9005, map[string]string{"bluegreen": "green", "weight": "5"})
 		eventually(t, "after the failures", wantUpstreams(s, map[string][]string{
@@ -230,10 +230,7 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 			"graylane-bservice-stable": {"127.0.0.1:9001", "127.0.0.1:9004"},
 			"graylane-bservice-green":  {"127.0.0.1:9003", "127.0.0.1:9005"},
 		}))
-		s.mu.Lock()
-		failed := s.failed
-		s.mu.Unlock()
-		if failed != 3 {
+		if failed := s.FailedWrites(); failed != 3 {
 			t.Errorf("%d writes failed, want 3", failed)
 		}
 		if !logs.contains("retrying in") {
@@ -247,7 +244,7 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 			if msg := wantUpstreams(s, map[string][]string{"graylane-bservice-canary": nil})(); msg != "" {
 				return msg
 			}
-			_, routes, _ := s.snapshot()
+			_, routes, _ := s.State()
 			for _, r := range routeLanes(routes["graylane-bservice"]) {
 				if strings.Contains(r, "canary") {
 					return fmt.Sprintf("route still routes canary: %v", r)
@@ -265,7 +262,7 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 		env.deregister(t, "g1")
 		env.deregister(t, "g2")
 		eventually(t, "green rule removed", func() string {
-			_, routes, _ := s.snapshot()
+			_, routes, _ := s.State()
 			for _, r := range routeLanes(routes["graylane-bservice"]) {
 				if strings.Contains(r, "green") {
 					return fmt.Sprintf("route still routes green: %v", r)
@@ -276,30 +273,28 @@ func TestSyncKeepsLaneUpstreams(t *testing.T) {
 			}
 			return ""
 		})
-		ups, _, _ := s.snapshot()
+		ups, _, _ := s.State()
 		if _, ok := ups["graylane-bservice-green"]; !ok {
 			t.Errorf("upstream deleted while route other references it")
 		}
 	})
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.rejected) > 0 {
-		t.Errorf("the stand-in refused requests: %v", s.rejected)
+	if r := s.Rejected(); len(r) > 0 {
+		t.Errorf("the stand-in refused requests: %v", r)
 	}
-	if len(s.dangling) > 0 {
-		t.Errorf("routes named upstreams before they existed: %v", s.dangling)
+	if d := s.Dangling(); len(d) > 0 {
+		t.Errorf("routes named upstreams before they existed: %v", d)
 	}
 }
 
 func TestAdminErrors(t *testing.T) {
-	s := newStandin(t)
-	bad, _ := NewAdmin(s.srv.URL, "wrong")
+	s := apisixtest.NewAdminAPI(t)
+	bad, _ := NewAdmin(s.URL, "wrong")
 	err := bad.PutUpstream(context.Background(), &Upstream{ID: "x", Type: "roundrobin", Nodes: map[string]int{"127.0.0.1:80": 1}})
 	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "failed to check token") {
 		t.Errorf("wrong key: %v", err)
 	}
-	a := s.admin(t)
+	a := newAdmin(t, s)
 	err = a.PutUpstream(context.Background(), &Upstream{ID: "x", Type: "roundrobin", Nodes: map[string]int{"127.0.0.1:99999": 1}})
 	if err == nil || !strings.Contains(err.Error(), "invalid port 99999") {
 		t.Errorf("bad port: %v", err)
@@ -351,4 +346,21 @@ func TestStandaloneFile(t *testing.T) {
 	if err != nil || !ch.Empty() {
 		t.Errorf("second write with nothing changed: %+v %v", ch, err)
 	}
+}
+
+func newAdmin(t *testing.T, s *apisixtest.AdminAPI) *Admin {
+	t.Helper()
+	a, err := NewAdmin(s.URL, s.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// clone copies a JSON object through JSON, as APISIX would read it back.
+func clone(m map[string]any) map[string]any {
+	b, _ := json.Marshal(m)
+	var out map[string]any
+	json.Unmarshal(b, &out)
+	return out
 }

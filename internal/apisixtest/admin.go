@@ -1,11 +1,13 @@
-package apisix
-
-// A stand-in for APISIX's Admin API. No APISIX runs where these tests run, so this HTTP server
-// answers the way a real gateway (3.11, etcd, traditional mode) was seen to answer (facts.md): it
-// checks the key, each upstream against APISIX's upstream schema (the fields graylane can send),
+// Package apisixtest holds stand-ins for the parts of APISIX that cannot run where graylane's tests
+// run: an Admin API (this file) and a gateway that routes as APISIX does for graylane's routes
+// (gateway.go).
+//
+// AdminAPI answers the way a real gateway (APISIX 3.11, etcd, traditional mode) was seen to answer:
+// it checks the key, each upstream against APISIX's upstream schema (the fields graylane can send),
 // ids, ports, body ids, a route's own upstream_id (traffic-split's are not checked, as in APISIX),
-// plugin conf values that must be strings, and refuses to delete an upstream a route still uses.
-// It counts writes and can fail the next writes with 500.
+// plugin conf values that must be strings and _meta filters, and refuses to delete an upstream a
+// route still uses. It counts writes and can fail the next writes with 503.
+package apisixtest
 
 import (
 	"encoding/json"
@@ -15,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,10 +25,14 @@ import (
 	"testing"
 )
 
-const standinKey = "edd1c9f034335f136f87ad84b625c8f1"
+// DefaultKey is the admin key the stand-in takes.
+const DefaultKey = "edd1c9f034335f136f87ad84b625c8f1"
 
-type standin struct {
+// AdminAPI is the stand-in Admin API. Its methods are safe for concurrent use.
+type AdminAPI struct {
 	srv *httptest.Server
+	// URL is the server's address; Key the admin key it takes.
+	URL, Key string
 
 	mu        sync.Mutex
 	upstreams map[string]map[string]any
@@ -39,32 +46,56 @@ type standin struct {
 	dangling []string
 }
 
-func newStandin(t *testing.T) *standin {
-	s := &standin{upstreams: map[string]map[string]any{}, routes: map[string]map[string]any{}}
+// NewAdminAPI starts the stand-in; it stops when the test ends.
+func NewAdminAPI(tb testing.TB) *AdminAPI {
+	s := &AdminAPI{upstreams: map[string]map[string]any{}, routes: map[string]map[string]any{}, Key: DefaultKey}
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.srv.Close)
+	s.URL = s.srv.URL
+	tb.Cleanup(s.srv.Close)
 	return s
 }
 
-func (s *standin) admin(t *testing.T) *Admin {
-	a, err := NewAdmin(s.srv.URL, standinKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
-func (s *standin) snapshot() (ups map[string]map[string]any, routes map[string]map[string]any, writes int) {
+// State returns copies of the stored upstreams and routes by id, and the count of writes.
+func (s *AdminAPI) State() (upstreams, routes map[string]map[string]any, writes int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ups, routes = map[string]map[string]any{}, map[string]map[string]any{}
+	upstreams, routes = map[string]map[string]any{}, map[string]map[string]any{}
 	for k, v := range s.upstreams {
-		ups[k] = clone(v)
+		upstreams[k] = clone(v)
 	}
 	for k, v := range s.routes {
 		routes[k] = clone(v)
 	}
-	return ups, routes, s.writes
+	return upstreams, routes, s.writes
+}
+
+// FailNextWrites makes the next n writes (PUT, PATCH, DELETE) answer 503.
+func (s *AdminAPI) FailNextWrites(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failNext = n
+}
+
+// FailedWrites returns how many writes were answered 503.
+func (s *AdminAPI) FailedWrites() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed
+}
+
+// Rejected returns the writes answered 4xx, each with its message.
+func (s *AdminAPI) Rejected() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.rejected)
+}
+
+// Dangling returns the traffic-split rules written while their upstream did not exist (APISIX
+// accepts them and answers matching requests with 500).
+func (s *AdminAPI) Dangling() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.dangling)
 }
 
 func clone(m map[string]any) map[string]any {
@@ -88,8 +119,8 @@ func reply(w http.ResponseWriter, status int, v any) {
 
 func bad(w http.ResponseWriter, msg string) { reply(w, 400, map[string]string{"error_msg": msg}) }
 
-func (s *standin) serve(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("X-API-KEY") != standinKey {
+func (s *AdminAPI) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("X-API-KEY") != s.Key {
 		reply(w, 401, map[string]string{"description": "missing apikey", "error_msg": "failed to check token"})
 		return
 	}
@@ -197,7 +228,7 @@ func (s *standin) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *standin) reject(w http.ResponseWriter, r *http.Request, msg string) {
+func (s *AdminAPI) reject(w http.ResponseWriter, r *http.Request, msg string) {
 	s.rejected = append(s.rejected, r.Method+" "+r.URL.Path+": "+msg)
 	bad(w, msg)
 }
@@ -286,7 +317,7 @@ var routeFields = map[string]bool{
 	"service_protocol": true, "enable_websocket": true, "id": true, "status": true,
 }
 
-func (s *standin) checkRoute(rt map[string]any) string {
+func (s *AdminAPI) checkRoute(rt map[string]any) string {
 	for k := range rt {
 		if !routeFields[k] {
 			return fmt.Sprintf("invalid configuration: additional properties forbidden, found %s", k)
@@ -364,4 +395,26 @@ func checkFilter(f any) string {
 		}
 	}
 	return ""
+}
+
+// mentions reports whether an upstream_id field anywhere under v names id.
+func mentions(v any, id string) bool {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if k == "upstream_id" && fmt.Sprint(e) == id {
+				return true
+			}
+			if mentions(e, id) {
+				return true
+			}
+		}
+	case []any:
+		for _, e := range x {
+			if mentions(e, id) {
+				return true
+			}
+		}
+	}
+	return false
 }
