@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/graylane/graylane/internal/apisixtest"
 )
 
 // benchEnv is Consul with bservice's lanes and the runner (with the baseline plugin) watching it.
@@ -13,24 +15,24 @@ import (
 func benchEnv(b *testing.B) (sock string, graylaneToken, baselineToken uint32) {
 	b.Helper()
 	env := startGrayEnv(b)
-	c := dialRunner(b, env.sock)
-	g, err := c.prepareConf("bench-graylane", [2]string{"graylane", benchConf})
+	c := apisixtest.Dial(b, env.sock)
+	g, err := c.PrepareConf("bench-graylane", [2]string{"graylane", benchConf})
 	if err != nil {
 		b.Fatal(err)
 	}
-	n, err := c.prepareConf("bench-baseline", [2]string{"graylane-baseline", "{}"})
+	n, err := c.PrepareConf("bench-baseline", [2]string{"graylane-baseline", "{}"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	waitLane(b, c, &httpReq{token: g, id: 1, ip: untrusted, path: "/api/user", headers: [][2]string{{"userid", "123"}}}, "canary", 20*time.Second)
+	waitLane(b, c, &apisixtest.Request{Token: g, ID: 1, IP: untrusted, Path: "/api/user", Headers: [][2]string{{"userid", "123"}}}, "canary", 20*time.Second)
 	return env.sock, g, n
 }
 
 // benchRequest is a browser-like request: a dozen headers, a sticky user, a query.
-func benchRequest(token uint32, user int) *httpReq {
-	return &httpReq{token: token, id: 1, ip: untrusted, path: "/api/order/42",
-		args: [][2]string{{"page", "2"}, {"sort", "desc"}},
-		headers: [][2]string{
+func benchRequest(token uint32, user int) *apisixtest.Request {
+	return &apisixtest.Request{Token: token, ID: 1, IP: untrusted, Path: "/api/order/42",
+		Args: [][2]string{{"page", "2"}, {"sort", "desc"}},
+		Headers: [][2]string{
 			{"host", "api.example.com"}, {"user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/120.0"},
 			{"accept", "application/json"}, {"accept-encoding", "gzip, deflate, br"}, {"accept-language", "en-US,en;q=0.5"},
 			{"connection", "keep-alive"}, {"x-request-id", "3f1c2a7e-1b6d-4e2a-9c1f-0a5b8d7e6f40"},
@@ -55,19 +57,19 @@ func BenchmarkRoundTrip(b *testing.B) {
 		{"base", func(int) string { return stableUser(0) }},
 	} {
 		b.Run(mix.name, func(b *testing.B) {
-			c := dialRunner(b, sock)
+			c := apisixtest.Dial(b, sock)
 			var gray, base time.Duration
-			reqs := [2]*httpReq{benchRequest(g, 0), benchRequest(n, 0)}
+			reqs := [2]*apisixtest.Request{benchRequest(g, 0), benchRequest(n, 0)}
 			i := 0
 			for b.Loop() {
 				i++
-				reqs[0].headers[8][1] = mix.user(i)
-				reqs[1].headers[8][1] = reqs[0].headers[8][1]
+				reqs[0].Headers[8][1] = mix.user(i)
+				reqs[1].Headers[8][1] = reqs[0].Headers[8][1]
 				first := i % 2 // alternate which goes first
 				for k := range 2 {
 					r := reqs[(first+k)%2]
 					start := time.Now()
-					if _, err := c.call(r); err != nil {
+					if _, err := c.Call(r); err != nil {
 						b.Fatal(err)
 					}
 					if r == reqs[0] {
@@ -90,9 +92,9 @@ func BenchmarkConcurrentLatency(b *testing.B) {
 	sock, g, n := benchEnv(b)
 	const conns = 16
 	calls := max(b.N, 50000)
-	cs := make([]*a6conn, conns)
+	cs := make([]*apisixtest.Conn, conns)
 	for i := range cs {
-		cs[i] = dialRunner(b, sock)
+		cs[i] = apisixtest.Dial(b, sock)
 	}
 	measure := func(token uint32, count int) []time.Duration {
 		lat := make([][]time.Duration, conns)
@@ -103,9 +105,9 @@ func BenchmarkConcurrentLatency(b *testing.B) {
 				defer wg.Done()
 				r := benchRequest(token, w)
 				for i := w; i < count; i += conns {
-					r.headers[8][1] = fmt.Sprintf("user-%d", i)
+					r.Headers[8][1] = fmt.Sprintf("user-%d", i)
 					start := time.Now()
-					if _, err := cs[w].call(r); err != nil {
+					if _, err := cs[w].Call(r); err != nil {
 						b.Error(err)
 						return
 					}

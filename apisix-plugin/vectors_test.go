@@ -14,6 +14,7 @@ import (
 
 	"github.com/graylane/graylane/apisix/extplugin"
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/apisixtest"
 	"github.com/graylane/graylane/internal/vectors"
 	"github.com/graylane/graylane/registrar"
 )
@@ -75,38 +76,38 @@ func TestVectorsThroughTheProtocol(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "runner.sock")
-	r := startRunner(t, sock, []string{testBinary(t), "run"}, vectorRunnerEnv+"=1")
-	c := dialRunner(t, sock)
+	r := apisixtest.StartRunner(t, sock, []string{testBinary(t), "run"}, vectorRunnerEnv+"=1")
+	c := apisixtest.Dial(t, sock)
 	for i, tc := range cases {
 		conf := fmt.Sprintf(`{"service":"vector-%d","trusted_cidrs":["0.0.0.0/0","::/0"],"echo_header":"x-gray-lane"}`, i)
-		token, err := c.prepareConf(fmt.Sprintf("case-%d", i), [2]string{"graylane", conf})
+		token, err := c.PrepareConf(fmt.Sprintf("case-%d", i), [2]string{"graylane", conf})
 		if err != nil {
 			t.Fatalf("%s: prepare conf: %v", tc.Name, err)
 		}
-		req := &httpReq{token: token, id: uint32(i), path: tc.Request.Path, args: parseQuery(tc.Request.Query)}
+		req := &apisixtest.Request{Token: token, ID: uint32(i), Path: tc.Request.Path, Args: parseQuery(tc.Request.Query)}
 		m, ok := methods[tc.Request.Method]
 		if !ok {
 			t.Fatalf("%s: method %q has no protocol code", tc.Name, tc.Request.Method)
 		}
-		req.method = m
+		req.Method = m
 		// APISIX always reports the client's address; a case without one gets the unspecified
 		// address, which no client_ip rule in the vectors names, so that its lane tag is trusted.
-		req.ip = netip.IPv4Unspecified()
+		req.IP = netip.IPv4Unspecified()
 		if tc.Request.IP != "" {
-			req.ip = netip.MustParseAddr(tc.Request.IP)
+			req.IP = netip.MustParseAddr(tc.Request.IP)
 		}
 		for k, v := range tc.Request.Headers {
-			req.headers = append(req.headers, [2]string{k, v})
+			req.Headers = append(req.Headers, [2]string{k, v})
 		}
-		rw, err := c.call(req)
+		rw, err := c.Call(req)
 		if err != nil {
-			t.Fatalf("%s: %v\n%s", tc.Name, err, r.out)
+			t.Fatalf("%s: %v\n%s", tc.Name, err, r.Output())
 		}
 		tag := tc.Options.TagKey
 		if tag == "" {
 			tag = gray.DefaultTagKey
 		}
-		got := rw.final(req, tag)
+		got := rw.Final(req, tag)
 		want := ""
 		if tc.Want.Reason == "tag" || tc.Want.Reason == "match" || tc.Want.Reason == "weight" {
 			want = tc.Want.Lane
@@ -114,7 +115,7 @@ func TestVectorsThroughTheProtocol(t *testing.T) {
 		if got != want {
 			t.Errorf("%s: lane header %q, want %q", tc.Name, got, want)
 		}
-		if echo := rw.respHeaders["X-Gray-Lane"]; echo != tc.Want.Lane {
+		if echo := rw.RespHeaders["X-Gray-Lane"]; echo != tc.Want.Lane {
 			t.Errorf("%s: echoed lane %q, want %q", tc.Name, echo, tc.Want.Lane)
 		}
 	}
