@@ -141,15 +141,28 @@ type Conn struct {
 	buf []byte
 }
 
+// Dial connects to a runner's socket for the test; the connection closes when the test ends.
 func Dial(tb testing.TB, sock string) *Conn {
 	tb.Helper()
-	c, err := net.Dial("unix", sock)
+	c, err := DialConn(sock)
 	if err != nil {
 		tb.Fatalf("dial runner: %v", err)
 	}
 	tb.Cleanup(func() { c.Close() })
-	return &Conn{c: c, b: flatbuffers.NewBuilder(1024)}
+	return c
 }
+
+// DialConn connects to a runner's socket. Close the connection when done.
+func DialConn(sock string) (*Conn, error) {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		return nil, err
+	}
+	return &Conn{c: c, b: flatbuffers.NewBuilder(1024)}, nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close() error { return c.c.Close() }
 
 func (c *Conn) send(ty byte) error {
 	out := c.b.FinishedBytes()
