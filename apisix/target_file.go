@@ -9,8 +9,6 @@ import (
 	"path/filepath"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/graylane/graylane/gray"
 )
 
 // FileTarget writes a State into a standalone-mode apisix.yaml (APISIX with
@@ -34,14 +32,7 @@ func (t *FileTarget) Apply(_ context.Context, st *State) (Changes, error) {
 	doc["upstreams"] = ups
 	var routes []any
 	for _, spec := range t.Routes {
-		header := spec.Conf.TagKey
-		if header == "" {
-			header = st.LaneHeaders[spec.Conf.Service]
-		}
-		if header == "" {
-			header = gray.DefaultTagKey
-		}
-		routes = append(routes, generic(NewRoute(spec, header, st.Lanes[spec.Conf.Service])))
+		routes = append(routes, generic(BuildRoute(spec, st)))
 	}
 	doc["routes"] = routes
 	var buf bytes.Buffer
