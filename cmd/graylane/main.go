@@ -91,6 +91,7 @@ func commands() []*command {
 		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", run: runReconcile},
 		{name: "rollout", args: "start|status|pause|resume|abort|promote-now SERVICE [LANE]", nargs: 2, maxargs: 3, summary: "walk a lane through a plan's steps, gated on measured errors and latency", flags: rolloutFlags, run: runRollout},
 		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
+		{name: "apisix", args: "sync|route [SERVICE...]", nargs: 1, maxargs: 64, summary: "keep APISIX lane upstreams in sync with Consul (sync), print or apply a service's route (route)", flags: apisixFlags, run: runAPISIX},
 	}
 }
 
