@@ -175,6 +175,32 @@ func describeOptions(o gray.Options) string {
 	return strings.Join(parts, " ")
 }
 
+// RecordEvent writes a history entry that changes nothing: something that happened to the service
+// and belongs in its history (a rollout that was rolled back while its lane took test traffic only,
+// so that the rollback had nothing to change). It is ordered with the changes by check-and-set like
+// them, and retried on conflicts.
+func (r *Registrar) RecordEvent(ctx context.Context, service, action, reason string) error {
+	for attempt := 0; ; attempt++ {
+		st, index, err := r.readState(ctx, service)
+		if err != nil {
+			return err
+		}
+		p := &Plan{Service: service, Action: action, Reason: reason, stateIndex: index, state: st.clone(), instances: map[string]Instance{}}
+		if err := r.authorize(ctx, p); err != nil {
+			return err
+		}
+		entry, err := r.record(ctx, p)
+		if errors.Is(err, ErrConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		r.setOutcome(ctx, entry, OutcomeApplied)
+		return nil
+	}
+}
+
 // History outcomes.
 const (
 	// OutcomeRecorded: the change is committed and applying it had not finished (still running, or
