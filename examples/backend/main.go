@@ -12,7 +12,7 @@
 //	GRAY_SERVICE   the Consul service (required)
 //	GRAY_ID        the instance ID (required)
 //	GRAY_META      its meta, a JSON object of strings (graylane's keys and others, e.g. version)
-//	LISTEN         the HTTP address (default :8080): GET any path, /health, /metrics
+//	LISTEN         the HTTP address (default :8080): GET, POST, PUT or DELETE any path; /health, /metrics
 //	GRPC_LISTEN    the gRPC address (default :9000): graylane.example.Echo/Who
 //	ADVERTISE      the address Consul and clients reach it at (default: the address it reaches Consul from)
 //	NEXT           a service to call for every request (gRPC, with the selector option)
@@ -259,14 +259,17 @@ func Run(ctx context.Context, cfg Config, ready chan<- [2]int) error {
 	hs := khttp.NewServer(khttp.Listener(hl), khttp.Middleware(mw...))
 	hs.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	hs.Handle("/metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
-	hs.Route("/").GET("/{path:.*}", func(c khttp.Context) error {
+	who := func(c khttp.Context) error {
 		h := c.Middleware(func(ctx context.Context, _ any) (any, error) { return a.answer(ctx, c.Request().URL.Path) })
 		out, err := h(c, nil)
 		if err != nil {
 			return err
 		}
 		return c.JSON(http.StatusOK, out)
-	})
+	}
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		hs.Route("/").Handle(m, "/{path:.*}", who)
+	}
 	gs := kgrpc.NewServer(kgrpc.Listener(gl), kgrpc.Middleware(mw...))
 	gs.RegisterService(&EchoDesc, a)
 

@@ -20,7 +20,6 @@ package main
 import (
 	"context"
 	_ "embed"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -60,7 +59,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Stdout, *dir)
-	if errors.Is(err, context.Canceled) {
+	if ctx.Err() != nil {
 		fmt.Println("\ninterrupted: everything the demo started is stopped")
 		os.Exit(130)
 	}
@@ -272,7 +271,7 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 	if err := d.chain(ctx, chain); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\ndone in %v; stopping everything it started\n", time.Since(began).Round(100*time.Millisecond))
+	fmt.Fprintf(out, "\ndone in %v; stopping everything it started\nlistening: %s\n", time.Since(began).Round(100*time.Millisecond), strings.Join(s.Addrs(), " "))
 	return nil
 }
 
