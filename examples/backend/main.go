@@ -256,7 +256,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- [2]int) error {
 		hl.Close()
 		return err
 	}
-	hs := khttp.NewServer(khttp.Listener(hl), khttp.Middleware(mw...))
+	hs := khttp.NewServer(khttp.Listener(hl), khttp.Middleware(mw...), khttp.StrictSlash(false)) // every path answers, "/" and "/x/" too
 	hs.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	hs.Handle("/metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
 	who := func(c khttp.Context) error {
