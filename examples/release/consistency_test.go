@@ -157,12 +157,15 @@ func TestGatewayAndServicesDecideAlike(t *testing.T) {
 	defer edge.http.CloseIdleConnections()
 	d := &demo{out: io.Discard, s: s, planes: []plane{gw, edge}}
 
-	// Both planes have every instance: a canary request and a green one land there.
+	// Both planes have every instance, and bservice's canary has cservice's: a canary request lands
+	// in both canaries, a green one in green.
 	probe := []request{
 		{User: "u", Method: "GET", Path: "/api/order", Query: "beta=1"},
 		{User: "u", Method: "GET", Path: "/api/order", Headers: [][2]string{{"x-env", "green"}}},
 	}
-	if err := d.wait(ctx, "bservice", probe, func(m []*reply) bool { return m[0].Serves == "canary" && m[1].Serves == "green" }); err != nil {
+	if err := d.wait(ctx, "bservice", probe, func(m []*reply) bool {
+		return m[0].Serves == "canary" && m[0].Next.Serves == "canary" && m[1].Serves == "green"
+	}); err != nil {
 		t.Fatal(err)
 	}
 
