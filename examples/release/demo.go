@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"embed"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -201,5 +203,40 @@ func (d *demo) chain(ctx context.Context, reqs []request) error {
 	for _, k := range rows {
 		fmt.Fprintf(d.out, "  %-18s %-70s %d\n", k.header, k.path, counts[k])
 	}
+	return nil
+}
+
+//go:embed steps/*.yaml
+var steps embed.FS
+
+// matches checks that the gray meta in Consul is the one a step's spec file states, and says so.
+func (d *demo) matches(ctx context.Context, file string) error {
+	data, err := steps.ReadFile("steps/" + file)
+	if err != nil {
+		return err
+	}
+	specs, err := registrar.ParseSpecs(file, data)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, sp := range specs {
+		insts, _, err := d.s.r.Instances(ctx, sp.Name)
+		if err != nil {
+			return err
+		}
+		want, _ := sp.Gray.Encode()
+		var got map[string]string
+		for _, in := range insts {
+			if in.ID == sp.ID {
+				got, _ = in.Gray.Encode()
+			}
+		}
+		if !maps.Equal(got, want) {
+			return fmt.Errorf("%s: %s has gray meta %v in Consul, the step's spec says %v", file, sp.ID, got, want)
+		}
+		ids = append(ids, sp.ID)
+	}
+	fmt.Fprintf(d.out, "gray meta of %s in Consul: as in steps/%s\n", strings.Join(ids, ", "), file)
 	return nil
 }

@@ -152,6 +152,9 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 		return err
 	}
 	fmt.Fprintf(out, "registered and reached by both planes in %v\n", time.Since(start).Round(time.Millisecond))
+	if err := d.matches(ctx, "1-canary.yaml"); err != nil {
+		return err
+	}
 	if err := d.table(ctx, "bservice", "test header userid: 123", tests); err != nil {
 		return err
 	}
@@ -174,6 +177,9 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 			return err
 		}
 		d.took(took)
+		if err := d.matches(ctx, fmt.Sprintf("2-weight-%d.yaml", w)); err != nil {
+			return err
+		}
 		got, err := d.tableOf(ctx, "bservice", "production users", prod)
 		if err != nil {
 			return err
@@ -219,6 +225,9 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 		return err
 	}
 	d.took(took)
+	if err := d.matches(ctx, "3-rollback.yaml"); err != nil {
+		return err
+	}
 	if err := d.table(ctx, "bservice", "production users", prod); err != nil {
 		return err
 	}
@@ -240,6 +249,9 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 	if err := d.wait(ctx, "pay", greenTesters[:20], func(m []*reply) bool { return share(m, "green") == 1 }); err != nil {
 		return err
 	}
+	if err := d.matches(ctx, "4-bluegreen.yaml"); err != nil {
+		return err
+	}
 	if err := d.table(ctx, "pay", "production users", prod); err != nil {
 		return err
 	}
@@ -250,9 +262,10 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 		op   registrar.Op
 		to   string
 		text string
+		spec string
 	}{
-		{registrar.Promote{Lane: "green"}, "green", "graylane promote pay green: the switch"},
-		{registrar.Rollback{Lane: "green"}, "blue", "graylane rollback pay green: the switch back"},
+		{registrar.Promote{Lane: "green"}, "green", "graylane promote pay green: the switch", "4-promote-green.yaml"},
+		{registrar.Rollback{Lane: "green"}, "blue", "graylane rollback pay green: the switch back", "4-rollback-green.yaml"},
 	} {
 		d.heading("4", c.text)
 		took, err := d.change(ctx, "pay", c.op, prod[:200], func(_ int, m []*reply) bool { return share(m, c.to) == 1 })
@@ -260,6 +273,9 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 			return err
 		}
 		d.took(took)
+		if err := d.matches(ctx, c.spec); err != nil {
+			return err
+		}
 		if err := d.table(ctx, "pay", "production users", prod); err != nil {
 			return err
 		}

@@ -268,6 +268,11 @@ func TestDemo(t *testing.T) {
 			t.Errorf("output lacks %s:\n%s", want, output)
 		}
 	}
+	for _, f := range []string{"1-canary", "2-weight-5", "2-weight-25", "3-rollback", "4-bluegreen", "4-promote-green", "4-rollback-green"} {
+		if !strings.Contains(output, " in Consul: as in steps/"+f+".yaml\n") {
+			t.Errorf("output does not confirm steps/%s.yaml:\n%s", f, output)
+		}
+	}
 	if strings.Contains(output, "cservice-canary-1 (canary)") && regexp.MustCompile(`\(none\)\s+\S+ \(\w+\) > cservice-canary-1`).MatchString(output) {
 		t.Errorf("a request without the lane reached cservice's canary:\n%s", output)
 	}
