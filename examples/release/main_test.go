@@ -17,6 +17,14 @@ import (
 	"time"
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if demoBin != "" {
+		os.RemoveAll(filepath.Dir(demoBin))
+	}
+	os.Exit(code)
+}
+
 var (
 	demoOnce sync.Once
 	demoBin  string
