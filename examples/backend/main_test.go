@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"regexp"
 	"testing"
 	"time"
 
@@ -47,7 +49,7 @@ func TestChain(t *testing.T) {
 		return 0
 	}
 	start("cservice", "cservice-1", `{"version":"v1"}`, "")
-	start("cservice", "cservice-canary-1", `{"version":"v2","canary":"true"}`, "")
+	canaryPort := start("cservice", "cservice-canary-1", `{"version":"v2","canary":"true"}`, "")
 	port := start("bservice", "bservice-1", `{"version":"v1"}`, "cservice")
 
 	client, _ := api.NewClient(&api.Config{Address: agent.HTTPAddr})
@@ -97,5 +99,15 @@ func TestChain(t *testing.T) {
 		if r := get(""); r.Next.Instance != "cservice-1" || r.Next.Lane != "" {
 			t.Fatalf("production request went to %s", r.String())
 		}
+	}
+	// The canary's server metrics count its gRPC requests under its lane.
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", canaryPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !regexp.MustCompile(`graylane_server_requests_total\{code="200",lane="canary",operation="/graylane.example.Echo/Who",service="cservice"\} (2[1-9]|[3-9]\d|\d{3,})\n`).Match(body) {
+		t.Errorf("metrics of cservice-canary-1:\n%s", body)
 	}
 }
