@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -188,21 +187,6 @@ func (s *stack) startRunner(ctx context.Context) error {
 	}
 }
 
-// stopInstance stops one instance the way a deployment does: SIGTERM, which drains it.
-func (s *stack) stopInstance(id string) {
-	s.mu.Lock()
-	var p *proc
-	for _, q := range s.procs {
-		if q.name == id {
-			p = q
-		}
-	}
-	s.mu.Unlock()
-	if p != nil {
-		p.stop(syscall.SIGTERM, 10*time.Second)
-	}
-}
-
 // close stops the runner and the instances (SIGINT: they deregister at once), then Consul.
 func (s *stack) close() {
 	s.once.Do(func() {
@@ -229,22 +213,4 @@ func (s *stack) Addrs() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.addrs...)
-}
-
-// tail returns the last lines of a process's log, for errors.
-func (s *stack) tail(name string, n int) string {
-	f, err := os.Open(filepath.Join(s.dir, name+".log"))
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
 }
