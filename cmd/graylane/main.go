@@ -87,6 +87,7 @@ func commands() []*command {
 		{name: "options", args: "SERVICE", nargs: 1, summary: "show or set the decision options every data plane reads (sticky key, tag key)", flags: serviceOptionFlags, run: runOptions},
 		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", run: runReconcile},
 		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
+		{name: "portal", summary: "serve the release portal: a web page of every service's lanes, history and next step", flags: portalFlags, run: runPortal},
 	}
 }
 
