@@ -10,7 +10,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo consul clean
+.PHONY: test check unit fuzz bench demo consul chromium screenshot clean
 
 ## test: format and vet checks, the race-enabled test suite (real Consul) and short fuzz runs
 test: check unit fuzz
@@ -20,7 +20,7 @@ check:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-unit: consul
+unit: consul chromium
 	$(GO) test -race -count=1 ./...
 
 fuzz:
@@ -28,6 +28,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzMetaYAML$$' -fuzztime=$(FUZZTIME) ./gray
 	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=$(FUZZTIME) ./gray
 	$(GO) test -run='^$$' -fuzz='^FuzzDFA$$' -fuzztime=$(FUZZTIME) ./gray
+	$(GO) test -run='^$$' -fuzz='^FuzzPasswordLine$$' -fuzztime=$(FUZZTIME) ./portal
 
 ## bench: the decision benchmarks, with allocations
 bench:
@@ -48,6 +49,18 @@ $(CONSUL):
 	GOFLAGS=-mod=mod $(GO) get github.com/hashicorp/consul@$(CONSUL_VERSION) && \
 	GOFLAGS=-mod=mod $(GO) build -o $(CONSUL).tmp github.com/hashicorp/consul
 	mv $(CONSUL).tmp $(CONSUL)
+
+## chromium: install Debian's chromium for the portal's browser tests, when no chromium is on PATH
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "$$GRAYLANE_CHROMIUM" ]; then \
+		echo "installing Debian's chromium for the portal's browser tests"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+## screenshot: redraw docs/portal.png, the portal during a release, from the browser test
+screenshot: consul chromium
+	GRAYLANE_UPDATE_SCREENSHOT=1 $(GO) test -count=1 -run='^TestBrowser$$' ./portal
 
 clean:
 	rm -rf $(TOOLS)

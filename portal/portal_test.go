@@ -40,13 +40,18 @@ var serviceSeq atomic.Int64
 
 // registerRelease registers testdata/release.yaml as a service of its own (checkout-N) and returns
 // its name.
-func registerRelease(t *testing.T, a *consultest.Agent, token string) string {
+func registerRelease(t testing.TB, a *consultest.Agent, token string) string {
+	t.Helper()
+	return registerReleaseAs(t, a, token, fmt.Sprintf("checkout%d", serviceSeq.Add(1)))
+}
+
+// registerReleaseAs registers testdata/release.yaml as the service name.
+func registerReleaseAs(t testing.TB, a *consultest.Agent, token, name string) string {
 	t.Helper()
 	specs, err := registrar.LoadSpecs("testdata/release.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := fmt.Sprintf("checkout%d", serviceSeq.Add(1))
 	for i := range specs {
 		specs[i].Name = name
 		specs[i].ID = strings.Replace(specs[i].ID, "checkout", name, 1)
@@ -58,7 +63,7 @@ func registerRelease(t *testing.T, a *consultest.Agent, token string) string {
 	return name
 }
 
-func newRegistrar(t *testing.T, a *consultest.Agent, token, who string) *registrar.Registrar {
+func newRegistrar(t testing.TB, a *consultest.Agent, token, who string) *registrar.Registrar {
 	t.Helper()
 	cfg := registrar.NewConfig(a.HTTPAddr)
 	cfg.Token = token
@@ -72,7 +77,7 @@ func newRegistrar(t *testing.T, a *consultest.Agent, token, who string) *registr
 const testPassword = "correct horse battery"
 
 // writePasswords writes a password file for the operators, with a low hash cost to keep tests fast.
-func writePasswords(t *testing.T, names ...string) *Passwords {
+func writePasswords(t testing.TB, names ...string) *Passwords {
 	t.Helper()
 	var lines []string
 	for _, n := range names {
@@ -94,7 +99,7 @@ func writePasswords(t *testing.T, names ...string) *Passwords {
 }
 
 // startPortal runs a portal on the shared agent (or a) and serves it on loopback.
-func startPortal(t *testing.T, a *consultest.Agent, cfg Config) (*Server, *httptest.Server) {
+func startPortal(t testing.TB, a *consultest.Agent, cfg Config) (*Server, *httptest.Server) {
 	t.Helper()
 	if a == nil {
 		a = agent
@@ -123,13 +128,13 @@ func startPortal(t *testing.T, a *consultest.Agent, cfg Config) (*Server, *httpt
 
 // browser is an HTTP client with a cookie jar that does not follow redirects.
 type browser struct {
-	t    *testing.T
+	t    testing.TB
 	ts   *httptest.Server
 	c    *http.Client
 	csrf string
 }
 
-func newBrowser(t *testing.T, ts *httptest.Server) *browser {
+func newBrowser(t testing.TB, ts *httptest.Server) *browser {
 	jar, _ := cookiejar.New(nil)
 	return &browser{t: t, ts: ts, c: &http.Client{Jar: jar, Timeout: 30 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
@@ -201,7 +206,7 @@ func (b *browser) follow(path string, form url.Values) page {
 	return b.get(p.location)
 }
 
-func mustContain(t *testing.T, body string, wants ...string) {
+func mustContain(t testing.TB, body string, wants ...string) {
 	t.Helper()
 	for _, w := range wants {
 		if !strings.Contains(body, w) {
@@ -210,7 +215,7 @@ func mustContain(t *testing.T, body string, wants ...string) {
 	}
 }
 
-func mustNotContain(t *testing.T, body string, unwanted ...string) {
+func mustNotContain(t testing.TB, body string, unwanted ...string) {
 	t.Helper()
 	for _, w := range unwanted {
 		if strings.Contains(body, w) {
@@ -220,7 +225,7 @@ func mustNotContain(t *testing.T, body string, unwanted ...string) {
 }
 
 // laneWeight reads a lane's recorded weight through the registrar.
-func laneWeight(t *testing.T, service, lane string) string {
+func laneWeight(t testing.TB, service, lane string) string {
 	t.Helper()
 	st, err := newRegistrar(t, agent, "", "check").Status(context.Background(), service, gray.Options{})
 	if err != nil {
@@ -235,7 +240,7 @@ func laneWeight(t *testing.T, service, lane string) string {
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
