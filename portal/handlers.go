@@ -144,7 +144,16 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, password, next := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), safeNext(r.PostFormValue("next"))
-	if !s.cfg.Passwords.check(name, password) {
+	// Password checks are slow on purpose; at most two run at once, so that a flood of sign-in
+	// attempts cannot take the portal's CPU.
+	select {
+	case s.signins <- struct{}{}:
+	case <-r.Context().Done():
+		return
+	}
+	ok := s.cfg.Passwords.check(name, password)
+	<-s.signins
+	if !ok {
 		s.render(w, http.StatusUnauthorized, "login", pageData{Next: next, LoginErr: "Unknown operator or wrong password."})
 		return
 	}

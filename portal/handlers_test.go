@@ -536,3 +536,18 @@ func regexpFind(t *testing.T, body, re string) string {
 	}
 	return m[1]
 }
+
+func TestConsulAwayShowsTheLastStateMarkedStale(t *testing.T) {
+	a := consultest.Start(t)
+	svc := registerRelease(t, a, "")
+	p, ts := startPortal(t, a, Config{})
+	b := newBrowser(t, ts)
+	b.signIn("alice")
+	mustContain(t, b.get("/s/"+svc).body, `<span class="conn-text">live</span>`)
+	a.Kill()
+	p.Notify(svc) // a read while Consul is away keeps the last state
+	waitFor(t, 10*time.Second, "the page to say Consul is away", func() bool {
+		return strings.Contains(b.get("/s/"+svc).body, "Consul cannot be reached")
+	})
+	mustContain(t, b.get("/s/"+svc).body, `data-lane="canary" data-share="10"`, svc+"-canary-1", `data-change="apply"`)
+}

@@ -33,7 +33,8 @@ type serviceModel struct {
 	Stale     bool
 	Read      time.Time
 
-	seq uint64
+	seq        uint64
+	readFailed bool // Consul did not answer: the model holds no state
 }
 
 type laneView struct {
@@ -104,6 +105,8 @@ func (s *Server) buildModel(ctx context.Context, name string, stale bool) *servi
 		m.Err = err.Error()
 		if errors.Is(err, registrar.ErrNotFound) {
 			m.Err = "no instances are registered"
+		} else {
+			m.readFailed = true
 		}
 	} else {
 		m.fill(st)

@@ -63,6 +63,7 @@ type Server struct {
 	tmpl    *template.Template
 	mux     *http.ServeMux
 	sess    sessions
+	signins chan struct{} // bounds concurrent password checks
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -104,6 +105,12 @@ func (ws *watched) read(ctx context.Context, s *Server) bool {
 		if old != nil && old.seq > seq {
 			return false
 		}
+		if m.readFailed && old != nil && !old.readFailed {
+			// Consul is away: keep showing the last state read, marked stale.
+			last := *old
+			last.Stale, last.seq = true, seq
+			m = &last
+		}
 		if ws.model.CompareAndSwap(old, m) {
 			return true
 		}
@@ -128,7 +135,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.DrainGrace = registrar.DefaultDrainGrace
 	}
 	s := &Server{cfg: cfg, regs: map[string]*registrar.Registrar{}, services: map[string]*watched{},
-		changed: make(chan struct{}), ready: make(chan struct{}), sess: sessions{byID: map[string]*session{}}}
+		changed: make(chan struct{}), ready: make(chan struct{}), signins: make(chan struct{}, 2), sess: sessions{byID: map[string]*session{}}}
 	var err error
 	if s.reader, err = s.registrarFor("portal"); err != nil {
 		return nil, err

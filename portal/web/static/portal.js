@@ -10,8 +10,10 @@
   function apply(name, html) {
     var el = document.getElementById("region-" + name);
     if (!el) return;
+    // Keep a region whose form the operator is using (typing a weight, pressing its button) until
+    // the focus leaves it: replacing it would swallow the keystroke or the click.
     if (el.contains(document.activeElement) && document.activeElement !== el &&
-        /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName)) {
+        /^(INPUT|TEXTAREA|SELECT|BUTTON)$/.test(document.activeElement.tagName)) {
       pending[name] = html;
       return;
     }
