@@ -43,7 +43,7 @@ func awaitPromise(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.
 // refusals. The steps share one browser and one service, in order.
 func TestBrowser(t *testing.T) {
 	svc := registerReleaseAs(t, agent, "", "checkout") // the other tests' services are numbered
-	bg := registerBlueGreen(t)
+	bg := registerBlueGreen(t, "payments")
 	_, ts := startPortal(t, nil, Config{})
 
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
@@ -108,8 +108,8 @@ func TestBrowser(t *testing.T) {
 	t.Run("set a weight through the form", func(t *testing.T) {
 		var confirm, width, history string
 		run(t, "plan, confirm and see the change",
-			chromedp.SetValue(canaryRow+` input[name=weight]`, "25", chromedp.ByQuery),
-			chromedp.Click(canaryRow+` button[value=weight]`, chromedp.ByQuery),
+			chromedp.SetValue(canaryRow+` .laneform input[name=weight]`, "25", chromedp.ByQuery),
+			chromedp.Click(canaryRow+` .laneform button[value=weight]`, chromedp.ByQuery),
 			chromedp.WaitVisible(`#confirm`, chromedp.ByQuery),
 			chromedp.Text(`#confirm`, &confirm, chromedp.ByQuery),
 			chromedp.Click(`#confirm-btn`, chromedp.ByQuery),
@@ -207,9 +207,9 @@ func TestBrowser(t *testing.T) {
 			chromedp.WaitVisible(canaryRow, chromedp.ByQuery),
 			chromedp.Evaluate(`fetch("/s/`+svc+`/plan", {method: "POST", body: new URLSearchParams({op: "weight", lane: "canary", weight: "50"})}).then(r => r.status)`, &status, awaitPromise),
 			// The form itself, with its token taken out.
-			chromedp.Evaluate(`document.querySelector('tr[data-lane="canary"] input[name=csrf]').remove()`, nil),
-			chromedp.SetValue(canaryRow+` input[name=weight]`, "50", chromedp.ByQuery),
-			chromedp.Click(canaryRow+` button[value=weight]`, chromedp.ByQuery))
+			chromedp.Evaluate(`document.querySelector('tr[data-lane="canary"] .laneform input[name=csrf]').remove()`, nil),
+			chromedp.SetValue(canaryRow+` .laneform input[name=weight]`, "50", chromedp.ByQuery),
+			chromedp.Click(canaryRow+` .laneform button[value=weight]`, chromedp.ByQuery))
 		// The form's answer replaces the page: read it once the navigation is over.
 		deadline := time.Now().Add(10 * time.Second)
 		for !strings.Contains(body, "CSRF") && time.Now().Before(deadline) {
@@ -242,9 +242,9 @@ func TestBrowser(t *testing.T) {
 
 // registerBlueGreen registers a second service in a blue/green release, so that the page lists more
 // than one.
-func registerBlueGreen(t *testing.T) string {
+func registerBlueGreen(t *testing.T, name string) string {
 	t.Helper()
-	name := "payments"
+
 	specs := []registrar.Spec{
 		{Name: name, ID: name + "-blue-1", Address: "127.0.0.1", Port: 9201, Gray: gray.Meta{BlueGreen: gray.Blue}},
 		{Name: name, ID: name + "-green-1", Address: "127.0.0.1", Port: 9202, Gray: gray.Meta{BlueGreen: gray.Green, Weight: 3000}},

@@ -551,3 +551,22 @@ func TestConsulAwayShowsTheLastStateMarkedStale(t *testing.T) {
 	})
 	mustContain(t, b.get("/s/"+svc).body, `data-lane="canary" data-share="10"`, svc+"-canary-1", `data-change="apply"`)
 }
+
+func TestNextStepLeadsToTheConfirmation(t *testing.T) {
+	svc := registerRelease(t, agent, "")
+	_, ts := startPortal(t, nil, Config{})
+	b := newBrowser(t, ts)
+	b.signIn("alice")
+	p := b.get("/s/" + svc)
+	mustContain(t, p.body, "Next: weight 25 %")
+	p = b.follow("/s/"+svc+"/plan", url.Values{"op": {"weight"}, "lane": {"canary"}, "weight": {"25"}})
+	mustContain(t, p.body, "Confirm: weight canary 25")
+	if _, err := newRegistrar(t, agent, "", "bob").Do(context.Background(), svc, registrar.SetWeight{Lane: "canary", Weight: 5000}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the promotion offered", func() bool { return strings.Contains(b.get("/s/"+svc).body, "Next: promote canary") })
+	// In a blue/green service the colour that is not live is offered the switch.
+	bg := registerBlueGreen(t, fmt.Sprintf("payments%d", serviceSeq.Add(1)))
+	waitFor(t, 5*time.Second, "the switch offered", func() bool { return strings.Contains(b.get("/s/"+bg).body, "Switch: promote green") })
+	mustNotContain(t, b.get("/s/"+bg).body, "Switch: promote blue")
+}

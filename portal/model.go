@@ -47,6 +47,36 @@ type laneView struct {
 	Rules     []string // readable match rules
 	Instances []string
 	Gray      bool // not the stable lane: weight, promote and rollback apply
+	Next      *nextStep
+}
+
+// nextStep is the usual next move of a release for a lane, offered as one button that leads to the
+// same confirmation as any other change.
+type nextStep struct {
+	Op     string // weight or promote
+	Weight string
+	Label  string
+}
+
+// releaseLadder is the weights a canary usually climbs before it is promoted: the README's release.
+var releaseLadder = []gray.Weight{500, 2500, 5000}
+
+// nextFor suggests a lane's next step: the next weight on the ladder, then promotion; for the colour
+// that is not live in a blue/green service, the switch (promotion). No suggestion for base lanes or
+// while a rollout drives the lane.
+func nextFor(l gray.LaneInfo, blueGreen bool) *nextStep {
+	if l.Name == gray.StableLane || l.Base {
+		return nil
+	}
+	if blueGreen {
+		return &nextStep{Op: "promote", Label: "Switch: promote " + l.Name}
+	}
+	for _, w := range releaseLadder {
+		if l.Weight < w {
+			return &nextStep{Op: "weight", Weight: w.String(), Label: "Next: weight " + w.String() + " %"}
+		}
+	}
+	return &nextStep{Op: "promote", Label: "Next: promote " + l.Name}
 }
 
 type instanceView struct {
@@ -124,6 +154,11 @@ func (s *Server) buildModel(ctx context.Context, name string, stale bool) *servi
 	if s.cfg.Rollouts != nil {
 		if ro, err := s.cfg.Rollouts.Rollout(ctx, name); err == nil && ro != nil {
 			m.Rollout = ro
+			for i := range m.Lanes {
+				if m.Lanes[i].Name == ro.Lane {
+					m.Lanes[i].Next = nil // the rollout takes the steps
+				}
+			}
 		}
 	}
 	if s.cfg.Rates != nil {
@@ -147,9 +182,16 @@ const historyLimit = 50
 
 func (m *serviceModel) fill(st *registrar.Status) {
 	m.Options = describeOptions(st.Options)
+	blueGreen := true // no stable lane: the colours take turns being live
+	for _, l := range st.Lanes {
+		if l.Name == gray.StableLane {
+			blueGreen = false
+		}
+	}
 	for _, l := range st.Lanes {
 		lv := laneView{Name: l.Name, Color: laneColor(l.Name), Base: l.Base, Weight: l.Weight.String(), Share: l.Share.String(),
-			SharePct: l.Share.Percent(), Instances: l.Instances, Gray: l.Name != gray.StableLane}
+			SharePct: l.Share.Percent(), Instances: l.Instances, Gray: l.Name != gray.StableLane,
+			Next: nextFor(l, blueGreen && (l.Name == string(gray.Blue) || l.Name == string(gray.Green)))}
 		for _, r := range l.Match {
 			lv.Rules = append(lv.Rules, readableRule(r))
 		}

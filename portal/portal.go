@@ -238,6 +238,7 @@ func (s *Server) followCatalog() {
 			s.catErr = "Consul cannot be reached; the page shows the last state read"
 			s.broadcast()
 			s.mu.Unlock()
+			s.readyOne.Do(func() { close(s.ready) }) // pages need not wait for an answer that may not come
 			sleepCtx(s.ctx, time.Duration(min(failures, 20))*250*time.Millisecond)
 			continue
 		}
@@ -428,19 +429,6 @@ func (s *Server) snapshot() snapshot {
 	return sn
 }
 
-// model returns a service's model, reading it now when the watch has not yet.
-func (sn snapshot) model(ctx context.Context, s *Server, name string) *serviceModel {
-	for i, n := range sn.names {
-		if n == name {
-			if sn.models[i] == nil {
-				return s.buildModel(ctx, name, false)
-			}
-			return sn.models[i]
-		}
-	}
-	return nil
-}
-
 var funcs = template.FuncMap{
 	"laneColor": laneColor,
 	"confirmData": func(d pageData, c *confirmView) any {
@@ -456,9 +444,10 @@ var funcs = template.FuncMap{
 		}
 		return out
 	},
-	"pct": func(f float64) string { return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".") },
-	"utc": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
-	"iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"pct":    func(f float64) string { return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".") },
+	"utc":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+	"iso":    func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"unixms": func(t time.Time) int64 { return t.UnixMilli() },
 	"until": func(t time.Time) string {
 		if t.IsZero() {
 			return "waiting"

@@ -48,4 +48,13 @@
   es.onopen = function () { setConn(true); };
   es.onerror = function () { setConn(false); };
   window.addEventListener("pagehide", function () { es.close(); });
+
+  // Countdowns (the next rollout step) tick between updates.
+  setInterval(function () {
+    document.querySelectorAll("[data-until]").forEach(function (el) {
+      var s = Math.max(0, Math.round((Number(el.dataset.until) - Date.now()) / 1000));
+      var m = Math.floor(s / 60);
+      el.textContent = (m > 0 ? m + "m" : "") + (s % 60) + "s";
+    });
+  }, 1000);
 })();
