@@ -10,17 +10,19 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo consul chromium screenshot clean
+.PHONY: test check unit fuzz bench demo consul prometheus chromium screenshot clean compose e2e-apisix
 
-## test: format and vet checks, the race-enabled test suite (real Consul) and short fuzz runs
-test: check unit fuzz
+## test: format and vet checks, the race-enabled test suite (real Consul), short fuzz runs and the
+## compose file's validation
+test: check unit fuzz compose
 
 check:
 	@unformatted="$$(gofmt -l $(GOFILES))"; \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags e2e ./apisix/e2e
 
-unit: consul chromium
+unit: consul prometheus chromium
 	$(GO) test -race -count=1 ./...
 
 fuzz:
@@ -28,15 +30,29 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzMetaYAML$$' -fuzztime=$(FUZZTIME) ./gray
 	$(GO) test -run='^$$' -fuzz='^FuzzDecide$$' -fuzztime=$(FUZZTIME) ./gray
 	$(GO) test -run='^$$' -fuzz='^FuzzDFA$$' -fuzztime=$(FUZZTIME) ./gray
+	$(GO) test -run='^$$' -fuzz='^FuzzParseConf$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
+	$(GO) test -run='^$$' -fuzz='^FuzzRequestFilter$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
 	$(GO) test -run='^$$' -fuzz='^FuzzPasswordLine$$' -fuzztime=$(FUZZTIME) ./portal
 
-## bench: the decision benchmarks, with allocations
-bench:
+## bench: the decision and gateway plugin benchmarks, with allocations
+bench: consul
 	$(GO) test -run='^$$' -bench=. -benchmem ./gray
+	$(GO) test -run='^$$' -bench=. -benchmem ./apisix/extplugin ./apisix-plugin
 
 ## demo: a whole gray release on a throwaway Consul agent (canary and blue/green)
 demo: consul
 	$(GO) run ./examples/release
+
+## compose: validate docker-compose.yml offline (installs Debian's docker-compose when missing)
+compose:
+	@command -v docker-compose >/dev/null || { apt-get update && apt-get install -y docker-compose; }
+	docker-compose config -q
+
+## e2e-apisix: the end-to-end check against a running APISIX whose runner is graylane's, such as
+## the compose stack: GRAYLANE_E2E_GATEWAY, APISIX_ADMIN_ADDR, APISIX_ADMIN_KEY, CONSUL_HTTP_ADDR
+## (defaults: the compose stack on 127.0.0.1)
+e2e-apisix:
+	$(GO) test -tags e2e -count=1 -v ./apisix/e2e
 
 ## consul: build the Consul agent used by the tests (once; about 5 minutes cold)
 consul: $(CONSUL)
@@ -49,6 +65,13 @@ $(CONSUL):
 	GOFLAGS=-mod=mod $(GO) get github.com/hashicorp/consul@$(CONSUL_VERSION) && \
 	GOFLAGS=-mod=mod $(GO) build -o $(CONSUL).tmp github.com/hashicorp/consul
 	mv $(CONSUL).tmp $(CONSUL)
+
+## prometheus: the Prometheus server the rollout tests scrape with (Debian's package, when missing)
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus package (the rollout tests run a real Prometheus)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 ## chromium: install Debian's chromium for the portal's browser tests, when no chromium is on PATH
 chromium:

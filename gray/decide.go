@@ -76,6 +76,11 @@ func (s *Snapshot[T]) Decide(r Request) Decision[T] {
 	return s.base
 }
 
+// Base returns the decision for a request that no tag, rule or weight sends elsewhere: the base
+// lanes, or the fallback when they are empty. Gateways use it to keep a route's default upstream
+// equal to the base.
+func (s *Snapshot[T]) Base() Decision[T] { return s.base }
+
 // bucket returns the request's bucket in [0, 10000): from the sticky key when the request has one,
 // else random.
 func (s *Snapshot[T]) bucket(r Request) uint32 {

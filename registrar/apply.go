@@ -161,6 +161,10 @@ type DrainOptions struct {
 	Keep bool
 	// Committed, when set, is called once the drain is recorded and applied, before the wait.
 	Committed func(*Result)
+	// Idle, when set, is called once the catalog serves the drain, before the grace period: it
+	// returns when the instance has stopped serving (its own request rate stayed at zero), or an
+	// error, and then the instance is not deregistered.
+	Idle func(ctx context.Context, inst *Instance) error
 }
 
 // Drain sets an instance's weight to 0 and marks it draining, so that no new traffic is chosen for
@@ -212,8 +216,17 @@ func (r *Registrar) Drain(ctx context.Context, id string, o DrainOptions) (*Resu
 	if o.Committed != nil {
 		o.Committed(res)
 	}
-	if err := r.waitForMeta(ctx, service, id, o.Timeout, func(inst *Instance) bool { return inst == nil || inst.Gray.Drain }); err != nil {
+	var drained *Instance
+	if err := r.waitForMeta(ctx, service, id, o.Timeout, func(inst *Instance) bool {
+		drained = inst
+		return inst == nil || inst.Gray.Drain
+	}); err != nil {
 		return res, err
+	}
+	if o.Idle != nil && drained != nil {
+		if err := o.Idle(ctx, drained); err != nil {
+			return res, fmt.Errorf("drain %s: %w; it stays registered with weight 0 and the drain mark", id, err)
+		}
 	}
 	if o.Keep {
 		return res, nil

@@ -228,6 +228,14 @@ func (r *Registrar) Register(ctx context.Context, spec Spec, opts ...RegisterOpt
 	return g, nil
 }
 
+// Lane returns the lane the instance serves in, from its desired gray meta (the recorded state,
+// else the spec); it follows promotions while the process runs. Safe for concurrent use; it does
+// not allocate.
+func (g *Registration) Lane() string { return g.keeper.desired.Load().LaneName() }
+
+// Desired returns the gray meta the keeper holds the instance at.
+func (k *Keeper) Desired() gray.Meta { return *k.desired.Load() }
+
 // Done is closed once a drain started by a signal has finished.
 func (g *Registration) Done() <-chan struct{} { return g.done }
 

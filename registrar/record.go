@@ -175,6 +175,32 @@ func describeOptions(o gray.Options) string {
 	return strings.Join(parts, " ")
 }
 
+// RecordEvent writes a history entry that changes nothing: something that happened to the service
+// and belongs in its history (a rollout that was rolled back while its lane took test traffic only,
+// so that the rollback had nothing to change). It is ordered with the changes by check-and-set like
+// them, and retried on conflicts.
+func (r *Registrar) RecordEvent(ctx context.Context, service, action, reason string) error {
+	for attempt := 0; ; attempt++ {
+		st, index, err := r.readState(ctx, service)
+		if err != nil {
+			return err
+		}
+		p := &Plan{Service: service, Action: action, Reason: reason, stateIndex: index, state: st.clone(), instances: map[string]Instance{}}
+		if err := r.authorize(ctx, p); err != nil {
+			return err
+		}
+		entry, err := r.record(ctx, p)
+		if errors.Is(err, ErrConflict) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		r.setOutcome(ctx, entry, OutcomeApplied)
+		return nil
+	}
+}
+
 // History outcomes.
 const (
 	// OutcomeRecorded: the change is committed and applying it had not finished (still running, or
@@ -205,6 +231,8 @@ type HistoryEntry struct {
 	// Outcome is OutcomeRecorded, OutcomeApplied or "not applied: <reason>"; empty in entries written
 	// before graylane recorded outcomes.
 	Outcome string `json:"outcome,omitempty"`
+	// Reason says why the change was made, when its maker said (a rollout's gate readings).
+	Reason string `json:"reason,omitempty"`
 }
 
 // HistoryError reports history entries that could not be read. History returns the readable ones
@@ -338,6 +366,9 @@ type Plan struct {
 	Changes []InstanceChange
 	// Notes explain side effects (another lane's weight changed to keep blue/green unambiguous).
 	Notes []string
+	// Reason, when set before Commit, is recorded in the history entry: why the change was made
+	// (a rollout's gate readings, say).
+	Reason string
 
 	stateIndex                  uint64
 	state                       desiredState
@@ -428,7 +459,8 @@ type recordedEntry struct {
 func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error) {
 	entry := HistoryEntry{Time: r.now().UTC(), Who: r.operator, Service: p.Service, Action: p.Action,
 		Before: map[string]map[string]string{}, After: map[string]map[string]string{},
-		OptionsBefore: p.optionsBefore, OptionsAfter: p.optionsAfter, Base: p.stateIndex, Outcome: OutcomeRecorded}
+		OptionsBefore: p.optionsBefore, OptionsAfter: p.optionsAfter, Base: p.stateIndex, Outcome: OutcomeRecorded,
+		Reason: p.Reason}
 	for _, c := range p.Changes {
 		entry.Before[c.ID], _ = c.Before.Encode()
 		if !p.deregister {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -452,5 +453,52 @@ func TestCorruptHistoryEntryHidesNothingElse(t *testing.T) {
 	}
 	if len(hist) != 2 || hist[1].Action != "weight canary 5" {
 		t.Fatalf("the readable entries: %+v", hist)
+	}
+}
+
+// TestStoppedMidApply: the operator's process stops while the change is being applied (here: its
+// context ends while an agent hangs). The change is recorded, its history entry still says
+// "recorded" (not "applied"), status shows the drift, and reconcile finishes the job.
+func TestStoppedMidApply(t *testing.T) {
+	a := consultest.Start(t)
+	good := newRegistrar(t, a, "alice")
+	applyFile(t, good, "testdata/bservice.yaml")
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hang.Close()
+	go func() { // accept and never answer
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	stuck, err := registrar.New(registrar.NewConfig(a.HTTPAddr), registrar.WithOperator("bob"),
+		registrar.WithAgentAddress(func(*api.Node) string { return hang.Addr().String() }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := stuck.Do(ctx, "bservice", registrar.SetWeight{Lane: "canary", Weight: 3000}); err == nil {
+		t.Fatal("a change whose apply never finished reported success")
+	}
+	hist, _ := good.History(context.Background(), "bservice")
+	if last := hist[len(hist)-1]; last.Action != "weight canary 30" || last.Outcome != registrar.OutcomeRecorded {
+		t.Fatalf("last entry %q has outcome %q, want %q", last.Action, last.Outcome, registrar.OutcomeRecorded)
+	}
+	st, _ := good.Status(context.Background(), "bservice", gray.Options{})
+	if len(st.Drift) != 1 || st.Drift[0].Instance != "bservice-canary-1" {
+		t.Fatalf("drift: %+v", st.Drift)
+	}
+	if _, err := good.Reconcile(context.Background(), "bservice"); err != nil {
+		t.Fatal(err)
+	}
+	if w := grayOf(t, good, "bservice")["bservice-canary-1"].Weight; w != 3000 {
+		t.Fatalf("weight %s after reconcile", w)
 	}
 }

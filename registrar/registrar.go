@@ -131,6 +131,12 @@ func defaultOperator() string {
 	return name + "@" + host
 }
 
+// KVPrefix returns the KV folder where graylane keeps its state ("graylane" by default).
+func (r *Registrar) KVPrefix() string { return r.prefix }
+
+// Operator returns who the history names for this Registrar's changes.
+func (r *Registrar) Operator() string { return r.operator }
+
 // Client returns the Consul client of the configured agent.
 func (r *Registrar) Client() *api.Client { return r.client }
 

@@ -8,15 +8,18 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"text/template"
 	"time"
 	"unicode/utf8"
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/explain"
 	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/rollout"
 )
 
 func outputFlags(fs *flag.FlagSet, o *opts) {
@@ -61,6 +64,66 @@ func drainFlags(fs *flag.FlagSet, o *opts) {
 	fs.StringVar(&o.grace, "grace", "3s", "time for clients to see the drain before deregistering")
 	fs.StringVar(&o.timeout, "timeout", "30s", "how long to wait for the catalog to show the drain")
 	fs.BoolVar(&o.keep, "keep", false, "leave the drained instance registered")
+	fs.StringVar(&o.untilIdle, "until-idle", "", "after weight 0, wait until the instance's own request rate has stayed at zero this long (Prometheus)")
+	fs.StringVar(&o.idleTimeout, "idle-timeout", "5m", "with --until-idle: fail, and keep the instance, if it is not idle by then")
+	fs.StringVar(&o.rollout.prometheus, "prometheus", "", "with --until-idle: Prometheus base URL (default $GRAYLANE_PROMETHEUS)")
+	fs.StringVar(&o.idleQuery, "idle-query", drainIdleQuery, "with --until-idle: PromQL for the instance's request rate ({{.ID}}, {{.Service}}, {{.Address}}, {{.Port}})")
+}
+
+// drainIdleQuery is the instance's request rate from graylane's server metrics, scraped from the
+// instance's own address (Prometheus' instance label).
+const drainIdleQuery = `sum(rate(graylane_server_requests_total{service="{{.Service}}",instance="{{.Address}}:{{.Port}}"}[30s]))`
+
+// waitIdle returns a DrainOptions.Idle that polls Prometheus until the instance's request rate has
+// been zero for idleFor. No data counts as not idle: a query that finds nothing must not let a busy
+// instance go.
+func waitIdle(e *env, idleFor, timeout time.Duration) (func(context.Context, *registrar.Instance) error, error) {
+	url := e.o.rollout.prometheus
+	if url == "" {
+		url = os.Getenv("GRAYLANE_PROMETHEUS")
+	}
+	if url == "" {
+		return nil, &usageError{"--until-idle needs --prometheus or $GRAYLANE_PROMETHEUS"}
+	}
+	tmpl, err := template.New("idle").Option("missingkey=error").Parse(e.o.idleQuery)
+	if err != nil {
+		return nil, &usageError{"--idle-query: " + err.Error()}
+	}
+	prom := &rollout.Prometheus{URL: url}
+	return func(ctx context.Context, inst *registrar.Instance) error {
+		var q strings.Builder
+		if err := tmpl.Execute(&q, inst); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "waiting until %s has served nothing for %v (%s)\n", inst.ID, idleFor, q.String())
+		deadline := time.Now().Add(timeout)
+		var idleSince time.Time
+		last := "no data"
+		for {
+			v, ok, err := prom.Query(ctx, q.String())
+			switch {
+			case err != nil:
+				last, idleSince = err.Error(), time.Time{}
+			case !ok:
+				last, idleSince = "Prometheus has no data for the query", time.Time{}
+			case v > 0:
+				last, idleSince = fmt.Sprintf("%.2f requests/s", v), time.Time{}
+			case idleSince.IsZero():
+				idleSince, last = time.Now(), "0 requests/s"
+			}
+			if !idleSince.IsZero() && time.Since(idleSince) >= idleFor {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s is not idle after %v (%s)", inst.ID, timeout, last)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+		}
+	}, nil
 }
 
 func explainFlags(fs *flag.FlagSet, o *opts) {
@@ -154,6 +217,13 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	ro, err := rollout.New(r).Get(ctx, args[0])
+	if errors.Is(err, rollout.ErrNoRollout) {
+		ro, err = nil, nil
+	}
+	if err != nil {
+		return err
+	}
 	if e.asJSON() {
 		type lane struct {
 			Name      string      `json:"name"`
@@ -179,7 +249,8 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 			Instances []instance        `json:"instances"`
 			Problems  []string          `json:"problems"`
 			Drift     []registrar.Drift `json:"drift"`
-		}{Service: st.Service, Options: st.Options, Lanes: []lane{}, Instances: []instance{}, Problems: []string{}, Drift: []registrar.Drift{}}
+			Rollout   *rollout.State    `json:"rollout,omitempty"`
+		}{Service: st.Service, Options: st.Options, Lanes: []lane{}, Instances: []instance{}, Problems: []string{}, Drift: []registrar.Drift{}, Rollout: ro}
 		out.Drift = append(out.Drift, st.Drift...)
 		for _, l := range st.Lanes {
 			out.Lanes = append(out.Lanes, lane{l.Name, l.Base, l.Weight.String(), l.Share.String(), l.Match, l.Instances})
@@ -230,6 +301,14 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		for _, p := range st.Problems {
 			fmt.Fprintf(e.stdout, "  %s\n", oneLine(p))
 		}
+	}
+	if ro != nil && !ro.Status.Done() {
+		who, controlled, err := rollout.New(r).Controller(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout)
+		printRollout(e, ro, who, controlled)
 	}
 	if len(st.Drift) > 0 {
 		fmt.Fprintln(e.stdout, "\ndrift (the instance's meta differs from the recorded state; graylane reconcile "+st.Service+" repairs it):")
@@ -371,7 +450,18 @@ func runDrain(ctx context.Context, e *env, args []string) error {
 		}
 		fmt.Fprintln(e.stdout)
 	}
-	res, err := r.Drain(ctx, args[0], registrar.DrainOptions{Service: e.o.service, Grace: grace, Timeout: timeout, Keep: e.o.keep, Committed: committed})
+	drain := registrar.DrainOptions{Service: e.o.service, Grace: grace, Timeout: timeout, Keep: e.o.keep, Committed: committed}
+	if e.o.untilIdle != "" {
+		idleFor, err1 := time.ParseDuration(e.o.untilIdle)
+		idleTimeout, err2 := time.ParseDuration(e.o.idleTimeout)
+		if err1 != nil || err2 != nil || idleFor <= 0 || idleTimeout <= 0 {
+			return &usageError{fmt.Sprintf("--until-idle %q and --idle-timeout %q must be positive durations", e.o.untilIdle, e.o.idleTimeout)}
+		}
+		if drain.Idle, err = waitIdle(e, idleFor, idleTimeout); err != nil {
+			return err
+		}
+	}
+	res, err := r.Drain(ctx, args[0], drain)
 	if err != nil {
 		return err
 	}
@@ -430,6 +520,9 @@ func runHistory(ctx context.Context, e *env, args []string) error {
 		}
 		if first {
 			row("-", "-", "-")
+		}
+		if h.Reason != "" {
+			row("why", truncate(h.Reason, 120), "")
 		}
 	}
 	return tw.Flush()

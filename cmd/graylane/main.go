@@ -60,6 +60,9 @@ type opts struct {
 	stickyHeader, stickyCookie  string
 	tagKey                      string
 	none                        bool
+	untilIdle, idleTimeout      string
+	idleQuery                   string
+	rollout                     rolloutOpts
 }
 
 // env is what a running command has: its options and its output.
@@ -86,7 +89,9 @@ func commands() []*command {
 		{name: "history", args: "SERVICE", nargs: 1, summary: "the recorded changes of a service: who, when, before, after", flags: outputFlags, run: runHistory},
 		{name: "options", args: "SERVICE", nargs: 1, summary: "show or set the decision options every data plane reads (sticky key, tag key)", flags: serviceOptionFlags, run: runOptions},
 		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", run: runReconcile},
+		{name: "rollout", args: "start|status|pause|resume|abort|promote-now SERVICE [LANE]", nargs: 2, maxargs: 3, summary: "walk a lane through a plan's steps, gated on measured errors and latency", flags: rolloutFlags, run: runRollout},
 		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
+		{name: "apisix", args: "sync|route [SERVICE...]", nargs: 1, maxargs: 64, summary: "keep APISIX lane upstreams in sync with Consul (sync), print or apply a service's route (route)", flags: apisixFlags, run: runAPISIX},
 		{name: "portal", summary: "serve the release portal: a web page of every service's lanes, history and next step", flags: portalFlags, run: runPortal},
 	}
 }

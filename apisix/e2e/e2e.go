@@ -1,0 +1,296 @@
+// Package e2e is graylane's end-to-end check of the gateway side, run through a running APISIX 3.x
+// (traditional mode, etcd) whose plugin runner is graylane's, such as the compose stack at the
+// repository root:
+//
+//	docker compose up -d --build
+//	make e2e-apisix
+//
+// Run applies two routes for the service (one trusting no client, one trusting every client), runs
+// the lane upstream sync, sends requests through the gateway and asserts the lane of each: matched
+// requests, sticky users under the canary's weight, a spoofed lane header, a trusted one, a weight
+// change and a rollback. It restores the canary's weight and removes its routes at the end.
+//
+// The test (build tag e2e, so that make test leaves it out) reads the environment (defaults: the
+// compose stack on this host):
+//
+//	GRAYLANE_E2E_GATEWAY  http://127.0.0.1:9080
+//	APISIX_ADMIN_ADDR     http://127.0.0.1:9180
+//	APISIX_ADMIN_KEY      graylane-demo-admin-key
+//	CONSUL_HTTP_ADDR      http://127.0.0.1:8500
+//	GRAYLANE_E2E_SERVICE  bservice (needs a stable lane and a canary lane with a match on the
+//	                      header userid=123, as the compose stack registers; a green lane is used
+//	                      when present)
+//
+// The repository's own tests run Run through stand-ins for APISIX (internal/apisixtest), with the
+// real runner, Consul and sync, to keep this check itself correct.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"github.com/graylane/graylane/apisix"
+	"github.com/graylane/graylane/apisix/extplugin"
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/registrar"
+)
+
+// Config says where the gateway, its Admin API and Consul are.
+type Config struct {
+	Gateway  string // http://host:9080
+	Admin    string // http://host:9180
+	AdminKey string
+	Consul   string // the agent the service's instances belong to
+	Service  string
+}
+
+// FromEnv returns the Config from the environment, with the compose stack's defaults.
+func FromEnv() Config {
+	env := func(k, def string) string {
+		if v := os.Getenv(k); v != "" {
+			return v
+		}
+		return def
+	}
+	return Config{
+		Gateway:  env("GRAYLANE_E2E_GATEWAY", "http://127.0.0.1:9080"),
+		Admin:    env("APISIX_ADMIN_ADDR", "http://127.0.0.1:9180"),
+		AdminKey: env("APISIX_ADMIN_KEY", "graylane-demo-admin-key"),
+		Consul:   env("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500"),
+		Service:  env("GRAYLANE_E2E_SERVICE", "bservice"),
+	}
+}
+
+// Reply is what the example backend answers (examples/backend); backends of other tests of Run
+// answer the same JSON.
+type Reply struct {
+	Instance string `json:"instance"`
+	Lane     string `json:"lane"` // the lane header the backend received
+	Echo     string `json:"-"`    // the lane the gateway echoed to the client
+}
+
+func get(t *testing.T, gateway, path string, headers map[string]string) Reply {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, gateway+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s %v: status %d", path, headers, resp.StatusCode)
+	}
+	var r Reply
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	r.Echo = resp.Header.Get("X-Gray-Lane")
+	return r
+}
+
+// Run runs the check; see the package documentation.
+func Run(t *testing.T, cfg Config) {
+	gateway := strings.TrimRight(cfg.Gateway, "/")
+	consul, service := cfg.Consul, cfg.Service
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	consulHost := consul
+	if u, err := url.Parse(consul); err == nil && u.Host != "" {
+		consulHost = u.Host
+	}
+	w, err := registrar.NewWatcher(registrar.NewConfig(consul))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	// The instances belong to the stack's one Consul agent, which this host reaches at consulHost.
+	reg, err := registrar.New(registrar.NewConfig(consul), registrar.WithOperator("graylane-e2e"),
+		registrar.WithAgentAddress(func(*api.Node) string { return consulHost }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := w.Service(service)
+	select {
+	case <-view.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no answer from Consul at %s for %s within 30s: is the stack up (docker compose up -d --build)? %+v",
+			consul, service, view.State())
+	}
+	laneOf := func() map[string]string { // instance -> lane
+		out := map[string]string{}
+		for _, l := range view.Snapshot().Lanes() {
+			for _, id := range l.Instances {
+				out[id] = l.Name
+			}
+		}
+		return out
+	}
+	var canaryWeight gray.Weight
+	hasGreen := false
+	for _, l := range view.Snapshot().Lanes() {
+		switch l.Name {
+		case "canary":
+			canaryWeight = l.Weight
+		case "green":
+			hasGreen = true
+		}
+	}
+	if !slices.Contains(slices.Collect(maps.Values(laneOf())), "canary") {
+		t.Fatalf("%s has no canary lane in Consul: %v", service, laneOf())
+	}
+
+	admin, err := apisix.NewAdmin(cfg.Admin, cfg.AdminKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logf := func(format string, args ...any) { t.Logf(format, args...) }
+	untrusted := apisix.RouteSpec{ID: "graylane-e2e-" + service, URI: "/e2e/*",
+		Conf: extplugin.Conf{Service: service, Options: gray.Options{StickyHeader: "x-user-id"}, EchoHeader: "x-gray-lane"}}
+	trusted := apisix.RouteSpec{ID: "graylane-e2e-trusted-" + service, URI: "/e2e-trusted/*",
+		Conf: extplugin.Conf{Service: service, Options: gray.Options{StickyHeader: "x-user-id"}, EchoHeader: "x-gray-lane",
+			TrustedCIDRs: []string{"0.0.0.0/0", "::/0"}}}
+	for _, spec := range []apisix.RouteSpec{untrusted, trusted} {
+		if _, err := apisix.ApplyRoute(ctx, admin, w, spec, apisix.WithSyncLogger(logf)); err != nil {
+			t.Fatalf("apply route %s: %v", spec.RouteID(), err)
+		}
+		defer admin.DeleteRoute(context.Background(), spec.RouteID())
+	}
+	syncCtx, stopSync := context.WithCancel(ctx)
+	syncDone := make(chan error, 1)
+	go func() {
+		s := apisix.NewSync(&apisix.AdminTarget{Admin: admin, Logf: logf}, w, []string{service},
+			apisix.WithResync(2*time.Second), apisix.WithSyncLogger(logf))
+		syncDone <- s.Run(syncCtx)
+	}()
+	defer func() { stopSync(); <-syncDone }()
+	defer func() {
+		if _, err := reg.Do(context.Background(), service, registrar.SetWeight{Lane: "canary", Weight: canaryWeight}); err != nil {
+			t.Errorf("restoring the canary's weight %s: %v", canaryWeight, err)
+		}
+	}()
+
+	// check asserts which lane served a request and which lane header reached the backend.
+	check := func(t *testing.T, path string, headers map[string]string, wantLane string, propagated bool) {
+		t.Helper()
+		r := get(t, gateway, path, headers)
+		lanes := laneOf()
+		if got := lanes[r.Instance]; got != wantLane {
+			t.Errorf("%s %v: served by %s (lane %s), want lane %s", path, headers, r.Instance, got, wantLane)
+		}
+		wantHeader := ""
+		if propagated {
+			wantHeader = wantLane
+		}
+		if r.Lane != wantHeader {
+			t.Errorf("%s %v: backend got lane header %q, want %q", path, headers, r.Lane, wantHeader)
+		}
+	}
+	// eventually retries check until it passes (a change travels Consul -> plugin and -> sync ->
+	// etcd -> gateway) and returns how long that took.
+	eventually := func(t *testing.T, what string, f func() bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for !f() {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("%s: not seen after a minute", what)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+	servedBy := func(path string, headers map[string]string) string {
+		r := get(t, gateway, path, headers)
+		return laneOf()[r.Instance]
+	}
+
+	t.Run("matched request reaches the canary", func(t *testing.T) {
+		eventually(t, "route in place", func() bool { return servedBy("/e2e/api/user", map[string]string{"userid": "123"}) == "canary" })
+		check(t, "/e2e/api/user", map[string]string{"userid": "123"}, "canary", true)
+	})
+
+	t.Run("sticky users follow the canary's weight", func(t *testing.T) {
+		for i := range 200 {
+			user := fmt.Sprintf("e2e-user-%d", i)
+			want, propagated := "stable", false
+			if gray.Bucket(service, user) < int(canaryWeight) {
+				want, propagated = "canary", true
+			}
+			check(t, "/e2e/api/order", map[string]string{"x-user-id": user}, want, propagated)
+		}
+	})
+
+	t.Run("spoofed lane header from an untrusted client is ignored", func(t *testing.T) {
+		user := stableUser(service, 0)
+		check(t, "/e2e/api/order", map[string]string{"x-user-id": user, gray.DefaultTagKey: "canary"}, "stable", false)
+		if hasGreen {
+			check(t, "/e2e/api/order", map[string]string{"x-user-id": user, gray.DefaultTagKey: "green"}, "stable", false)
+		}
+	})
+
+	t.Run("lane header from a trusted client is honoured", func(t *testing.T) {
+		lane := "canary"
+		if hasGreen {
+			lane = "green"
+		}
+		check(t, "/e2e-trusted/api/order", map[string]string{"x-user-id": stableUser(service, 0), gray.DefaultTagKey: lane}, lane, true)
+	})
+
+	mover := ""
+	for i := 0; mover == ""; i++ {
+		u := fmt.Sprintf("e2e-mover-%d", i)
+		if b := gray.Bucket(service, u); b >= int(canaryWeight) && b < 5000 {
+			mover = u
+		}
+	}
+
+	t.Run("weight change", func(t *testing.T) {
+		if _, err := reg.Do(ctx, service, registrar.SetWeight{Lane: "canary", Weight: 5000}); err != nil {
+			t.Fatal(err)
+		}
+		took := eventually(t, "weight 50", func() bool { return servedBy("/e2e/api/order", map[string]string{"x-user-id": mover}) == "canary" })
+		t.Logf("weight 50 %% reached the gateway after %v", took)
+		check(t, "/e2e/api/order", map[string]string{"x-user-id": mover}, "canary", true)
+	})
+
+	t.Run("rollback", func(t *testing.T) {
+		if _, err := reg.Do(ctx, service, registrar.Rollback{Lane: "canary"}); err != nil {
+			t.Fatal(err)
+		}
+		took := eventually(t, "rollback", func() bool { return servedBy("/e2e/api/order", map[string]string{"x-user-id": mover}) == "stable" })
+		t.Logf("rollback reached the gateway after %v", took)
+		for i := range 50 {
+			check(t, "/e2e/api/order", map[string]string{"x-user-id": fmt.Sprintf("e2e-user-%d", i)}, "stable", false)
+		}
+		check(t, "/e2e/api/user", map[string]string{"userid": "123"}, "canary", true)
+	})
+}
+
+// stableUser returns the n-th user whose bucket is above 50 %: stable under every weight set here.
+func stableUser(service string, n int) string {
+	for i := 0; ; i++ {
+		u := fmt.Sprintf("e2e-stable-%d", i)
+		if gray.Bucket(service, u) >= 5000 {
+			if n == 0 {
+				return u
+			}
+			n--
+		}
+	}
+}

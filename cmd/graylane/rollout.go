@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/rollout"
+)
+
+// rolloutOpts holds the flags of graylane rollout.
+type rolloutOpts struct {
+	noWait, detach                 bool
+	prometheus, steps, window      string
+	interval, maxP99               string
+	maxErrors, maxErrorsVsBaseline float64
+	maxP99VsBaseline, minRequests  float64
+	baseline                       string
+}
+
+func rolloutFlags(fs *flag.FlagSet, o *opts) {
+	fs.StringVar(&o.file, "f", "", "rollout plan (YAML); flags below override its fields")
+	r := &o.rollout
+	fs.BoolVar(&r.noWait, "no-wait", false, "start: exit instead of waiting when another controller runs the rollout")
+	fs.BoolVar(&r.detach, "detach", false, "start: record the rollout and exit; run start again to control it")
+	fs.StringVar(&r.prometheus, "prometheus", "", "Prometheus base URL the gates query (default $GRAYLANE_PROMETHEUS)")
+	fs.StringVar(&r.steps, "steps", "", "steps as WEIGHT:HOLD,... (0:10m,5:10m,25:10m,50:10m,100:10m)")
+	fs.StringVar(&r.window, "window", "", "range the gates read, as a duration (default 1m)")
+	fs.StringVar(&r.interval, "interval", "", "how often the gates are read (default 10s)")
+	fs.Float64Var(&r.maxErrors, "max-error-ratio", 0, "gate: the lane's error ratio at most this (0.01 is 1%)")
+	fs.Float64Var(&r.maxErrorsVsBaseline, "max-error-ratio-vs-baseline", 0, "gate: the lane's error ratio at most this many times the baseline's")
+	fs.StringVar(&r.maxP99, "max-p99", "", "gate: the lane's p99 latency at most this (500ms)")
+	fs.Float64Var(&r.maxP99VsBaseline, "max-p99-vs-baseline", 0, "gate: the lane's p99 at most this many times the baseline's")
+	fs.Float64Var(&r.minRequests, "min-requests", 0, "requests the lane must serve within the window before the gates count")
+	fs.StringVar(&r.baseline, "baseline", "", "the lane the gates compare with (default stable)")
+	outputFlags(fs, o)
+}
+
+// runRollout dispatches graylane rollout ACTION SERVICE [LANE].
+func runRollout(ctx context.Context, e *env, args []string) error {
+	action, service, lane := args[0], args[1], ""
+	if len(args) > 2 {
+		lane = args[2]
+	}
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	x := rollout.New(r)
+	checkLane := func(st *rollout.State) error {
+		if lane != "" && st.Plan.Lane != lane {
+			return fmt.Errorf("the rollout of %s is of lane %s, not %s", service, st.Plan.Lane, lane)
+		}
+		return nil
+	}
+	switch action {
+	case "start":
+		return rolloutStart(ctx, e, x, service, lane)
+	case "status":
+		st, err := x.Get(ctx, service)
+		if err != nil {
+			return err
+		}
+		if err := checkLane(st); err != nil {
+			return err
+		}
+		who, running, err := x.Controller(ctx, service)
+		if err != nil {
+			return err
+		}
+		if e.asJSON() {
+			return e.writeJSON(struct {
+				*rollout.State
+				TimeLeft   string `json:"time_left"`
+				Controlled bool   `json:"controlled"`
+			}{st, st.TimeLeft(time.Now()).Round(time.Second).String(), running})
+		}
+		printRollout(e, st, who, running)
+		return nil
+	case "pause", "resume", "abort", "promote-now":
+		if st, err := x.Get(ctx, service); err != nil {
+			return err
+		} else if err := checkLane(st); err != nil {
+			return err
+		}
+		do := map[string]func(context.Context, string) (*rollout.State, error){
+			"pause": x.Pause, "resume": x.Resume, "abort": x.Abort, "promote-now": x.PromoteNow}[action]
+		st, err := do(ctx, service)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "rollout of %s lane %s: %s (%s)\n", service, st.Plan.Lane, st.Status, st.Message)
+		return nil
+	}
+	return &usageError{fmt.Sprintf("rollout action %q: use start, status, pause, resume, abort or promote-now", action)}
+}
+
+func rolloutStart(ctx context.Context, e *env, x *rollout.Rollouts, service, lane string) error {
+	plan, err := rolloutPlan(e, service, lane)
+	if err != nil {
+		return err
+	}
+	st, err := x.Start(ctx, plan)
+	switch {
+	case errors.Is(err, rollout.ErrRunning) && st != nil && st.Plan.Lane == plan.Lane:
+		// A rollout of this lane is under way (its controller stopped, or it was started with
+		// --detach): control it from where it is.
+		fmt.Fprintf(e.stdout, "resuming the rollout of %s lane %s at %s, %s left in the step\n",
+			service, st.Plan.Lane, st.StepName(), st.TimeLeft(time.Now()).Round(time.Second))
+	case err != nil:
+		return err
+	default:
+		fmt.Fprintf(e.stdout, "rollout of %s lane %s started: %d steps\n", service, plan.Lane, len(plan.Steps))
+	}
+	if e.o.rollout.detach {
+		return nil
+	}
+	final, err := x.Run(ctx, service, rollout.RunOptions{NoWait: e.o.rollout.noWait, Events: func(st *rollout.State, event string) {
+		fmt.Fprintf(e.stdout, "%s  %s\n", time.Now().Format(time.TimeOnly), event)
+	}})
+	if final != nil && err == nil {
+		fmt.Fprintf(e.stdout, "rollout of %s lane %s: %s\n", service, final.Plan.Lane, final.Status)
+	}
+	return err
+}
+
+// rolloutPlan reads -f and lays the flags over it; SERVICE and LANE come from the arguments.
+func rolloutPlan(e *env, service, lane string) (*rollout.Plan, error) {
+	var text []byte
+	if e.o.file != "" {
+		var err error
+		if text, err = os.ReadFile(e.o.file); err != nil {
+			return nil, err
+		}
+	}
+	plan, err := rollout.DecodePlan(text)
+	if err != nil {
+		return nil, err
+	}
+	o := e.o.rollout
+	if o.steps != "" {
+		plan.Steps = nil
+		for _, s := range strings.Split(o.steps, ",") {
+			w, hold, ok := strings.Cut(strings.TrimSpace(s), ":")
+			weight, werr := gray.ParseWeight(strings.TrimSuffix(w, "%"))
+			d, derr := time.ParseDuration(hold)
+			if !ok || werr != nil || derr != nil || d < 0 {
+				return nil, &usageError{fmt.Sprintf("--steps: %q: write WEIGHT:HOLD, such as 5:10m", s)}
+			}
+			plan.Steps = append(plan.Steps, rollout.Step{Weight: rollout.Percent(weight), Hold: rollout.Duration(d)})
+		}
+	}
+	if plan.Service != "" && plan.Service != service {
+		return nil, &usageError{fmt.Sprintf("the plan is for service %s, not %s", plan.Service, service)}
+	}
+	plan.Service = service
+	if lane != "" {
+		plan.Lane = lane
+	}
+	if o.prometheus == "" {
+		o.prometheus = os.Getenv("GRAYLANE_PROMETHEUS")
+	}
+	for _, f := range []struct {
+		value string
+		into  *string
+	}{{o.prometheus, &plan.Prometheus}, {o.baseline, &plan.Baseline}} {
+		if f.value != "" {
+			*f.into = f.value
+		}
+	}
+	for _, f := range []struct {
+		name, value string
+		into        *rollout.Duration
+	}{{"window", o.window, &plan.Gates.Window}, {"interval", o.interval, &plan.Interval}, {"max-p99", o.maxP99, &plan.Gates.LatencyP99.Max}} {
+		if f.value == "" {
+			continue
+		}
+		d, err := time.ParseDuration(f.value)
+		if err != nil || d < 0 {
+			return nil, &usageError{fmt.Sprintf("--%s %q is not a duration", f.name, f.value)}
+		}
+		*f.into = rollout.Duration(d)
+	}
+	for _, f := range []struct {
+		value float64
+		into  *float64
+	}{{o.maxErrors, &plan.Gates.ErrorRatio.Max}, {o.maxErrorsVsBaseline, &plan.Gates.ErrorRatio.MaxVsBaseline},
+		{o.maxP99VsBaseline, &plan.Gates.LatencyP99.MaxVsBaseline}, {o.minRequests, &plan.Gates.MinRequests}} {
+		if f.value != 0 {
+			*f.into = f.value
+		}
+	}
+	if err := plan.Validate(); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// printRollout shows a rollout: status, step, time left, last gate readings.
+func printRollout(e *env, st *rollout.State, controller string, controlled bool) {
+	fmt.Fprintf(e.stdout, "rollout   %s lane %s: %s\n", st.Plan.Service, st.Plan.Lane, st.Status)
+	if !st.Status.Done() {
+		fmt.Fprintf(e.stdout, "step      %s, %s left\n", st.StepName(), st.TimeLeft(time.Now()).Round(time.Second))
+		if controlled {
+			fmt.Fprintf(e.stdout, "controller %s\n", controller)
+		} else {
+			fmt.Fprintf(e.stdout, "controller none: run graylane rollout start %s %s to control it\n", st.Plan.Service, st.Plan.Lane)
+		}
+	}
+	var steps []string
+	for i, s := range st.Plan.Steps {
+		mark := " "
+		if i == st.Step && !st.Status.Done() {
+			mark = ">"
+		}
+		steps = append(steps, mark+s.Weight.String()+"%/"+s.Hold.String())
+	}
+	fmt.Fprintf(e.stdout, "plan      %s\n", strings.Join(steps, " "))
+	if st.Readings != nil {
+		fmt.Fprintf(e.stdout, "gates     %s (read %s ago)\n", st.Readings, time.Since(st.Readings.Time).Round(time.Second))
+	}
+	if st.Verdict != "" {
+		fmt.Fprintf(e.stdout, "verdict   %s\n", st.Verdict)
+	}
+	fmt.Fprintf(e.stdout, "last      %s\n", st.Message)
+}

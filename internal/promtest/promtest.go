@@ -1,0 +1,177 @@
+// Package promtest runs a real Prometheus server for graylane's tests: Debian's prometheus binary
+// (which `make prometheus` installs), scraping the given targets every second, on a free loopback
+// port, stopped when the test ends. If the binary is missing or the server does not come up, the test
+// fails with the reason; it never skips.
+package promtest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/graylane/graylane/rollout"
+)
+
+// BinaryEnv names the environment variable that points at the prometheus binary.
+const BinaryEnv = "GRAYLANE_PROMETHEUS"
+
+// ScrapeInterval is how often the test server scrapes its targets.
+const ScrapeInterval = time.Second
+
+// Server is a running Prometheus server.
+type Server struct {
+	// URL is the server's base URL, http://127.0.0.1:port.
+	URL string
+
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	mu   sync.Mutex
+	done chan struct{}
+}
+
+// Binary locates prometheus: $GRAYLANE_PROMETHEUS, else prometheus on PATH.
+func Binary() (string, error) {
+	if p := os.Getenv(BinaryEnv); p != "" {
+		return p, nil
+	}
+	if p, err := exec.LookPath("prometheus"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("no prometheus binary: run `make prometheus` (it installs Debian's prometheus package), or set %s", BinaryEnv)
+}
+
+// Start runs a Prometheus server that scrapes targets (host:port, path /metrics) every second, each
+// as its own job named after the target, and stops it in the test's cleanup.
+func Start(tb testing.TB, targets ...string) *Server {
+	tb.Helper()
+	binary, err := Binary()
+	if err != nil {
+		tb.Fatalf("promtest: %v", err)
+	}
+	dir := tb.TempDir()
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "global:\n  scrape_interval: %s\n  evaluation_interval: %s\nscrape_configs:\n", ScrapeInterval, ScrapeInterval)
+	fmt.Fprintf(&cfg, "  - job_name: graylane\n    static_configs:\n      - targets: [%s]\n", quoteAll(targets))
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg.String()), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
+		port, err := freePort()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		s := &Server{URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}, done: make(chan struct{})}
+		s.cmd = exec.Command(binary,
+			"--config.file="+filepath.Join(dir, "prometheus.yml"),
+			"--storage.tsdb.path="+filepath.Join(dir, fmt.Sprintf("data-%d", attempt)),
+			fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
+			"--log.level=warn")
+		s.cmd.Stdout, s.cmd.Stderr = &lockedWriter{s}, &lockedWriter{s}
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := s.cmd.Start(); err != nil {
+			tb.Fatalf("promtest: starting %s: %v", binary, err)
+		}
+		go func() { _ = s.cmd.Wait(); close(s.done) }()
+		if lastErr = s.waitReady(); lastErr == nil {
+			tb.Cleanup(s.stop)
+			return s
+		}
+		s.stop()
+	}
+	tb.Fatalf("promtest: %v", lastErr)
+	return nil
+}
+
+func (s *Server) waitReady() error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.done:
+			return fmt.Errorf("prometheus exited before it was ready:\n%s", s.output())
+		default:
+		}
+		resp, err := http.Get(s.URL + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("prometheus not ready after 30s:\n%s", s.output())
+}
+
+func (s *Server) stop() {
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+}
+
+func (s *Server) output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.log.String()
+	if len(out) > 4000 {
+		out = out[len(out)-4000:]
+	}
+	return out
+}
+
+// Query runs an instant PromQL query and returns the first sample's value, and whether there was one.
+func (s *Server) Query(ctx context.Context, promql string) (float64, bool, error) {
+	return (&rollout.Prometheus{URL: s.URL}).Query(ctx, promql)
+}
+
+// WaitScraped waits until every target has been scraped successfully at least once.
+func (s *Server) WaitScraped(tb testing.TB, targets int) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if n, ok, err := s.Query(context.Background(), `count(up == 1)`); err == nil && ok && int(n) >= targets {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Fatalf("promtest: %d targets not scraped within 30s:\n%s", targets, s.output())
+}
+
+type lockedWriter struct{ s *Server }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.s.mu.Lock()
+	defer w.s.mu.Unlock()
+	return w.s.log.Write(p)
+}
+
+func quoteAll(targets []string) string {
+	q := make([]string, len(targets))
+	for i, t := range targets {
+		q[i] = `"` + t + `"`
+	}
+	return strings.Join(q, ", ")
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

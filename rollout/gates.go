@@ -1,0 +1,198 @@
+package rollout
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Prometheus queries a Prometheus server's HTTP API.
+type Prometheus struct {
+	URL    string
+	Client *http.Client // nil: a client with a 10 s timeout
+}
+
+// Query runs an instant query and returns the first sample's value, and whether there was one (an
+// empty result, or NaN, is no value).
+func (p *Prometheus) Query(ctx context.Context, promql string) (float64, bool, error) {
+	client := p.Client
+	if client == nil {
+		client = &http.Client{Timeout: 10 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		strings.TrimRight(p.URL, "/")+"/api/v1/query?query="+url.QueryEscape(promql), nil)
+	if err != nil {
+		return 0, false, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, false, fmt.Errorf("prometheus at %s: %w", p.URL, err)
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			ResultType string          `json:"resultType"`
+			Result     json.RawMessage `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return 0, false, fmt.Errorf("prometheus at %s: answer is not JSON (HTTP %d): %w", p.URL, resp.StatusCode, err)
+	}
+	if body.Status != "success" {
+		return 0, false, fmt.Errorf("prometheus at %s: query %s: %s", p.URL, promql, body.Error)
+	}
+	var raw [2]any
+	switch body.Data.ResultType {
+	case "scalar":
+		if err := json.Unmarshal(body.Data.Result, &raw); err != nil {
+			return 0, false, err
+		}
+	case "vector":
+		var vec []struct {
+			Value [2]any `json:"value"`
+		}
+		if err := json.Unmarshal(body.Data.Result, &vec); err != nil {
+			return 0, false, err
+		}
+		if len(vec) == 0 {
+			return 0, false, nil
+		}
+		raw = vec[0].Value
+	default:
+		return 0, false, fmt.Errorf("prometheus at %s: query %s returns a %s, want one number", p.URL, promql, body.Data.ResultType)
+	}
+	s, _ := raw[1].(string)
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("prometheus at %s: value %q: %w", p.URL, s, err)
+	}
+	if math.IsNaN(v) {
+		return 0, false, nil
+	}
+	return v, true, nil
+}
+
+// LaneReading is what the gates read of one lane over the window.
+type LaneReading struct {
+	Requests float64 `json:"requests"`
+	Errors   float64 `json:"errors"`
+	// P99 is the 99th percentile latency in seconds; HasP99 is false when there was no traffic.
+	P99    float64 `json:"p99_seconds"`
+	HasP99 bool    `json:"has_p99"`
+}
+
+// ErrorRatio is errors / requests, 0 without requests.
+func (r LaneReading) ErrorRatio() float64 {
+	if r.Requests <= 0 {
+		return 0
+	}
+	return r.Errors / r.Requests
+}
+
+// Readings are one reading of the gates: the rolled-out lane against its baseline.
+type Readings struct {
+	Time     time.Time   `json:"time"`
+	Lane     LaneReading `json:"lane"`
+	Baseline LaneReading `json:"baseline"`
+}
+
+func (r Readings) String() string {
+	s := fmt.Sprintf("%.0f requests, errors %s (baseline %s)", r.Lane.Requests, pct(r.Lane.ErrorRatio()), pct(r.Baseline.ErrorRatio()))
+	if r.Lane.HasP99 {
+		s += ", p99 " + ms(r.Lane.P99)
+		if r.Baseline.HasP99 {
+			s += " (baseline " + ms(r.Baseline.P99) + ")"
+		}
+	}
+	return s
+}
+
+func pct(v float64) string   { return strconv.FormatFloat(v*100, 'f', 2, 64) + "%" }
+func ms(sec float64) string  { return strconv.FormatFloat(sec*1000, 'f', 0, 64) + "ms" }
+func times(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) + "x" }
+
+// Verdict is what a reading of the gates says.
+type Verdict int
+
+const (
+	// Pass: every gate holds with enough traffic.
+	Pass Verdict = iota
+	// Hold: too little traffic for the gates to count; the step neither passes nor fails.
+	Hold
+	// Fail: a gate failed; the rollout rolls back.
+	Fail
+)
+
+func (v Verdict) String() string { return [...]string{"pass", "hold", "fail"}[v] }
+
+// errorRatioFloor keeps a baseline without errors from making any single canary error a failure of
+// the relative gate: the baseline's ratio counts as at least this much.
+const errorRatioFloor = 0.001
+
+// Judge reads the gates: Fail with the gate and its numbers, Hold while the lane has served fewer
+// than MinRequests, else Pass. Failures are judged before traffic is counted, so that a lane
+// failing badly is rolled back without waiting for the minimum.
+func (g Gates) Judge(r Readings) (Verdict, string) {
+	lane, base := r.Lane, r.Baseline
+	if lane.Requests > 0 {
+		ratio := lane.ErrorRatio()
+		if g.ErrorRatio.Max > 0 && ratio > g.ErrorRatio.Max && lane.Requests >= g.MinRequests {
+			return Fail, fmt.Sprintf("gate error_ratio.max failed: %s > %s over %.0f requests", pct(ratio), pct(g.ErrorRatio.Max), lane.Requests)
+		}
+		if g.ErrorRatio.MaxVsBaseline > 0 && base.Requests > 0 && lane.Requests >= g.MinRequests {
+			limit := g.ErrorRatio.MaxVsBaseline * math.Max(base.ErrorRatio(), errorRatioFloor)
+			if ratio > limit {
+				return Fail, fmt.Sprintf("gate error_ratio.max_vs_baseline failed: %s > %s baseline %s", pct(ratio), times(g.ErrorRatio.MaxVsBaseline), pct(base.ErrorRatio()))
+			}
+		}
+		if lane.HasP99 && lane.Requests >= g.MinRequests {
+			if max := time.Duration(g.LatencyP99.Max).Seconds(); max > 0 && lane.P99 > max {
+				return Fail, fmt.Sprintf("gate latency_p99.max failed: p99 %s > %s", ms(lane.P99), ms(max))
+			}
+			if g.LatencyP99.MaxVsBaseline > 0 && base.HasP99 && lane.P99 > g.LatencyP99.MaxVsBaseline*base.P99 {
+				return Fail, fmt.Sprintf("gate latency_p99.max_vs_baseline failed: p99 %s > %s baseline %s", ms(lane.P99), times(g.LatencyP99.MaxVsBaseline), ms(base.P99))
+			}
+		}
+	}
+	if lane.Requests < g.MinRequests || lane.Requests == 0 {
+		return Hold, fmt.Sprintf("holding: %.0f requests of the %.0f the gates need within %s", lane.Requests, g.MinRequests, g.Window)
+	}
+	return Pass, "gates passed: " + r.String()
+}
+
+// read queries the gates' numbers for the lane and its baseline.
+func (p *Plan) read(ctx context.Context, prom *Prometheus) (Readings, error) {
+	r := Readings{Time: time.Now().UTC()}
+	for _, target := range []struct {
+		lane string
+		out  *LaneReading
+	}{{p.Lane, &r.Lane}, {p.Baseline, &r.Baseline}} {
+		for _, q := range []struct {
+			tmpl string
+			out  *float64
+			has  *bool
+		}{{p.Queries.Requests, &target.out.Requests, nil}, {p.Queries.Errors, &target.out.Errors, nil}, {p.Queries.P99, &target.out.P99, &target.out.HasP99}} {
+			promql, err := p.query(q.tmpl, target.lane)
+			if err != nil {
+				return r, err
+			}
+			v, ok, err := prom.Query(ctx, promql)
+			if err != nil {
+				return r, err
+			}
+			*q.out = v
+			if q.has != nil {
+				*q.has = ok
+			}
+		}
+	}
+	return r, nil
+}
