@@ -161,8 +161,9 @@ type session struct {
 type pending struct {
 	id      string
 	service string
-	plan    *registrar.Plan // nil for a drain
+	plan    *registrar.Plan // nil for a drain or a rollout control
 	drain   *drainPlan
+	rollout *rolloutPlan
 	made    time.Time
 }
 
@@ -172,6 +173,11 @@ type drainPlan struct {
 	grace         time.Duration
 	before, after string // described for the confirmation
 	meta          string // the instance's gray meta keys when planned, to detect a change since
+}
+
+type rolloutPlan struct {
+	action, lane        string
+	before, after, note string
 }
 
 // flash is a message for the next page.

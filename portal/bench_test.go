@@ -37,10 +37,7 @@ func BenchmarkChangeToEvent(b *testing.B) {
 		}
 		close(lines)
 	}()
-	r, err := registrar.New(registrar.NewConfig(agent.HTTPAddr), registrar.WithOperator("bench"))
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := newRegistrar(b, agent, "", "bench")
 	var commit, total time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

@@ -3,11 +3,14 @@ package portal
 import (
 	"context"
 	"time"
+
+	"github.com/graylane/graylane/registrar"
 )
 
-// Rollouts and per-lane rates come from outside the portal: from whatever drives rollouts and reads
-// the data planes' metrics. The portal shows their panels only when a source is configured and has
-// data for the service; otherwise the panels are not rendered at all.
+// Rollouts and per-lane rates come from sources: by default ConsulRollouts, which reads the rollouts
+// `graylane rollout` keeps in Consul and their gate readings; another driver of rollouts or another
+// metrics reader can take its place. The portal shows the panels only when a source has data for
+// the service; otherwise they are not rendered at all.
 
 // RolloutSource reports the rollout running on a service. Implementations must be safe for
 // concurrent use and should answer quickly (the portal asks on every update of the service); when
@@ -37,6 +40,19 @@ type Rollout struct {
 	State string
 	// Gates are the readings that decide whether the next step may go.
 	Gates []Gate
+	// Message is the rollout's last event ("step 2 of 5: weight 25%", "gate ... failed").
+	Message string
+	// Done is set once the rollout has ended (promoted, rolled back, aborted); Paused while paused.
+	Done, Paused bool
+}
+
+// RolloutControl is implemented by a RolloutSource whose rollouts the page may steer: "pause",
+// "resume", "abort" (the lane goes back to test traffic) and "promote-now". r records the change
+// under the signed-in operator's name. While a rollout that the page can steer drives a lane, the
+// lane's own weight, promote and rollback buttons give way to these, so that an operator does not
+// fight the controller.
+type RolloutControl interface {
+	Control(ctx context.Context, r *registrar.Registrar, service, action string) error
 }
 
 // Gate is one reading that a rollout step depends on.

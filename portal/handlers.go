@@ -229,6 +229,12 @@ func confirmOf(p *pending) *confirmView {
 		c.Notes = p.plan.Notes
 		return c
 	}
+	if p.rollout != nil {
+		c.Action = "rollout " + p.rollout.action
+		c.Rows = []changeView{{"rollout of " + p.rollout.lane, p.rollout.before, p.rollout.after}}
+		c.Notes = []string{p.rollout.note}
+		return c
+	}
 	c.Action = "drain " + p.drain.instance
 	c.Rows = []changeView{{p.drain.instance, p.drain.before, p.drain.after}}
 	if p.drain.keep {
@@ -275,6 +281,9 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request, sess *session) {
 		op = registrar.Rollback{Lane: lane}
 	case "drain":
 		s.planDrain(w, r, sess, service)
+		return
+	case "rollout-pause", "rollout-resume", "rollout-abort", "rollout-promote-now":
+		s.planRollout(w, r, sess, service, strings.TrimPrefix(r.PostFormValue("op"), "rollout-"))
 		return
 	default:
 		http.Error(w, "unknown action", http.StatusBadRequest)
@@ -346,6 +355,37 @@ func (s *Server) planDrain(w http.ResponseWriter, r *http.Request, sess *session
 	http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
 }
 
+// planRollout shows what steering the service's rollout will do.
+func (s *Server) planRollout(w http.ResponseWriter, r *http.Request, sess *session, service, action string) {
+	if _, ok := s.cfg.Rollouts.(RolloutControl); !ok {
+		http.Error(w, "this portal's rollout source cannot be steered", http.StatusBadRequest)
+		return
+	}
+	ro, err := s.cfg.Rollouts.Rollout(r.Context(), service)
+	if err == nil && (ro == nil || ro.Done) {
+		err = fmt.Errorf("%s has no running rollout", service)
+	}
+	if err != nil {
+		s.setFlash(sess, "error", "%v", err)
+		http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+		return
+	}
+	now := fmt.Sprintf("step %d of %d, weight %s %%, %s", ro.Step, ro.Steps, ro.Weight, ro.State)
+	rp := &rolloutPlan{action: action, lane: ro.Lane, before: now}
+	switch action {
+	case "pause":
+		rp.after, rp.note = "paused where it is", "no gate readings and no step change until it is resumed; the step keeps the time it has held"
+	case "resume":
+		rp.after, rp.note = "running again", "the step holds for the rest of its time, then the gates decide"
+	case "abort":
+		rp.after, rp.note = "aborted: lane "+ro.Lane+" back to weight 0 (test traffic only)", "the rollout ends; its controller stops"
+	case "promote-now":
+		rp.after, rp.note = "promoted: lane "+ro.Lane+" becomes the base", "the rollout ends without the remaining steps and gates"
+	}
+	id := s.addPending(sess, &pending{service: service, rollout: rp})
+	http.Redirect(w, r, serviceURL(service)+"?confirm="+id+"#confirm", http.StatusSeeOther)
+}
+
 func grayKeys(meta map[string]string) string {
 	var b strings.Builder
 	for k, v := range meta {
@@ -388,10 +428,14 @@ func (s *Server) confirm(w http.ResponseWriter, r *http.Request, sess *session) 
 	defer cancel()
 	var res *registrar.Result
 	action := ""
-	if p.plan != nil {
+	switch {
+	case p.plan != nil:
 		action = p.plan.Action
 		res, err = reg.Commit(ctx, p.plan)
-	} else {
+	case p.rollout != nil:
+		action = "rollout " + p.rollout.action
+		err = s.cfg.Rollouts.(RolloutControl).Control(ctx, reg, service, p.rollout.action)
+	default:
 		action = "drain " + p.drain.instance
 		if err = s.checkDrainBase(ctx, service, p.drain); err == nil {
 			res, err = reg.Drain(ctx, p.drain.instance, registrar.DrainOptions{Service: service, Grace: p.drain.grace, Keep: p.drain.keep})

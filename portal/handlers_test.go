@@ -538,18 +538,32 @@ func regexpFind(t *testing.T, body, re string) string {
 }
 
 func TestConsulAwayShowsTheLastStateMarkedStale(t *testing.T) {
-	a := consultest.Start(t)
+	a := consultest.StartPersistent(t)
 	svc := registerRelease(t, a, "")
 	p, ts := startPortal(t, a, Config{})
 	b := newBrowser(t, ts)
 	b.signIn("alice")
 	mustContain(t, b.get("/s/"+svc).body, `<span class="conn-text">live</span>`)
-	a.Kill()
+	a.Stop()
 	p.Notify(svc) // a read while Consul is away keeps the last state
 	waitFor(t, 10*time.Second, "the page to say Consul is away", func() bool {
 		return strings.Contains(b.get("/s/"+svc).body, "Consul cannot be reached")
 	})
 	mustContain(t, b.get("/s/"+svc).body, `data-lane="canary" data-share="10"`, svc+"-canary-1", `data-change="apply"`)
+	// Consul back: live again, and changes flow.
+	if err := a.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the page to be live again", func() bool {
+		body := b.get("/s/" + svc).body
+		return strings.Contains(body, `<span class="conn-text">live</span>`) && strings.Contains(body, `data-lane="canary"`)
+	})
+	if _, err := newRegistrar(t, a, "", "bob").Do(context.Background(), svc, registrar.SetWeight{Lane: "canary", Weight: 1500}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a change after the outage", func() bool {
+		return strings.Contains(b.get("/s/"+svc).body, `data-lane="canary" data-share="15"`)
+	})
 }
 
 func TestNextStepLeadsToTheConfirmation(t *testing.T) {

@@ -29,6 +29,7 @@ type serviceModel struct {
 	History   []historyView // newest first
 	HistErr   string
 	Rollout   *Rollout
+	Steered   bool // the page may steer the rollout (its source is a RolloutControl)
 	Rates     []rateView
 	Stale     bool
 	Read      time.Time
@@ -48,6 +49,7 @@ type laneView struct {
 	Instances []string
 	Gray      bool // not the stable lane: weight, promote and rollback apply
 	Next      *nextStep
+	Driven    bool // a running rollout that the page steers drives this lane
 }
 
 // nextStep is the usual next move of a release for a lane, offered as one button that leads to the
@@ -142,8 +144,12 @@ func (s *Server) buildModel(ctx context.Context, name string, stale bool) *servi
 		m.fill(st)
 	}
 	hist, err := s.reader.History(ctx, name)
-	if err != nil {
-		m.HistErr = err.Error()
+	var partial *registrar.HistoryError
+	switch {
+	case errors.As(err, &partial):
+		m.HistErr = err.Error() // the readable entries are shown
+	case err != nil:
+		m.HistErr, m.readFailed = err.Error(), true
 	}
 	if len(hist) > 0 {
 		m.Gray = true
@@ -154,9 +160,11 @@ func (s *Server) buildModel(ctx context.Context, name string, stale bool) *servi
 	if s.cfg.Rollouts != nil {
 		if ro, err := s.cfg.Rollouts.Rollout(ctx, name); err == nil && ro != nil {
 			m.Rollout = ro
+			_, m.Steered = s.cfg.Rollouts.(RolloutControl)
 			for i := range m.Lanes {
-				if m.Lanes[i].Name == ro.Lane {
+				if m.Lanes[i].Name == ro.Lane && !ro.Done {
 					m.Lanes[i].Next = nil // the rollout takes the steps
+					m.Lanes[i].Driven = m.Steered
 				}
 			}
 		}

@@ -49,7 +49,8 @@ type Config struct {
 	// DrainGrace is how long clients get to see a drain before the instance is deregistered
 	// (default registrar.DefaultDrainGrace).
 	DrainGrace time.Duration
-	// Rollouts and Rates, when set, feed the rollout and per-lane rate panels.
+	// Rollouts and Rates feed the rollout and per-lane rate panels (default: ConsulRollouts, the
+	// rollouts of `graylane rollout` and their gate readings).
 	Rollouts RolloutSource
 	Rates    RateSource
 }
@@ -95,7 +96,7 @@ type watched struct {
 // read reads the service's model and stores it unless a read started later was stored already.
 func (ws *watched) read(ctx context.Context, s *Server) bool {
 	seq := ws.reads.Add(1)
-	m := s.buildModel(ctx, ws.name, ws.view.State().Stale)
+	m := s.buildModel(ctx, ws.name, false) // stale only when this read fails (below)
 	if ctx.Err() != nil {
 		return false
 	}
@@ -139,6 +140,15 @@ func New(cfg Config) (*Server, error) {
 	var err error
 	if s.reader, err = s.registrarFor("portal"); err != nil {
 		return nil, err
+	}
+	if s.cfg.Rollouts == nil || s.cfg.Rates == nil {
+		c := NewConsulRollouts(s.reader)
+		if s.cfg.Rollouts == nil {
+			s.cfg.Rollouts = c
+		}
+		if s.cfg.Rates == nil {
+			s.cfg.Rates = c
+		}
 	}
 	if s.watcher, err = registrar.NewWatcher(cfg.Consul, registrar.WithWatchKVPrefix(cfg.KVPrefix), registrar.WithWaitTime(time.Minute)); err != nil {
 		return nil, err
@@ -256,8 +266,14 @@ func (s *Server) followCatalog() {
 		}
 		slices.Sort(names)
 		s.mu.Lock()
-		changed := !slices.Equal(names, s.names) || s.catErr != ""
+		recovered := s.catErr != ""
+		changed := !slices.Equal(names, s.names) || recovered
 		s.names, s.catErr = names, ""
+		if recovered { // Consul is back: read every service again, the stale marks go
+			for _, ws := range s.services {
+				kick(ws.kick)
+			}
+		}
 		for _, name := range names {
 			if _, ok := s.services[name]; !ok {
 				s.watch(name)
@@ -277,8 +293,8 @@ func (s *Server) followCatalog() {
 	}
 }
 
-// followRecords follows every service's recorded state and history with one blocking query on the
-// key names under the KV folder, so that the portal holds two connections per service (the
+// followRecords follows every service's recorded state, history and rollout with one blocking query
+// on the key names under the KV folder, so that the portal holds two connections per service (the
 // watcher's) however many services there are. A change of a service's keys (a new history entry
 // comes with every change of its record) refreshes that service; a change of values alone is the
 // outcome written into a history entry after its change was applied, which refreshes the services
@@ -322,7 +338,9 @@ func (s *Server) followRecords() {
 		for name, ws := range s.services {
 			m := ws.model.Load()
 			pending := m != nil && len(m.History) > 0 && m.History[0].Outcome == registrar.OutcomeRecorded
-			if !first && (now[name] != last[name] || pending) {
+			// A rollout's state changes its value only (step, readings, pause): follow it on every move.
+			rolling := strings.Contains(now[name], "/"+name+"/rollout")
+			if !first && (now[name] != last[name] || pending || rolling) {
 				kick(ws.kick)
 			}
 		}

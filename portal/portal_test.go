@@ -71,6 +71,8 @@ func newRegistrar(t testing.TB, a *consultest.Agent, token, who string) *registr
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Consul limits the connections of one address; the tests share one agent.
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
 	return r
 }
 
