@@ -164,6 +164,32 @@ func TestBrowser(t *testing.T) {
 		t.Logf("commit to page updated, worst of 3: %v", worst)
 	})
 
+	t.Run("an update waits while the operator types", func(t *testing.T) {
+		var before, typed int
+		run(t, "type a weight",
+			chromedp.Evaluate(`Number(document.body.dataset.updates || 0)`, &before),
+			chromedp.Click(canaryRow+` .laneform input[name=weight]`, chromedp.ByQuery),
+			chromedp.Evaluate(`document.activeElement.value = "42"; 0`, nil))
+		if _, err := newRegistrar(t, agent, "", "cli").Do(context.Background(), svc, registrar.SetWeight{Lane: "canary", Weight: 3100}); err != nil {
+			t.Fatal(err)
+		}
+		var value, share string
+		run(t, "the update arrives, the input keeps what was typed",
+			chromedp.Poll(fmt.Sprintf(`Number(document.body.dataset.updates || 0) > %d`, before), nil, chromedp.WithPollingTimeout(10*time.Second)),
+			chromedp.Value(canaryRow+` .laneform input[name=weight]`, &value, chromedp.ByQuery),
+			chromedp.AttributeValue(canaryRow, "data-share", &share, nil, chromedp.ByQuery))
+		if value != "42" || share != "30" {
+			t.Fatalf("while typing: input %q, shown share %q (want the typed 42 and the old 30 until the focus leaves)", value, share)
+		}
+		run(t, "the focus leaves, the update applies",
+			chromedp.Evaluate(`document.activeElement.blur(); 0`, &typed),
+			chromedp.WaitVisible(`tr[data-lane="canary"][data-share="31"]`, chromedp.ByQuery))
+		if _, err := newRegistrar(t, agent, "", "cli").Do(context.Background(), svc, registrar.SetWeight{Lane: "canary", Weight: 3000}); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "back to 30", chromedp.WaitVisible(`tr[data-lane="canary"][data-share="30"]`, chromedp.ByQuery))
+	})
+
 	t.Run("explain a request", func(t *testing.T) {
 		var lane, reason string
 		run(t, "explain",

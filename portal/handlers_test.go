@@ -106,7 +106,8 @@ func TestServicePageShowsLanesRulesInstancesAndHistory(t *testing.T) {
 	if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: svc + "-canary-1", Name: svc, Address: "127.0.0.1", Port: 9103, Meta: map[string]string{"canary": "true", "weight": "7"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: svc + "-broken", Name: svc, Address: "127.0.0.1", Port: 9104, Meta: map[string]string{"weight": "lots"}}); err != nil {
+	if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: svc + "-broken", Name: svc, Address: "127.0.0.1", Port: 9104,
+		Meta: map[string]string{"weight": "lots"}, Check: &api.AgentServiceCheck{TTL: "30s"}}); err != nil { // critical until its first heartbeat
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "drift and problems on the page", func() bool {
@@ -115,6 +116,7 @@ func TestServicePageShowsLanesRulesInstancesAndHistory(t *testing.T) {
 	})
 	p = b.get("/s/" + svc)
 	mustContain(t, p.body, "recorded canary · weight 25 % · 2 rules, instance has canary · weight 7 %", `<span class="badge drift">drift</span>`,
+		`<span class="health h-critical">✕ critical</span>`, `<h2>Problems</h2>`, svc+`-broken`,
 		`data-change="weight canary 25"`, `<span class="who-name">bob</span>`, "applied")
 }
 
