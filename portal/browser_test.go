@@ -48,7 +48,7 @@ func TestBrowser(t *testing.T) {
 
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium(t)), chromedp.NoSandbox, chromedp.WindowSize(1440, 900),
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("hide-scrollbars", true))...)
+		chromedp.Flag("disable-gpu", true), chromedp.Flag("hide-scrollbars", true), chromedp.Flag("disable-dev-shm-usage", true))...)
 	browserCtx, cancelBrowser := chromedp.NewContext(allocCtx)
 	t.Cleanup(func() { // before the portal closes (cleanups run last first)
 		cancelBrowser()

@@ -82,9 +82,8 @@ func (s *Server) routes() {
 func (s *Server) authed(h func(http.ResponseWriter, *http.Request, *session), post bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess := s.sess.get(r)
-		if sess == nil && s.cfg.Open && r.Method == http.MethodGet {
-			sess = s.sess.create("viewer")
-			setSessionCookie(w, r, sess.id, int(SessionTTL/time.Second))
+		if sess == nil && s.cfg.Open {
+			sess = s.anon // every viewer of an open (read-only) portal shares one session
 		}
 		if sess == nil {
 			if r.Method == http.MethodGet && r.URL.Path != "/events" {
@@ -536,8 +535,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
 	defer ping.Stop()
 	sent := map[string]string{}
 	first := true
+	signedIn := func() bool { return sess == s.anon || s.sess.get(r) != nil }
 	for {
-		if s.sess.get(r) == nil {
+		if !signedIn() {
 			fmt.Fprint(w, "event: signedout\ndata: {}\n\n")
 			flusher.Flush()
 			return
@@ -578,7 +578,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
 			case <-ping.C:
 				fmt.Fprint(w, ": ping\n\n")
 				flusher.Flush()
-				if s.sess.get(r) == nil {
+				if !signedIn() {
 					break wait
 				}
 			case <-r.Context().Done():

@@ -303,6 +303,14 @@ func TestReadOnlyRefusesChanges(t *testing.T) {
 	}
 	p = w.post("/s/"+svc+"/explain", url.Values{"headers": {"userid: 123"}, "path": {"/api/user/1"}})
 	mustContain(t, p.body, `<span id="explain-lane">canary</span>`)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, open.URL+"/events?service="+svc, nil)
+	resp, err := http.DefaultClient.Do(req) // no cookie: the wall needs none
+	if err != nil || resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events of the open portal: %v %v", resp, err)
+	}
+	cancel()
+	resp.Body.Close()
 	if _, err := New(Config{Open: true, Consul: registrar.NewConfig(agent.HTTPAddr)}); err == nil {
 		t.Fatal("an open portal that can change traffic was accepted")
 	}

@@ -65,6 +65,7 @@ type Server struct {
 	mux     *http.ServeMux
 	sess    sessions
 	signins chan struct{} // bounds concurrent password checks
+	anon    *session      // the session of every viewer of an open portal
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -137,6 +138,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, regs: map[string]*registrar.Registrar{}, services: map[string]*watched{},
 		changed: make(chan struct{}), ready: make(chan struct{}), signins: make(chan struct{}, 2), sess: sessions{byID: map[string]*session{}}}
+	if cfg.Open {
+		s.anon = &session{id: randomID(), operator: "viewer", csrf: randomID(), expires: time.Now().Add(100 * 365 * 24 * time.Hour), plans: map[string]*pending{}}
+	}
 	var err error
 	if s.reader, err = s.registrarFor("portal"); err != nil {
 		return nil, err
