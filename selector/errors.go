@@ -1,0 +1,13 @@
+package selector
+
+import "fmt"
+
+// StrictError is returned for a gRPC call that strict mode refused: no lane of the service takes
+// it and the decision would have fallen back to every instance.
+type StrictError struct {
+	Service string
+}
+
+func (e *StrictError) Error() string {
+	return fmt.Sprintf("graylane: strict mode: no lane of %s takes this call, and the fallback is off", e.Service)
+}

@@ -1,0 +1,59 @@
+package selector_test
+
+import (
+	"context"
+	"log"
+
+	"github.com/go-kratos/kratos/contrib/registry/consul/v2"
+	"github.com/go-kratos/kratos/v2/middleware/metadata"
+	"github.com/go-kratos/kratos/v2/transport/grpc"
+	"github.com/go-kratos/kratos/v2/transport/http"
+	"github.com/hashicorp/consul/api"
+
+	"github.com/graylane/graylane/selector"
+)
+
+// A Kratos gRPC client of bservice that follows bservice's gray rules and carries the lane on.
+// The same code is in the README.
+func ExampleGRPC() {
+	ctx := context.Background()
+	client, err := api.NewClient(api.DefaultConfig()) // CONSUL_HTTP_ADDR and friends
+	if err != nil {
+		log.Fatal(err)
+	}
+	r := consul.New(client)
+
+	conn, err := grpc.DialInsecure(ctx,
+		grpc.WithEndpoint("discovery:///bservice"),
+		grpc.WithDiscovery(r),
+		grpc.WithMiddleware(metadata.Client()), // carries x-md-global- keys, the lane tag among them
+		selector.GRPC(selector.WithStickyHeader("x-user-id")),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+}
+
+// The same for a Kratos HTTP client. Kratos watches discovery with the context given to NewClient:
+// cancel it when the client is closed.
+func ExampleHTTP() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	r := consul.New(client)
+
+	hc, err := http.NewClient(ctx,
+		http.WithEndpoint("discovery:///bservice"),
+		http.WithDiscovery(r),
+		http.WithMiddleware(metadata.Client()),
+		selector.HTTP(selector.WithStickyHeader("x-user-id")),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer hc.Close()
+}

@@ -1,0 +1,207 @@
+package selector
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/go-kratos/kratos/v2/log"
+	kselector "github.com/go-kratos/kratos/v2/selector"
+
+	"github.com/graylane/graylane/gray"
+)
+
+// Filter decides the lane of each call with gray.Snapshot.Decide and hands Kratos' balancer the
+// instances of that lane. One Filter belongs to one client (one target service).
+//
+// The node set Kratos passes in is the key of a prepared snapshot: when it differs from the one the
+// current snapshot was built from (a discovery update, a meta change, a connection that came up or
+// went away), the meta of the new set is decoded once and the snapshot replaced atomically. A call
+// only compares the node set with the key (pointer comparisons) and reads the snapshot.
+//
+// A Filter is safe for concurrent use. Its NodeFilter returns elements of its input only, never
+// writes into the input's backing array, and returns an empty set only when no instance with valid
+// meta may take the call (or, in strict mode, when the decision would fall back).
+type Filter struct {
+	cfg config
+
+	// current and previous are the two most recent prepared node sets. gRPC keeps using an old
+	// picker for calls already picking while a new one is installed; keeping the previous set
+	// avoids decoding twice in that window.
+	current  atomic.Pointer[state]
+	previous atomic.Pointer[state]
+	builds   atomic.Uint64
+
+	warnInterceptors sync.Once
+}
+
+// state is one prepared node set.
+type state struct {
+	// key holds the node set the snapshot was built from, in input order, as the two words of
+	// each interface value: its type and its data pointer. The snapshot keeps the nodes alive,
+	// so a new node cannot reuse an address in the key.
+	key     []ifaceWords
+	options gray.Options
+	snap    *gray.Snapshot[kselector.Node]
+}
+
+// ifaceWords is the memory layout of an interface value. Comparing the words rather than the
+// interfaces skips runtime.ifaceeq (a call per node) and cannot panic on a node type that is not
+// comparable; two interface values with equal words hold the same node.
+type ifaceWords [2]unsafe.Pointer
+
+func words(n *kselector.Node) ifaceWords { return *(*ifaceWords)(unsafe.Pointer(n)) }
+
+// New returns a Filter configured by opts.
+func New(opts ...Option) *Filter {
+	f := &Filter{}
+	for _, o := range opts {
+		o(&f.cfg)
+	}
+	f.cfg.never = slices.Clone(f.cfg.never)
+	return f
+}
+
+// NodeFilter returns the Kratos node filter. Kratos' grpc.WithNodeFilter and http.WithNodeFilter
+// replace the filter list: use GRPC or HTTP, which keep it last behind the filters given with
+// WithNodeFilters.
+func (f *Filter) NodeFilter() kselector.NodeFilter { return f.filter }
+
+// Builds returns how many times the filter decoded a node set: once per change of the node set, not
+// per call.
+func (f *Filter) Builds() uint64 { return f.builds.Load() }
+
+// Snapshot returns the snapshot prepared for the most recent node set, or nil before the first call.
+func (f *Filter) Snapshot() *gray.Snapshot[kselector.Node] {
+	if st := f.current.Load(); st != nil {
+		return st.snap
+	}
+	return nil
+}
+
+func (f *Filter) filter(ctx context.Context, nodes []kselector.Node) []kselector.Node {
+	d := f.Decide(ctx, nodes)
+	return d.Instances
+}
+
+// Decide returns the decision for a call whose context is ctx over nodes, as the node filter makes
+// it: the returned instances are elements of nodes, and the slice belongs to the prepared snapshot
+// (do not modify it). For a gRPC call through GRPC's interceptors it records the lane tag the call
+// must carry; for an HTTP Invoke it sets the tag on the outgoing request.
+func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decision[kselector.Node] {
+	if len(nodes) == 0 {
+		return gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
+	}
+	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
+}
+
+// decide makes one call's decision on a prepared snapshot: it builds the request view over ctx,
+// applies strict mode, and records the lane tag the call must carry.
+func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) gray.Decision[T] {
+	cc, _ := ctx.Value(callKey{}).(*callCtx)
+	var c *call
+	if cc != nil {
+		c = &cc.call
+		c.reset(ctx, cc.stream)
+		cc.sendTag, cc.refused = "", nil // a retried pick decides again
+	} else {
+		c = viewPool.Get().(*call)
+		c.reset(ctx, false)
+		defer func() { c.reset(nil, false); viewPool.Put(c) }()
+	}
+
+	tagKey := snap.TagKey()
+	c.tag(tagKey) // looked up once, for the decision and for the propagation below
+	d := snap.Decide(c)
+	if cfg.metrics != nil {
+		cfg.metrics.observe(ctx, snap.Service(), d.Reason, d.Lane)
+	}
+	if cfg.strict && d.Reason == gray.ReasonFallback {
+		if cc != nil {
+			cc.refused = &StrictError{Service: snap.Service()}
+		}
+		return gray.Decision[T]{Reason: gray.ReasonFallback, Rule: -1}
+	}
+
+	// The tag the call carries on: the one it came with, never replaced; else the decided lane
+	// when the decision is to be propagated.
+	tag, where := c.tag(tagKey)
+	if tag == "" && d.Propagate() {
+		tag = d.Lane
+	}
+	if tag != "" && where != foundOutgoing {
+		switch {
+		case cc != nil:
+			cc.sendTag, cc.sendKey = tag, tagKey.Lower()
+		case c.outReq != nil: // HTTP Invoke: the request is still to be sent
+			c.outReq.Header.Set(tagKey.Canonical(), tag)
+		case c.clientKind == kindGRPC:
+			warn.Do(func() {
+				log.Warnf("graylane: the lane tag of calls to %s cannot be propagated: the interceptors of selector.GRPC are missing (was grpc.WithOptions given after it?)", snap.Service())
+			})
+		}
+	}
+	return d
+}
+
+// prepared returns the state for nodes, building it when the node set changed.
+func (f *Filter) prepared(nodes []kselector.Node) *state {
+	opts := f.options()
+	if st := f.current.Load(); st.matches(nodes, opts) {
+		return st
+	}
+	if st := f.previous.Load(); st.matches(nodes, opts) {
+		return st
+	}
+	st := f.build(nodes, opts)
+	f.previous.Store(f.current.Swap(st))
+	return st
+}
+
+// options returns the decision options: the service's, overridden by the client's.
+func (f *Filter) options() gray.Options {
+	if f.cfg.source == nil {
+		return f.cfg.options
+	}
+	return f.cfg.source.Load().Override(f.cfg.options)
+}
+
+func (st *state) matches(nodes []kselector.Node, opts gray.Options) bool {
+	if st == nil || len(st.key) != len(nodes) || st.options != opts {
+		return false
+	}
+	key := st.key[:len(nodes)]
+	for i := range nodes {
+		w := words(&nodes[i])
+		if key[i][1] != w[1] || key[i][0] != w[0] { // two word compares; == on the array calls memequal
+			return false
+		}
+	}
+	return true
+}
+
+func (f *Filter) build(nodes []kselector.Node, opts gray.Options) *state {
+	f.builds.Add(1)
+	st := &state{key: make([]ifaceWords, len(nodes)), options: opts}
+	instances := make([]gray.Instance[kselector.Node], 0, len(nodes))
+	for i, n := range nodes {
+		st.key[i] = words(&nodes[i])
+		if len(f.cfg.never) > 0 {
+			if m, err := gray.ParseMeta(n.Metadata()); err == nil && slices.Contains(f.cfg.never, m.LaneName()) {
+				continue
+			}
+		}
+		instances = append(instances, gray.Instance[kselector.Node]{ID: n.Address(), Meta: n.Metadata(), Value: n})
+	}
+	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instances, opts)
+	if f.cfg.problems != nil {
+		for _, p := range st.snap.Problems() {
+			f.cfg.problems(p)
+		}
+	}
+	return st
+}
+
+var viewPool = sync.Pool{New: func() any { return new(call) }}

@@ -1,0 +1,106 @@
+package selector
+
+import (
+	"context"
+
+	kselector "github.com/go-kratos/kratos/v2/selector"
+	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
+	"google.golang.org/grpc"
+	grpcmd "google.golang.org/grpc/metadata"
+)
+
+// GRPC returns the one option a Kratos gRPC client needs:
+//
+//	conn, err := grpc.DialInsecure(ctx,
+//		grpc.WithEndpoint("discovery:///bservice"),
+//		grpc.WithDiscovery(r),
+//		selector.GRPC(),
+//	)
+//
+// It turns Kratos' subsetting off (grpc.WithSubset(0): with the default of 25 nodes a client may
+// never see the canary), installs the Filter as the node filter, and adds, through grpc.WithOptions,
+// a unary and a stream interceptor and per-RPC metadata that carry the lane tag to the callee.
+// Kratos' WithNodeFilter, WithOptions and WithSubset replace what GRPC set when given after it: pass
+// other filters and dial options with WithNodeFilters and WithDialOptions.
+func GRPC(opts ...Option) kgrpc.ClientOption { return New(opts...).GRPC() }
+
+// GRPC returns the gRPC client option for this Filter (see the package function GRPC).
+func (f *Filter) GRPC() kgrpc.ClientOption {
+	filters := append(append([]kselector.NodeFilter(nil), f.cfg.filters...), f.filter)
+	dial := append(append([]grpc.DialOption(nil), f.cfg.dial...),
+		grpc.WithChainUnaryInterceptor(f.unaryInterceptor),
+		grpc.WithChainStreamInterceptor(f.streamInterceptor),
+		grpc.WithPerRPCCredentials(tagCredentials{}),
+	)
+	return chain(kgrpc.WithSubset(0), kgrpc.WithNodeFilter(filters...), kgrpc.WithOptions(dial...))
+}
+
+// chain combines client options into one. Kratos' option types are functions of an unexported
+// options struct; inference finds it from the arguments.
+func chain[O any](opts ...func(O)) func(O) {
+	return func(o O) {
+		for _, f := range opts {
+			f(o)
+		}
+	}
+}
+
+// callKey finds a call's callCtx.
+type callKey struct{}
+
+// callCtx carries one gRPC call: the request view the filter fills and the lane tag it decided the
+// call must carry. The interceptor creates it; the filter, run by the picker, writes the tag; the
+// per-RPC metadata, asked for after the pick when the stream's headers are built, reads it. All
+// three run one after another on the call's goroutine.
+type callCtx struct {
+	context.Context
+	call
+	stream  bool
+	sendKey string
+	sendTag string
+	refused *StrictError
+}
+
+func (c *callCtx) Value(key any) any {
+	if key == (callKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func (f *Filter) unaryInterceptor(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	c := &callCtx{Context: ctx}
+	err := invoker(c, method, req, reply, cc, opts...)
+	if err != nil && c.refused != nil {
+		return c.refused
+	}
+	return err
+}
+
+func (f *Filter) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	c := &callCtx{Context: ctx, stream: true}
+	s, err := streamer(c, desc, cc, method, opts...)
+	if err != nil && c.refused != nil {
+		return nil, c.refused
+	}
+	return s, err
+}
+
+// tagCredentials adds the lane tag the filter decided to the call's metadata. gRPC asks for it
+// after the pick, while it builds the stream's headers.
+type tagCredentials struct{}
+
+func (tagCredentials) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	c, _ := ctx.Value(callKey{}).(*callCtx)
+	if c == nil || c.sendTag == "" {
+		return nil, nil
+	}
+	// Metadata the caller set with gRPC's AppendToOutgoingContext is read only here, when a tag
+	// is to be sent (reading it copies it): a tag already there is never replaced.
+	if md, ok := grpcmd.FromOutgoingContext(ctx); ok && len(md[c.sendKey]) > 0 {
+		return nil, nil
+	}
+	return map[string]string{c.sendKey: c.sendTag}, nil
+}
+
+func (tagCredentials) RequireTransportSecurity() bool { return false }

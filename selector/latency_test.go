@@ -1,0 +1,69 @@
+package selector_test
+
+import (
+	"context"
+
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/selector"
+)
+
+// BenchmarkCommitToCall measures, on a real Consul with the Kratos consul registry (its default
+// settings), the time from a weight change made with the registrar (what `graylane weight` does)
+// to the first call that follows it, alternating the canary between 0 and 100 %. "spaced": each
+// change 1.5 to 4 s after the previous one was seen, as an operator works; "back-to-back": 0 to
+// 1.2 s after. Reported: median and p99 in milliseconds. Run with -benchtime 1x.
+func BenchmarkCommitToCall(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		min, max time.Duration
+	}{
+		{"spaced", 1500 * time.Millisecond, 4 * time.Second},
+		{"back-to-back", 0, 1200 * time.Millisecond},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			e := newEnv(b)
+			e.discOpts = nil // the registry's defaults
+			median, p99 := measureCommitToCall(b, e, 30, bc.min, bc.max)
+			b.ReportMetric(float64(median)/1e6, "median-ms")
+			b.ReportMetric(float64(p99)/1e6, "p99-ms")
+		})
+	}
+}
+
+func measureCommitToCall(tb testing.TB, e *env, samples int, min, max time.Duration) (median, p99 time.Duration) {
+	e.start("bservice", "s1", gray.Meta{}, nil)
+	e.start("bservice", "c1", gray.Meta{Canary: true}, nil)
+	conn := e.dial("bservice", selector.WithStickyHeader("x-user-id"))
+	ctx := context.Background()
+	user := userIn("bservice", 0, 1)
+	waitFor(e.t, 10*time.Second, "both instances", func() bool { s, err := who(ctx, conn, "x-user-id", user); return err == nil && s == "s1" })
+
+	var took []time.Duration
+	for i := 0; i < samples; i++ {
+		weight, want := gray.Weight(10000), "c1"
+		if i%2 == 1 {
+			weight, want = 0, "s1"
+		}
+		time.Sleep(min + time.Duration(rand.Int64N(int64(max-min))))
+		start := time.Now()
+		do(e.t, e.r, "bservice", registrar.SetWeight{Lane: "canary", Weight: weight})
+		for {
+			s, err := who(ctx, conn, "x-user-id", user)
+			if err == nil && s == want {
+				break
+			}
+			if time.Since(start) > 10*time.Second {
+				tb.Fatalf("change %d not seen after 10 s", i)
+			}
+		}
+		took = append(took, time.Since(start))
+	}
+	slices.Sort(took)
+	return took[len(took)/2], took[(len(took)*99+99)/100-1]
+}

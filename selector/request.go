@@ -1,0 +1,338 @@
+package selector
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"strings"
+	"unsafe"
+
+	"github.com/go-kratos/kratos/v2/metadata"
+	"github.com/go-kratos/kratos/v2/transport"
+	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
+	khttp "github.com/go-kratos/kratos/v2/transport/http"
+	grpcmd "google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+
+	"github.com/graylane/graylane/gray"
+)
+
+// call is the gray.Request view of one outgoing call. It reads, without copying, what the call's
+// context holds: the outgoing request (Kratos' client transport; for streams also the gRPC outgoing
+// metadata and Kratos client metadata) and, when the call is made inside a handler, the incoming
+// request (Kratos' server transport). Each context lookup is made once, when first needed. The
+// package documentation has the table of what each kind of call shows.
+type call struct {
+	ctx context.Context
+
+	looked     uint8 // which lookups were made
+	clientKind kind
+	serverKind kind
+	client     transport.Header // outgoing headers set by client middleware
+	outReq     *http.Request    // HTTP Invoke: the outgoing request
+	server     transport.Header // incoming headers
+	inReq      *http.Request    // incoming HTTP request
+	inOp       string           // incoming gRPC method
+	outOp      string           // outgoing gRPC method
+	clientMD   metadata.Metadata
+	// streamMD: read gRPC outgoing metadata too. It is on for streams, whose Kratos transport
+	// header is empty; reading it copies the metadata, so unary calls read the transport header,
+	// into which Kratos copies what client middleware set.
+	streamMD bool
+	outMD    grpcmd.MD
+
+	tagKey   string // lower case
+	tagValue string
+	tagWhere where
+}
+
+type kind uint8
+
+const (
+	kindNone kind = iota
+	kindGRPC
+	kindHTTP
+)
+
+const (
+	lookedClient uint8 = 1 << iota
+	lookedServer
+	lookedClientMD
+	lookedTag
+)
+
+// where says where a header was found.
+type where uint8
+
+const (
+	foundNowhere where = iota
+	foundOutgoing
+	foundElsewhere // Kratos client metadata or the incoming request: not yet on the outgoing call
+)
+
+func (c *call) reset(ctx context.Context, stream bool) { *c = call{ctx: ctx, streamMD: stream} }
+
+func (c *call) lookClient() {
+	if c.looked&lookedClient != 0 {
+		return
+	}
+	c.looked |= lookedClient
+	tr, ok := transport.FromClientContext(c.ctx)
+	if !ok {
+		return
+	}
+	switch t := tr.(type) {
+	case *khttp.Transport:
+		c.clientKind = kindHTTP
+		c.outReq = t.Request()
+		if c.outReq == nil {
+			c.client = t.RequestHeader()
+		}
+	default:
+		if tr.Kind() == transport.KindGRPC {
+			c.clientKind = kindGRPC
+			c.outOp = tr.Operation()
+		} else {
+			c.clientKind = kindHTTP
+		}
+		c.client = tr.RequestHeader()
+	}
+}
+
+func (c *call) lookServer() {
+	if c.looked&lookedServer != 0 {
+		return
+	}
+	c.looked |= lookedServer
+	tr, ok := transport.FromServerContext(c.ctx)
+	if !ok {
+		return
+	}
+	if t, ok := tr.(khttp.Transporter); ok {
+		c.serverKind = kindHTTP
+		c.inReq = t.Request()
+		if c.inReq == nil {
+			c.server = tr.RequestHeader()
+		}
+		return
+	}
+	if tr.Kind() == transport.KindGRPC {
+		c.serverKind = kindGRPC
+		c.inOp = tr.Operation()
+	} else {
+		c.serverKind = kindHTTP
+	}
+	c.server = tr.RequestHeader()
+}
+
+func (c *call) lookClientMD() metadata.Metadata {
+	if c.looked&lookedClientMD == 0 {
+		c.looked |= lookedClientMD
+		c.clientMD, _ = metadata.FromClientContext(c.ctx)
+	}
+	return c.clientMD
+}
+
+// Header implements gray.Request: the outgoing call's headers first, then the incoming request's.
+func (c *call) Header(key gray.HeaderKey) (string, bool) {
+	if c.looked&lookedTag != 0 && key.Lower() == c.tagKey {
+		return c.tagValue, c.tagWhere != foundNowhere
+	}
+	v, w := c.header(key)
+	return v, w != foundNowhere
+}
+
+// tag returns the call's lane tag and where it was found, and remembers them for Header.
+func (c *call) tag(key gray.HeaderKey) (string, where) {
+	if c.looked&lookedTag == 0 || key.Lower() != c.tagKey {
+		c.tagValue, c.tagWhere = c.header(key)
+		c.tagKey = key.Lower()
+		c.looked |= lookedTag
+	}
+	if c.tagValue == "" {
+		return "", foundNowhere
+	}
+	return c.tagValue, c.tagWhere
+}
+
+func (c *call) header(key gray.HeaderKey) (string, where) {
+	c.lookClient()
+	switch {
+	case c.outReq != nil:
+		if v, ok := first(c.outReq.Header[key.Canonical()]); ok {
+			return v, foundOutgoing
+		}
+	case c.client != nil:
+		if v, ok := first(headerValues(c.client, c.clientKind, key)); ok {
+			return v, foundOutgoing
+		}
+	}
+	if c.streamMD || c.clientKind == kindNone {
+		if v, ok := c.outgoing(key.Lower()); ok {
+			return v, foundOutgoing
+		}
+	}
+	if c.streamMD || c.clientKind == kindNone {
+		// Kratos client metadata: a unary call's and an HTTP Invoke's reach the transport
+		// header through metadata.Client(); a stream's are not sent by Kratos at all.
+		if md := c.lookClientMD(); md != nil {
+			if v, ok := first(md[key.Lower()]); ok {
+				return v, foundElsewhere
+			}
+		}
+	}
+	c.lookServer()
+	switch {
+	case c.inReq != nil:
+		if v, ok := first(c.inReq.Header[key.Canonical()]); ok {
+			return v, foundElsewhere
+		}
+	case c.server != nil:
+		if v, ok := first(headerValues(c.server, c.serverKind, key)); ok {
+			return v, foundElsewhere
+		}
+	}
+	return "", foundNowhere
+}
+
+// headerValues reads a Kratos transport header in the spelling its transport keeps: lower case in
+// gRPC metadata, canonical in net/http headers (so that neither side converts the name).
+func headerValues(h transport.Header, k kind, key gray.HeaderKey) []string {
+	if k == kindGRPC {
+		if md, ok := grpcHeader(h); ok {
+			return md[key.Lower()]
+		}
+		return h.Values(key.Lower())
+	}
+	return h.Values(key.Canonical())
+}
+
+// grpcCarrier is the type of Kratos' gRPC transport header: an unexported map type whose
+// underlying type is metadata.MD. Its Values lower-cases the key on every call; reading the map
+// directly with a key already in lower case skips that.
+var grpcCarrier = func() reflect.Type {
+	t := reflect.TypeOf((&kgrpc.Transport{}).RequestHeader())
+	if t == nil || t.Kind() != reflect.Map || t.Key().Kind() != reflect.String ||
+		t.Elem() != reflect.TypeOf([]string(nil)) || t.Name() == "" {
+		return nil
+	}
+	return t
+}()
+
+// grpcHeader returns h's map when h is Kratos' gRPC transport header. A map is stored in an
+// interface as its pointer (the interface's data word), so the word is the map itself.
+func grpcHeader(h transport.Header) (map[string][]string, bool) {
+	if grpcCarrier == nil || reflect.TypeOf(h) != grpcCarrier {
+		return nil, false
+	}
+	return *(*map[string][]string)(unsafe.Pointer(&(*ifaceWords)(unsafe.Pointer(&h))[1])), true
+}
+
+func first(vs []string) (string, bool) {
+	if len(vs) == 0 {
+		return "", false
+	}
+	return vs[0], true
+}
+
+// outgoing reads the gRPC outgoing metadata. FromOutgoingContext copies it: the copy is made once
+// per call, and only for streams and calls without a Kratos transport.
+func (c *call) outgoing(lower string) (string, bool) {
+	if c.outMD == nil {
+		c.outMD, _ = grpcmd.FromOutgoingContext(c.ctx)
+		if c.outMD == nil {
+			c.outMD = grpcmd.MD{}
+		}
+	}
+	return first(c.outMD[lower])
+}
+
+// Path implements gray.Request: the incoming request's path when the call is made inside a handler,
+// else the outgoing call's (HTTP Invoke: its URL path; gRPC: the full method name).
+func (c *call) Path() string {
+	c.lookServer()
+	switch {
+	case c.inReq != nil:
+		return c.inReq.URL.Path
+	case c.serverKind == kindGRPC:
+		return c.inOp
+	}
+	c.lookClient()
+	if c.outReq != nil {
+		return c.outReq.URL.Path
+	}
+	return c.outOp
+}
+
+// RawQuery implements gray.Request (HTTP only).
+func (c *call) RawQuery() string {
+	c.lookServer()
+	if c.inReq != nil {
+		return c.inReq.URL.RawQuery
+	}
+	if c.serverKind == kindNone {
+		c.lookClient()
+		if c.outReq != nil {
+			return c.outReq.URL.RawQuery
+		}
+	}
+	return ""
+}
+
+// Method implements gray.Request: "POST" for gRPC.
+func (c *call) Method() string {
+	c.lookServer()
+	switch {
+	case c.inReq != nil:
+		return c.inReq.Method
+	case c.serverKind == kindGRPC:
+		return http.MethodPost
+	}
+	c.lookClient()
+	switch {
+	case c.outReq != nil:
+		return c.outReq.Method
+	case c.clientKind == kindGRPC:
+		return http.MethodPost
+	}
+	return ""
+}
+
+var forwardedFor = gray.NewHeaderKey("X-Forwarded-For")
+
+// ClientIP implements gray.Request: the incoming request's client, from the first X-Forwarded-For
+// entry, else its peer address. An outgoing call made outside a handler has no client address.
+func (c *call) ClientIP() netip.Addr {
+	c.lookServer()
+	var fwd []string
+	switch {
+	case c.inReq != nil:
+		fwd = c.inReq.Header[forwardedFor.Canonical()]
+	case c.server != nil:
+		fwd = headerValues(c.server, c.serverKind, forwardedFor)
+	default:
+		return netip.Addr{}
+	}
+	if len(fwd) > 0 {
+		v, _, _ := strings.Cut(fwd[0], ",")
+		if a, err := netip.ParseAddr(strings.TrimSpace(v)); err == nil {
+			return a.Unmap()
+		}
+	}
+	if c.inReq != nil {
+		if ap, err := netip.ParseAddrPort(c.inReq.RemoteAddr); err == nil {
+			return ap.Addr().Unmap()
+		}
+		return netip.Addr{}
+	}
+	if p, ok := peer.FromContext(c.ctx); ok {
+		if tcp, ok := p.Addr.(*net.TCPAddr); ok {
+			if a, ok := netip.AddrFromSlice(tcp.IP); ok {
+				return a.Unmap()
+			}
+		}
+	}
+	return netip.Addr{}
+}
