@@ -46,7 +46,12 @@
     window.location.assign("/login");
   });
   es.onopen = function () { setConn(true); };
-  es.onerror = function () { setConn(false); };
+  es.onerror = function () {
+    setConn(false);
+    // The browser retries by itself, unless the portal refused the stream (a restart signed
+    // everyone out): then load the page again, which leads to the sign-in.
+    if (es.readyState === EventSource.CLOSED) setTimeout(function () { window.location.reload(); }, 3000);
+  };
   window.addEventListener("pagehide", function () { es.close(); });
 
   // Countdowns (the next rollout step) tick between updates.
