@@ -3,36 +3,25 @@ package main
 import (
 	"net"
 	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/graylane/graylane/internal/apisixtest"
-	"github.com/graylane/graylane/internal/consultest"
 )
 
 // TestRunnerMetrics: with GRAYLANE_METRICS_ADDR set, the runner serves graylane_decisions_total, and
 // after requests through its protocol the counter holds each decision under its lane and reason.
 func TestRunnerMetrics(t *testing.T) {
-	agent := consultest.Start(t)
-	client, err := api.NewClient(&api.Config{Address: agent.HTTPAddr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	register(t, client, "bservice-stable-1", 9001, map[string]string{"version": "v1"})
-	register(t, client, "bservice-canary-1", 9002, canaryMeta)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := lis.Addr().String()
 	lis.Close()
-	sock := filepath.Join(t.TempDir(), "runner.sock")
-	apisixtest.StartRunner(t, sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR="+agent.HTTPAddr, MetricsAddrEnv+"="+addr)
-	c := apisixtest.Dial(t, sock)
+	env := startGrayEnv(t, MetricsAddrEnv+"="+addr)
+	c := apisixtest.Dial(t, env.sock)
 	token, err := c.PrepareConf("route-1", [2]string{"graylane", testConf})
 	if err != nil {
 		t.Fatal(err)

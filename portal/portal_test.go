@@ -18,6 +18,7 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -242,13 +243,4 @@ func laneWeight(t testing.TB, service, lane string) string {
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var waitFor = eventually.Wait
