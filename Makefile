@@ -10,7 +10,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo consul prometheus clean compose e2e-apisix
+.PHONY: test check unit fuzz bench demo consul prometheus chromium screenshot clean compose e2e-apisix
 
 ## test: format and vet checks, the race-enabled test suite (real Consul), short fuzz runs and the
 ## compose file's validation
@@ -22,7 +22,7 @@ check:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./apisix/e2e
 
-unit: consul prometheus
+unit: consul prometheus chromium
 	$(GO) test -race -count=1 ./...
 
 fuzz:
@@ -32,6 +32,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzDFA$$' -fuzztime=$(FUZZTIME) ./gray
 	$(GO) test -run='^$$' -fuzz='^FuzzParseConf$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestFilter$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
+	$(GO) test -run='^$$' -fuzz='^FuzzPasswordLine$$' -fuzztime=$(FUZZTIME) ./portal
 
 ## bench: the decision and gateway plugin benchmarks, with allocations
 bench: consul
@@ -73,6 +74,18 @@ prometheus:
 	  echo "installing Debian's prometheus package (the rollout tests run a real Prometheus)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+## chromium: install Debian's chromium for the portal's browser tests, when no chromium is on PATH
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "$$GRAYLANE_CHROMIUM" ]; then \
+		echo "installing Debian's chromium for the portal's browser tests"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+## screenshot: redraw docs/portal.png, the portal during a release, from the browser test
+screenshot: consul chromium
+	GRAYLANE_UPDATE_SCREENSHOT=1 $(GO) test -count=1 -run='^TestBrowser$$' ./portal
 
 clean:
 	rm -rf $(TOOLS)

@@ -13,19 +13,31 @@
 //
 // Flags (after run): -log-level debug|info|warn|error (default warn; info logs every call).
 // The runner stops on SIGTERM or SIGINT, closing its Consul watches.
+//
+// Metrics: with GRAYLANE_METRICS_ADDR set (host:port; list it in nginx_config.envs too), the runner
+// serves Prometheus metrics at /metrics there: graylane_decisions_total{service,lane,reason} and the
+// Go runtime's. Per-lane status codes and latency at the gateway come from APISIX's own prometheus
+// plugin, since each lane has its own upstream.
 package main
 
 import (
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
+	"time"
 
 	"github.com/apache/apisix-go-plugin-runner/pkg/log"
 	"github.com/apache/apisix-go-plugin-runner/pkg/plugin"
 	"github.com/apache/apisix-go-plugin-runner/pkg/runner"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/graylane/graylane/apisix/extplugin"
+	"github.com/graylane/graylane/metrics"
 )
 
 func main() {
@@ -45,7 +57,17 @@ func run(args []string, opts ...extplugin.Option) int {
 		return 2
 	}
 
-	p := extplugin.New(append([]extplugin.Option{extplugin.WithLogger(log.Warnf)}, opts...)...)
+	base := []extplugin.Option{extplugin.WithLogger(log.Warnf)}
+	if addr := os.Getenv(MetricsAddrEnv); addr != "" {
+		stop, decisions, err := serveMetrics(addr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "graylane-apisix-runner: %s=%s: %v\n", MetricsAddrEnv, addr, err)
+			return 1
+		}
+		defer stop()
+		base = append(base, extplugin.WithDecisions(decisions))
+	}
+	p := extplugin.New(append(base, opts...)...)
 	for _, pl := range append([]plugin.Plugin{p}, extraPlugins...) {
 		if err := plugin.RegisterPlugin(pl); err != nil {
 			fmt.Fprintf(os.Stderr, "graylane-apisix-runner: register plugin %s: %v\n", pl.Name(), err)
@@ -62,3 +84,24 @@ func run(args []string, opts ...extplugin.Option) int {
 
 // extraPlugins are registered beside graylane; builds for benchmarks add a baseline (noop.go).
 var extraPlugins []plugin.Plugin
+
+// MetricsAddrEnv names the variable that holds the address of the runner's /metrics endpoint.
+const MetricsAddrEnv = "GRAYLANE_METRICS_ADDR"
+
+// serveMetrics serves /metrics on addr with the decision counter registered, until stop.
+func serveMetrics(addr string) (stop func(), d *metrics.Decisions, err error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if d, err = metrics.NewDecisions(reg); err != nil {
+		return nil, nil, err
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	return func() { _ = srv.Close() }, d, nil
+}

@@ -60,7 +60,9 @@ type grayEnv struct {
 	sock   string
 }
 
-func startGrayEnv(t testing.TB) *grayEnv {
+// startGrayEnv registers bservice's stable, canary and green instances in a new Consul agent and
+// starts the runner against it; env adds variables to the runner's environment.
+func startGrayEnv(t testing.TB, env ...string) *grayEnv {
 	t.Helper()
 	agent := consultest.Start(t)
 	client, err := api.NewClient(&api.Config{Address: agent.HTTPAddr})
@@ -71,7 +73,7 @@ func startGrayEnv(t testing.TB) *grayEnv {
 	register(t, client, "bservice-canary-1", 9002, canaryMeta)
 	register(t, client, "bservice-green-1", 9003, map[string]string{"bluegreen": "green"})
 	sock := filepath.Join(t.TempDir(), "runner.sock")
-	r := apisixtest.StartRunner(t, sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR="+agent.HTTPAddr)
+	r := apisixtest.StartRunner(t, sock, []string{runnerBinary(t), "run"}, append([]string{"CONSUL_HTTP_ADDR=" + agent.HTTPAddr}, env...)...)
 	return &grayEnv{agent: agent, consul: client, runner: r, sock: sock}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -63,16 +64,7 @@ func do(t *testing.T, r *registrar.Registrar, service string, op registrar.Op) *
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var waitFor = eventually.Wait
 
 // checkNoLeak fails if goroutines of the registrar package are still running shortly after Close.
 func checkNoLeak(t *testing.T) {

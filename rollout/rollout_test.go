@@ -23,6 +23,7 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/internal/promtest"
 	"github.com/graylane/graylane/metrics"
 	"github.com/graylane/graylane/registrar"
@@ -468,16 +469,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds or the timeout passes.
+var waitFor = eventually.Wait
 
 var (
 	buildOnce sync.Once

@@ -14,6 +14,7 @@ import (
 	"github.com/go-kratos/kratos/v2/selector/wrr"
 	"github.com/go-kratos/kratos/v2/transport"
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -86,13 +87,19 @@ func callContext(b testing.TB, addr string) context.Context {
 
 // BenchmarkSelect: Select through Kratos' default selector with the wrr balancer, side by side: no
 // filter, Kratos' filter.Version, graylane's filter (header rule and sticky key), and graylane's
-// Builder over the same wrr balancer (the same decision, without the default selector's copies).
+// Builder over the same wrr balancer (the same decision, without the default selector's copies);
+// graylane+metrics counts each decision (WithMetrics), to show the instrumentation's cost.
 // The default selector copies the node list twice per call when any filter is set.
 func BenchmarkSelect(b *testing.B) {
 	ctx := callContext(b, benchServer(b))
 	for _, n := range []int{10, 100, 1000} {
 		nodes := benchNodes(n)
 		f := selector.New(selector.WithStickyHeader("x-user-id"))
+		m, err := selector.NewMetrics(prometheus.NewRegistry())
+		if err != nil {
+			b.Fatal(err)
+		}
+		measured := selector.New(selector.WithStickyHeader("x-user-id"), selector.WithMetrics(m))
 		for _, bc := range []struct {
 			name string
 			opts []kselector.SelectOption
@@ -100,6 +107,7 @@ func BenchmarkSelect(b *testing.B) {
 			{"none", nil},
 			{"version", []kselector.SelectOption{kselector.WithNodeFilter(filter.Version("v1"))}},
 			{"graylane", []kselector.SelectOption{kselector.WithNodeFilter(f.NodeFilter())}},
+			{"graylane+metrics", []kselector.SelectOption{kselector.WithNodeFilter(measured.NodeFilter())}},
 			{"builder", nil},
 		} {
 			b.Run(fmt.Sprintf("nodes=%d/%s", n, bc.name), func(b *testing.B) {

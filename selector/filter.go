@@ -115,6 +115,9 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	tagKey := snap.TagKey()
 	c.tag(tagKey) // looked up once, for the decision and for the propagation below
 	d := snap.Decide(c)
+	if cfg.metrics != nil {
+		cfg.metrics.observe(ctx, snap.Service(), d.Reason, d.Lane)
+	}
 	if cfg.strict && d.Reason == gray.ReasonFallback {
 		if cc != nil {
 			cc.refused = &StrictError{Service: snap.Service()}

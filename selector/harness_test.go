@@ -27,6 +27,7 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
 )
@@ -307,16 +308,7 @@ func getWho(ctx context.Context, c *httpClient, headers ...string) (string, erro
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var waitFor = eventually.Wait
 
 // count makes n calls and counts the answers.
 func count(t testing.TB, n int, call func(i int) (string, error)) map[string]int {

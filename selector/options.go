@@ -18,6 +18,7 @@ type config struct {
 	filters  []kselector.NodeFilter
 	dial     []grpc.DialOption
 	problems func(error)
+	metrics  *Metrics
 }
 
 // OptionsSource supplies the service's decision options, kept once with the service in Consul so

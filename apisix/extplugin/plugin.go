@@ -13,6 +13,7 @@ import (
 	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/metrics"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -53,11 +54,17 @@ func WithLogger(logf func(format string, args ...any)) Option {
 	return func(p *Plugin) { p.logf = logf }
 }
 
+// WithDecisions counts every decision in d (graylane_decisions_total{service,lane,reason}).
+func WithDecisions(d *metrics.Decisions) Option {
+	return func(p *Plugin) { p.decisions = d }
+}
+
 // Plugin is the graylane plugin. Register it with the runner's plugin.RegisterPlugin, then call
 // Close when the runner has stopped. It is safe for concurrent use.
 type Plugin struct {
 	newSource func() (Source, error)
 	logf      func(format string, args ...any)
+	decisions *metrics.Decisions
 
 	mu       sync.Mutex
 	src      Source
@@ -219,6 +226,9 @@ func (p *Plugin) RequestFilter(c any, _ http.ResponseWriter, r pkgHTTP.Request) 
 	}
 	d := snap.Decide(q)
 	q.release()
+	if p.decisions != nil {
+		p.decisions.Observe(snap.Service(), d.Lane, d.Reason)
+	}
 
 	// Touch the runner's header map only to change the lane header: building it costs more than
 	// the decision. The upstream must see exactly the decided lane, or no lane header at all.

@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/explain"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/rollout"
 )
@@ -580,20 +581,14 @@ func runReconcile(ctx context.Context, e *env, args []string) error {
 }
 
 func runExplain(ctx context.Context, e *env, args []string) error {
-	req := &gray.StaticRequest{Headers: map[string]string{}, URLPath: e.o.path, URLQuery: e.o.query, HTTPMethod: strings.ToUpper(e.o.method)}
-	for _, h := range e.o.headers {
-		name, value, ok := strings.Cut(h, ":")
-		if !ok || strings.TrimSpace(name) == "" {
-			return &usageError{fmt.Sprintf("-H %q: write 'Name: value'", h)}
-		}
-		req.Headers[strings.ToLower(strings.TrimSpace(name))] = strings.TrimSpace(value)
+	headers, err := explain.ParseHeaders(e.o.headers)
+	if err != nil {
+		return &usageError{"-H: " + err.Error()}
 	}
-	if e.o.cookie != "" {
-		req.Headers["cookie"] = e.o.cookie
-	}
+	in := explain.Input{Headers: headers, Cookie: e.o.cookie, Path: e.o.path, Query: e.o.query, Method: e.o.method,
+		IP: e.o.ip, Lane: e.o.lane, Key: e.o.key, Override: e.grayOptions()}
 	if e.o.ip != "" {
-		var err error
-		if req.Client, err = netip.ParseAddr(e.o.ip); err != nil {
+		if _, err := netip.ParseAddr(e.o.ip); err != nil {
 			return &usageError{fmt.Sprintf("--ip %q is not an IP address", e.o.ip)}
 		}
 	}
@@ -601,61 +596,13 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	// Decide with the options the data planes use: the service's, overridden by the flags.
-	options, err := r.ServiceOptions(ctx, args[0])
+	out, err := explain.Explain(ctx, r, args[0], in)
 	if err != nil {
 		return err
 	}
-	options = options.Override(e.grayOptions())
-	if options.TagKey == "" {
-		options.TagKey = gray.DefaultTagKey
-	}
-	if e.o.lane != "" {
-		req.Headers[strings.ToLower(options.TagKey)] = e.o.lane
-	}
-	if e.o.key != "" {
-		// The bucket depends on the service and the key only, whichever header or cookie holds it.
-		options.StickyHeader = "x-graylane-explain-key"
-		req.Headers[options.StickyHeader] = e.o.key
-	}
-	st, err := r.Status(ctx, args[0], options)
-	if err != nil {
-		return err
-	}
-	d := st.Snapshot.Decide(req)
-	byID := map[string]registrar.Instance{}
-	for _, inst := range st.Instances {
-		byID[inst.ID] = inst
-	}
-	type target struct {
-		ID      string `json:"id"`
-		Address string `json:"address"`
-		Port    int    `json:"port"`
-	}
-	out := struct {
-		Service   string   `json:"service"`
-		Lane      string   `json:"lane"`
-		Reason    string   `json:"reason"`
-		Rule      *int     `json:"rule,omitempty"`
-		Bucket    *int     `json:"bucket,omitempty"`
-		Propagate bool     `json:"propagate"`
-		Instances []target `json:"instances"`
-		Problems  []string `json:"problems,omitempty"`
-	}{Service: args[0], Lane: d.Lane, Reason: d.Reason.String(), Propagate: d.Propagate(), Instances: []target{}}
-	if d.Rule >= 0 {
-		rule := d.Rule + 1
-		out.Rule = &rule
-	}
-	if e.o.key != "" {
-		b := gray.Bucket(args[0], e.o.key)
-		out.Bucket = &b
-	}
-	for _, id := range d.Instances {
-		inst := byID[id]
-		out.Instances = append(out.Instances, target{id, inst.Address, inst.Port})
-	}
-	for _, p := range st.Problems {
-		out.Problems = append(out.Problems, oneLine(p))
+	options := out.Options
+	for i, p := range out.Problems {
+		out.Problems[i] = oneLine(errors.New(p))
 	}
 	if e.asJSON() {
 		return e.writeJSON(out)

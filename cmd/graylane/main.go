@@ -92,6 +92,7 @@ func commands() []*command {
 		{name: "rollout", args: "start|status|pause|resume|abort|promote-now SERVICE [LANE]", nargs: 2, maxargs: 3, summary: "walk a lane through a plan's steps, gated on measured errors and latency", flags: rolloutFlags, run: runRollout},
 		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
 		{name: "apisix", args: "sync|route [SERVICE...]", nargs: 1, maxargs: 64, summary: "keep APISIX lane upstreams in sync with Consul (sync), print or apply a service's route (route)", flags: apisixFlags, run: runAPISIX},
+		{name: "portal", summary: "serve the release portal: a web page of every service's lanes, history and next step", flags: portalFlags, run: runPortal},
 	}
 }
 

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/graylane/graylane/portal"
+	"github.com/graylane/graylane/registrar"
+)
+
+// portalOptions are the portal's own flags, kept beside the shared opts of one run.
+type portalOptions struct {
+	listen, passwords, hashFor string
+	tlsCert, tlsKey            string
+	readOnly, open             bool
+}
+
+var (
+	portalMu   sync.Mutex
+	portalOpts = map[*opts]*portalOptions{}
+)
+
+func portalFlags(fs *flag.FlagSet, o *opts) {
+	p := &portalOptions{}
+	portalMu.Lock()
+	portalOpts[o] = p
+	portalMu.Unlock()
+	fs.StringVar(&p.listen, "listen", "127.0.0.1:8089", "address to serve on (loopback unless told otherwise)")
+	fs.StringVar(&p.passwords, "passwords", "", "password file of the operators who may sign in (made with --hash-password)")
+	fs.BoolVar(&p.readOnly, "read-only", false, "show everything, change nothing (for a dashboard on a wall)")
+	fs.BoolVar(&p.open, "no-sign-in", false, "serve without sign-in; only with --read-only")
+	fs.StringVar(&p.hashFor, "hash-password", "", "print a password file line for this operator, reading the password from stdin, and exit")
+	fs.StringVar(&p.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM)")
+	fs.StringVar(&p.tlsKey, "tls-key", "", "the certificate's key (PEM)")
+}
+
+func runPortal(ctx context.Context, e *env, _ []string) error {
+	portalMu.Lock()
+	p := portalOpts[e.o]
+	delete(portalOpts, e.o)
+	portalMu.Unlock()
+	if p.hashFor != "" {
+		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
+		entry, err := portal.HashPassword(p.hashFor, strings.TrimRight(line, "\r\n"))
+		if err != nil {
+			return &usageError{"--hash-password: " + err.Error()}
+		}
+		fmt.Fprintln(e.stdout, entry)
+		return nil
+	}
+	cfg := portal.Config{Consul: registrar.NewConfig(e.o.consul), KVPrefix: e.o.prefix, ReadOnly: p.readOnly, Open: p.open}
+	switch {
+	case p.open && !p.readOnly:
+		return &usageError{"--no-sign-in needs --read-only: a portal that can change traffic needs sign-in"}
+	case p.open && p.passwords != "":
+		return &usageError{"give --passwords or --no-sign-in, not both"}
+	case !p.open && p.passwords == "":
+		return &usageError{"--passwords FILE is required (make lines with graylane portal --hash-password NAME), or --read-only --no-sign-in"}
+	case (p.tlsCert == "") != (p.tlsKey == ""):
+		return &usageError{"give both --tls-cert and --tls-key"}
+	}
+	if !p.open {
+		var err error
+		if cfg.Passwords, err = portal.LoadPasswords(p.passwords); err != nil {
+			return err
+		}
+	}
+	srvPortal, err := portal.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer srvPortal.Close()
+	ln, err := net.Listen("tcp", p.listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: srvPortal, ReadHeaderTimeout: 10 * time.Second}
+	scheme := "http"
+	if p.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(p.tlsCert, p.tlsKey)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, srv.TLSConfig)
+		scheme = "https"
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	if !addr.IP.IsLoopback() && scheme == "http" {
+		fmt.Fprintf(e.stderr, "graylane portal: warning: serving plain HTTP beyond loopback on %s: passwords and sessions cross the network unencrypted; use --tls-cert/--tls-key or a TLS proxy\n", addr)
+	}
+	mode := "sign-in required"
+	switch {
+	case p.open:
+		mode = "read-only, no sign-in"
+	case p.readOnly:
+		mode = "read-only, sign-in required"
+	}
+	fmt.Fprintf(e.stdout, "graylane portal: serving %s://%s (%s)\n", scheme, addr, mode)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+	}
+	srvPortal.Close() // ends the event streams, so that Shutdown need not wait for them
+	shutCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if serr := srv.Shutdown(shutCtx); err == nil || errors.Is(err, http.ErrServerClosed) {
+		err = serr
+	}
+	return err
+}

@@ -1,0 +1,591 @@
+package portal
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/explain"
+	"github.com/graylane/graylane/registrar"
+)
+
+// pageData is what a page, or one region of it, is rendered from.
+type pageData struct {
+	Operator string
+	CSRF     string
+	ReadOnly bool
+	Open     bool
+	Version  uint64
+	CatErr   string
+	Nav      []navItem
+	Hidden   int // services without gray meta, not listed
+	Service  string
+	Model    *serviceModel
+	Flash    *flash
+	Confirm  *confirmView
+	Explain  *explainView
+	LoginErr string
+	Next     string
+	NotFound bool
+
+	changed <-chan struct{} // closed when the models change after this data was taken
+}
+
+type navItem struct {
+	Name     string
+	Current  bool
+	Lanes    []laneView
+	Problems int
+	Drift    bool
+	Err      bool
+}
+
+type confirmView struct {
+	ID, Action string
+	Rows       []changeView
+	Notes      []string
+}
+
+type explainView struct {
+	Headers, Cookie, Path, Query, Method, IP, Lane, Key string
+	Res                                                 *explain.Result
+	Color                                               string
+	Err                                                 string
+}
+
+const maxForm = 64 << 10
+
+func (s *Server) routes() {
+	mux := http.NewServeMux()
+	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(staticFiles)))
+	mux.HandleFunc("GET /login", s.loginPage)
+	mux.HandleFunc("POST /login", s.login)
+	mux.HandleFunc("POST /logout", s.authed(s.logout, true))
+	mux.HandleFunc("GET /{$}", s.authed(s.index, false))
+	mux.HandleFunc("GET /s/{service}", s.authed(s.servicePage, false))
+	mux.HandleFunc("POST /s/{service}/plan", s.authed(s.plan, true))
+	mux.HandleFunc("POST /s/{service}/confirm", s.authed(s.confirm, true))
+	mux.HandleFunc("POST /s/{service}/cancel", s.authed(s.cancelPlan, true))
+	mux.HandleFunc("POST /s/{service}/explain", s.authed(s.explain, true))
+	mux.HandleFunc("GET /events", s.authed(s.events, false))
+	s.mux = mux
+}
+
+// authed wraps a handler that needs a signed-in operator; post handlers also need the CSRF token.
+func (s *Server) authed(h func(http.ResponseWriter, *http.Request, *session), post bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sess := s.sess.get(r)
+		if sess == nil && s.cfg.Open {
+			sess = s.anon // every viewer of an open (read-only) portal shares one session
+		}
+		if sess == nil {
+			if r.Method == http.MethodGet && r.URL.Path != "/events" {
+				http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+				return
+			}
+			http.Error(w, "sign in first", http.StatusUnauthorized)
+			return
+		}
+		if post {
+			r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+			if err := r.ParseForm(); err != nil {
+				http.Error(w, "bad form", http.StatusBadRequest)
+				return
+			}
+			if !checkCSRF(r, sess) {
+				http.Error(w, "refused: the request does not carry this session's CSRF token (reload the page and try again)", http.StatusForbidden)
+				return
+			}
+		}
+		h(w, r, sess)
+	}
+}
+
+func (s *Server) render(w http.ResponseWriter, status int, name string, data any) {
+	var buf bytes.Buffer
+	if err := s.tmpl.ExecuteTemplate(&buf, name, data); err != nil {
+		http.Error(w, "rendering the page: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
+
+// safeNext keeps a post-sign-in redirect on this site.
+func safeNext(next string) string {
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") || strings.HasPrefix(next, "/events") {
+		return "/"
+	}
+	return next
+}
+
+func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Open || s.sess.get(r) != nil {
+		http.Redirect(w, r, safeNext(r.URL.Query().Get("next")), http.StatusSeeOther)
+		return
+	}
+	s.render(w, http.StatusOK, "login", pageData{Next: safeNext(r.URL.Query().Get("next"))})
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	if err := r.ParseForm(); err != nil || !sameOrigin(r) || s.cfg.Open {
+		http.Error(w, "refused", http.StatusForbidden)
+		return
+	}
+	name, password, next := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), safeNext(r.PostFormValue("next"))
+	// Password checks are slow on purpose; at most two run at once, so that a flood of sign-in
+	// attempts cannot take the portal's CPU.
+	select {
+	case s.signins <- struct{}{}:
+	case <-r.Context().Done():
+		return
+	}
+	ok := s.cfg.Passwords.check(name, password)
+	<-s.signins
+	if !ok {
+		s.render(w, http.StatusUnauthorized, "login", pageData{Next: next, LoginErr: "Unknown operator or wrong password."})
+		return
+	}
+	sess := s.sess.create(name)
+	setSessionCookie(w, r, sess.id, int(SessionTTL/time.Second))
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+func (s *Server) logout(w http.ResponseWriter, r *http.Request, sess *session) {
+	s.sess.drop(sess.id)
+	setSessionCookie(w, r, "", -1)
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// page builds the data of a page for a session from the models as last read.
+func (s *Server) page(ctx context.Context, sess *session, service string) pageData {
+	sn := s.snapshot()
+	d := pageData{Operator: sess.operator, CSRF: sess.csrf, ReadOnly: s.cfg.ReadOnly, Open: s.cfg.Open,
+		Version: sn.version, CatErr: sn.catErr, Service: service, changed: sn.changed}
+	for i, name := range sn.names {
+		m := sn.models[i]
+		if m == nil {
+			m = s.buildModel(ctx, name, false) // not read by its watch yet
+		}
+		if name == service {
+			d.Model = m
+		}
+		if m != nil && !m.Gray && name != service {
+			d.Hidden++
+			continue
+		}
+		item := navItem{Name: name, Current: name == service, Lanes: m.Lanes, Problems: len(m.Problems), Drift: len(m.Drift) > 0, Err: m.Err != ""}
+		d.Nav = append(d.Nav, item)
+	}
+	return d
+}
+
+func (s *Server) index(w http.ResponseWriter, r *http.Request, sess *session) {
+	d := s.page(r.Context(), sess, "")
+	if len(d.Nav) > 0 {
+		http.Redirect(w, r, "/s/"+url.PathEscape(d.Nav[0].Name), http.StatusSeeOther)
+		return
+	}
+	s.render(w, http.StatusOK, "page", d)
+}
+
+func (s *Server) servicePage(w http.ResponseWriter, r *http.Request, sess *session) {
+	service := r.PathValue("service")
+	d := s.page(r.Context(), sess, service)
+	sess.mu.Lock()
+	d.Flash, sess.flash = sess.flash, nil
+	if id := r.URL.Query().Get("confirm"); id != "" {
+		if p := sess.plans[id]; p != nil && p.service == service {
+			d.Confirm = confirmOf(p)
+		}
+	}
+	sess.mu.Unlock()
+	if d.Model == nil {
+		d.NotFound = true
+		s.render(w, http.StatusNotFound, "page", d)
+		return
+	}
+	s.render(w, http.StatusOK, "page", d)
+}
+
+func confirmOf(p *pending) *confirmView {
+	c := &confirmView{ID: p.id}
+	if p.plan != nil {
+		c.Action = p.plan.Action
+		for _, ch := range p.plan.Changes {
+			c.Rows = append(c.Rows, changeView{ch.ID, describeMeta(ch.Before), describeMeta(ch.After)})
+		}
+		c.Notes = p.plan.Notes
+		return c
+	}
+	if p.rollout != nil {
+		c.Action = "rollout " + p.rollout.action
+		c.Rows = []changeView{{"rollout of " + p.rollout.lane, p.rollout.before, p.rollout.after}}
+		c.Notes = []string{p.rollout.note}
+		return c
+	}
+	c.Action = "drain " + p.drain.instance
+	c.Rows = []changeView{{p.drain.instance, p.drain.before, p.drain.after}}
+	if p.drain.keep {
+		c.Notes = []string{"the instance stays registered, with weight 0 and no new traffic"}
+	} else {
+		c.Notes = []string{"once the catalog shows the drain, clients get " + p.drain.grace.String() + " to see it; then the instance is deregistered"}
+	}
+	return c
+}
+
+func (s *Server) setFlash(sess *session, kind, format string, args ...any) {
+	sess.mu.Lock()
+	sess.flash = &flash{Kind: kind, Text: fmt.Sprintf(format, args...)}
+	sess.mu.Unlock()
+}
+
+func serviceURL(service string) string { return "/s/" + url.PathEscape(service) }
+
+// pendingTTL bounds how long a planned change waits for its confirmation.
+const pendingTTL = 10 * time.Minute
+
+func (s *Server) plan(w http.ResponseWriter, r *http.Request, sess *session) {
+	service := r.PathValue("service")
+	if s.cfg.ReadOnly {
+		http.Error(w, "refused: this portal is read-only", http.StatusForbidden)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 15*time.Second)
+	defer cancel()
+	lane := strings.TrimSpace(r.PostFormValue("lane"))
+	var op registrar.Op
+	switch r.PostFormValue("op") {
+	case "weight":
+		wt, err := gray.ParseWeight(strings.TrimSuffix(strings.TrimSpace(r.PostFormValue("weight")), "%"))
+		if err != nil {
+			s.setFlash(sess, "error", "weight %q for lane %s: %v", r.PostFormValue("weight"), lane, err)
+			http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+			return
+		}
+		op = registrar.SetWeight{Lane: lane, Weight: wt}
+	case "promote":
+		op = registrar.Promote{Lane: lane}
+	case "rollback":
+		op = registrar.Rollback{Lane: lane}
+	case "drain":
+		s.planDrain(w, r, sess, service)
+		return
+	case "rollout-pause", "rollout-resume", "rollout-abort", "rollout-promote-now":
+		s.planRollout(w, r, sess, service, strings.TrimPrefix(r.PostFormValue("op"), "rollout-"))
+		return
+	default:
+		http.Error(w, "unknown action", http.StatusBadRequest)
+		return
+	}
+	reg, err := s.registrarFor(sess.operator)
+	if err != nil {
+		s.setFlash(sess, "error", "%v", err)
+		http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+		return
+	}
+	p, err := reg.Plan(ctx, service, op)
+	switch {
+	case errors.Is(err, registrar.ErrUnchanged):
+		s.setFlash(sess, "info", "%s on %s: nothing to change, nothing recorded.", op, service)
+	case err != nil:
+		s.setFlash(sess, "error", "%v", err)
+	default:
+		id := s.addPending(sess, &pending{service: service, plan: p})
+		http.Redirect(w, r, serviceURL(service)+"?confirm="+id+"#confirm", http.StatusSeeOther)
+		return
+	}
+	http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+}
+
+func (s *Server) addPending(sess *session, p *pending) string {
+	p.id, p.made = randomID()[:16], time.Now()
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	for id, old := range sess.plans {
+		if time.Since(old.made) > pendingTTL {
+			delete(sess.plans, id)
+		}
+	}
+	sess.plans[p.id] = p
+	return p.id
+}
+
+// planDrain shows what a drain will do. The registrar plans a drain when it runs it (it waits and
+// deregisters too), so the preview is computed from the instance as the record has it now; the
+// confirmation refuses to drain an instance whose gray meta changed since.
+func (s *Server) planDrain(w http.ResponseWriter, r *http.Request, sess *session, service string) {
+	id := strings.TrimSpace(r.PostFormValue("instance"))
+	st, err := s.reader.Status(r.Context(), service, gray.Options{})
+	if err != nil {
+		s.setFlash(sess, "error", "%v", err)
+		http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+		return
+	}
+	for _, inst := range st.Instances {
+		if inst.ID != id {
+			continue
+		}
+		before, after := inst.Gray, inst.Gray
+		if inst.GrayErr != nil {
+			before, after = gray.Meta{}, gray.Meta{}
+		}
+		after.Drain, after.Weight = true, 0
+		dp := &drainPlan{instance: id, keep: r.PostFormValue("keep") != "", grace: s.cfg.DrainGrace,
+			before: describeMeta(before), after: describeMeta(after), meta: grayKeys(inst.Meta)}
+		if inst.GrayErr != nil {
+			dp.before = "invalid meta"
+		}
+		pid := s.addPending(sess, &pending{service: service, drain: dp})
+		http.Redirect(w, r, serviceURL(service)+"?confirm="+pid+"#confirm", http.StatusSeeOther)
+		return
+	}
+	s.setFlash(sess, "error", "service %s has no instance %q", service, id)
+	http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+}
+
+// planRollout shows what steering the service's rollout will do.
+func (s *Server) planRollout(w http.ResponseWriter, r *http.Request, sess *session, service, action string) {
+	if _, ok := s.cfg.Rollouts.(RolloutControl); !ok {
+		http.Error(w, "this portal's rollout source cannot be steered", http.StatusBadRequest)
+		return
+	}
+	ro, err := s.cfg.Rollouts.Rollout(r.Context(), service)
+	if err == nil && (ro == nil || ro.Done) {
+		err = fmt.Errorf("%s has no running rollout", service)
+	}
+	if err != nil {
+		s.setFlash(sess, "error", "%v", err)
+		http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+		return
+	}
+	now := fmt.Sprintf("step %d of %d, weight %s %%, %s", ro.Step, ro.Steps, ro.Weight, ro.State)
+	rp := &rolloutPlan{action: action, lane: ro.Lane, before: now}
+	switch action {
+	case "pause":
+		rp.after, rp.note = "paused where it is", "no gate readings and no step change until it is resumed; the step keeps the time it has held"
+	case "resume":
+		rp.after, rp.note = "running again", "the step holds for the rest of its time, then the gates decide"
+	case "abort":
+		rp.after, rp.note = "aborted: lane "+ro.Lane+" back to weight 0 (test traffic only)", "the rollout ends; its controller stops"
+	case "promote-now":
+		rp.after, rp.note = "promoted: lane "+ro.Lane+" becomes the base", "the rollout ends without the remaining steps and gates"
+	}
+	id := s.addPending(sess, &pending{service: service, rollout: rp})
+	http.Redirect(w, r, serviceURL(service)+"?confirm="+id+"#confirm", http.StatusSeeOther)
+}
+
+func grayKeys(meta map[string]string) string {
+	var b strings.Builder
+	for k, v := range meta {
+		if gray.IsMetaKey(k) {
+			b.WriteString(k + "=" + v + "\x00")
+		}
+	}
+	return b.String()
+}
+
+func (s *Server) cancelPlan(w http.ResponseWriter, r *http.Request, sess *session) {
+	sess.mu.Lock()
+	delete(sess.plans, r.PostFormValue("id"))
+	sess.mu.Unlock()
+	http.Redirect(w, r, serviceURL(r.PathValue("service")), http.StatusSeeOther)
+}
+
+func (s *Server) confirm(w http.ResponseWriter, r *http.Request, sess *session) {
+	service := r.PathValue("service")
+	if s.cfg.ReadOnly {
+		http.Error(w, "refused: this portal is read-only", http.StatusForbidden)
+		return
+	}
+	sess.mu.Lock()
+	p := sess.plans[r.PostFormValue("id")]
+	delete(sess.plans, r.PostFormValue("id"))
+	sess.mu.Unlock()
+	defer http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+	if p == nil || p.service != service || time.Since(p.made) > pendingTTL {
+		s.setFlash(sess, "error", "That confirmation has expired or was used already; nothing was changed. Plan the change again.")
+		return
+	}
+	reg, err := s.registrarFor(sess.operator)
+	if err != nil {
+		s.setFlash(sess, "error", "%v", err)
+		return
+	}
+	// The change goes on when the browser leaves: only shutting the portal down stops it.
+	ctx, cancel := context.WithTimeout(s.ctx, 60*time.Second)
+	defer cancel()
+	var res *registrar.Result
+	action := ""
+	switch {
+	case p.plan != nil:
+		action = p.plan.Action
+		res, err = reg.Commit(ctx, p.plan)
+	case p.rollout != nil:
+		action = "rollout " + p.rollout.action
+		err = s.cfg.Rollouts.(RolloutControl).Control(ctx, reg, service, p.rollout.action)
+	default:
+		action = "drain " + p.drain.instance
+		if err = s.checkDrainBase(ctx, service, p.drain); err == nil {
+			res, err = reg.Drain(ctx, p.drain.instance, registrar.DrainOptions{Service: service, Grace: p.drain.grace, Keep: p.drain.keep})
+		}
+	}
+	s.flashResult(sess, service, action, res, err)
+	s.refresh(service) // the page this redirects to shows the change
+}
+
+// checkDrainBase refuses a drain when the instance's gray meta changed after the preview was shown.
+func (s *Server) checkDrainBase(ctx context.Context, service string, d *drainPlan) error {
+	insts, _, err := s.reader.Instances(ctx, service)
+	if err != nil {
+		return err
+	}
+	for _, inst := range insts {
+		if inst.ID == d.instance {
+			if grayKeys(inst.Meta) != d.meta {
+				return &registrar.ConflictError{Service: service, Action: "drain " + d.instance}
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: service %s has no instance %s any more", registrar.ErrNotFound, service, d.instance)
+}
+
+func (s *Server) flashResult(sess *session, service, action string, res *registrar.Result, err error) {
+	var conflict *registrar.ConflictError
+	var perm *registrar.PermissionError
+	var apply *registrar.ApplyError
+	switch {
+	case err == nil:
+		applied := ""
+		if res != nil && len(res.Applied) > 0 {
+			applied = " (" + strings.Join(res.Applied, ", ") + ")"
+		}
+		s.setFlash(sess, "ok", "%s on %s: done%s.", action, service, applied)
+	case errors.As(err, &conflict):
+		msg := fmt.Sprintf("Conflict: %s on %s was not made. The service changed after you planned it", action, service)
+		if conflict.Last != nil {
+			msg += fmt.Sprintf(" (%q by %s at %s UTC)", conflict.Last.Action, conflict.Last.Who, conflict.Last.Time.UTC().Format("15:04:05"))
+		}
+		s.setFlash(sess, "conflict", "%s. Nothing was changed; the page shows the current state. Plan the change again if it is still wanted.", msg)
+	case errors.As(err, &perm):
+		s.setFlash(sess, "error", "Refused by Consul: %v", perm)
+	case errors.As(err, &apply):
+		s.setFlash(sess, "error", "%s on %s was recorded but not applied to every instance: %v", action, service, apply)
+	case errors.Is(err, registrar.ErrUnchanged):
+		s.setFlash(sess, "info", "%s on %s: nothing to change, nothing recorded.", action, service)
+	default:
+		s.setFlash(sess, "error", "%s on %s failed: %v", action, service, err)
+	}
+}
+
+func (s *Server) explain(w http.ResponseWriter, r *http.Request, sess *session) {
+	service := r.PathValue("service")
+	ev := &explainView{Headers: r.PostFormValue("headers"), Cookie: r.PostFormValue("cookie"), Path: r.PostFormValue("path"),
+		Query: r.PostFormValue("query"), Method: r.PostFormValue("method"), IP: r.PostFormValue("ip"),
+		Lane: r.PostFormValue("lane"), Key: r.PostFormValue("key")}
+	headers, err := explain.ParseHeaders(strings.Split(ev.Headers, "\n"))
+	if err == nil {
+		ev.Res, err = explain.Explain(r.Context(), s.reader, service, explain.Input{Headers: headers, Cookie: ev.Cookie,
+			Path: ev.Path, Query: ev.Query, Method: ev.Method, IP: ev.IP, Lane: ev.Lane, Key: ev.Key})
+	}
+	if err != nil {
+		ev.Err = err.Error()
+	} else {
+		ev.Color = laneColor(ev.Res.Lane)
+	}
+	d := s.page(r.Context(), sess, service)
+	d.Explain = ev
+	if d.Model == nil {
+		d.NotFound = true
+		s.render(w, http.StatusNotFound, "page", d)
+		return
+	}
+	s.render(w, http.StatusOK, "page", d)
+}
+
+// events streams page updates: each time the models change, the regions of the page that differ
+// from what this stream sent last, as one JSON object of region name to HTML.
+func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	service := r.URL.Query().Get("service")
+	var since uint64
+	fmt.Sscan(r.URL.Query().Get("since"), &since)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, "retry: 1000\n\n")
+	flusher.Flush()
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	sent := map[string]string{}
+	first := true
+	signedIn := func() bool { return sess == s.anon || s.sess.get(r) != nil }
+	for {
+		if !signedIn() {
+			fmt.Fprint(w, "event: signedout\ndata: {}\n\n")
+			flusher.Flush()
+			return
+		}
+		d := s.page(r.Context(), sess, service)
+		if !first || d.Version != since {
+			update := map[string]any{}
+			for _, region := range []string{"nav", "main", "history", "conn"} {
+				var buf bytes.Buffer
+				if err := s.tmpl.ExecuteTemplate(&buf, region, d); err != nil {
+					return
+				}
+				if html := buf.String(); sent[region] != html {
+					sent[region] = html
+					update[region] = html
+				}
+			}
+			if len(update) > 0 {
+				update["version"] = d.Version
+				data, _ := json.Marshal(update)
+				fmt.Fprintf(w, "event: update\ndata: %s\n\n", data)
+				flusher.Flush()
+			}
+		} else {
+			// The page holds this version already: remember it as sent.
+			for _, region := range []string{"nav", "main", "history", "conn"} {
+				var buf bytes.Buffer
+				s.tmpl.ExecuteTemplate(&buf, region, d)
+				sent[region] = buf.String()
+			}
+		}
+		first = false
+	wait:
+		for {
+			select {
+			case <-d.changed:
+				break wait
+			case <-ping.C:
+				fmt.Fprint(w, ": ping\n\n")
+				flusher.Flush()
+				if !signedIn() {
+					break wait
+				}
+			case <-r.Context().Done():
+				return
+			case <-s.ctx.Done():
+				return
+			}
+		}
+	}
+}
