@@ -39,7 +39,9 @@ bench: consul
 	$(GO) test -run='^$$' -bench=. -benchmem ./gray
 	$(GO) test -run='^$$' -bench=. -benchmem ./apisix/extplugin ./apisix-plugin
 
-## demo: a whole gray release on a throwaway Consul agent (canary and blue/green)
+## demo: a gray release through both data planes on loopback: a throwaway Consul agent, the example
+## Kratos services and graylane's APISIX plugin runner; shares measured through the runner's protocol
+## and through a Kratos client with the selector (examples/release)
 demo: consul
 	$(GO) run ./examples/release
 
@@ -58,12 +60,12 @@ e2e-apisix:
 consul: $(CONSUL)
 
 $(CONSUL):
-	@echo "building consul $(CONSUL_VERSION) from the Go module proxy into $(TOOLS)/bin (once)"
+	@echo "building consul $(CONSUL_VERSION) from the Go module proxy into $(TOOLS)/bin (once, about 5 minutes; packages are listed as they compile)"
 	mkdir -p $(TOOLS)/consul-build $(TOOLS)/bin
 	cd $(TOOLS)/consul-build && \
 	printf 'module graylane.local/consul-build\n\ngo 1.26\n\nreplace github.com/hashicorp/consul/troubleshoot => github.com/hashicorp/consul/troubleshoot v0.7.1\n' > go.mod && \
 	GOFLAGS=-mod=mod $(GO) get github.com/hashicorp/consul@$(CONSUL_VERSION) && \
-	GOFLAGS=-mod=mod $(GO) build -o $(CONSUL).tmp github.com/hashicorp/consul
+	GOFLAGS=-mod=mod $(GO) build -v -o $(CONSUL).tmp github.com/hashicorp/consul
 	mv $(CONSUL).tmp $(CONSUL)
 
 ## prometheus: the Prometheus server the rollout tests scrape with (Debian's package, when missing)

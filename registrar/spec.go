@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 //	address: 10.0.0.7
 //	port: 8000
 //	tags: [v2]
+//	endpoints: ["grpc://10.0.0.7:9000", "http://10.0.0.7:8000"]
 //	check: {http: "http://10.0.0.7:8000/healthz", interval: 10s, timeout: 2s, deregister_after: 10m}
 //	meta:
 //	  canary: true
@@ -42,7 +45,11 @@ type Spec struct {
 	Address string
 	Port    int
 	Tags    []string
-	Check   *CheckSpec
+	// Endpoints are the URLs (scheme://host:port) a Kratos client finds the instance by, written as
+	// Consul tagged addresses keyed by scheme, as the Kratos consul registry writes them (a Kratos
+	// gRPC client needs a grpc:// one; without any, Kratos sees http://address:port only).
+	Endpoints []string
+	Check     *CheckSpec
 	// Gray is the gray part of the meta.
 	Gray gray.Meta
 	// Meta holds the other meta keys.
@@ -100,13 +107,14 @@ func (e *SpecError) Unwrap() error { return e.Err }
 
 // rawSpec is the YAML shape of a Spec.
 type rawSpec struct {
-	Name    string     `yaml:"name"`
-	ID      string     `yaml:"id"`
-	Address string     `yaml:"address"`
-	Port    int        `yaml:"port"`
-	Tags    []string   `yaml:"tags"`
-	Check   *CheckSpec `yaml:"check"`
-	Meta    yaml.Node  `yaml:"meta"`
+	Name      string     `yaml:"name"`
+	ID        string     `yaml:"id"`
+	Address   string     `yaml:"address"`
+	Port      int        `yaml:"port"`
+	Tags      []string   `yaml:"tags"`
+	Endpoints []string   `yaml:"endpoints"`
+	Check     *CheckSpec `yaml:"check"`
+	Meta      yaml.Node  `yaml:"meta"`
 }
 
 // LoadSpecs reads and validates a spec file. Every instance is checked before any is returned: one bad
@@ -176,7 +184,7 @@ func parseSpec(file string, node *yaml.Node, n int) (Spec, error) {
 		return Spec{}, &SpecError{File: file, Line: line, Instance: id, Field: field, Err: err}
 	}
 	if body.Kind != yaml.MappingNode {
-		return fail(body.Line, "", "", errors.New("expected a mapping with name, id, address, port, tags, check and meta"))
+		return fail(body.Line, "", "", errors.New("expected a mapping with name, id, address, port, tags, endpoints, check and meta"))
 	}
 	// Strict fields: a misspelt field is an error, not a silent default.
 	if err := knownFields(body, "", specFields); err != nil {
@@ -186,8 +194,8 @@ func parseSpec(file string, node *yaml.Node, n int) (Spec, error) {
 	if err := body.Decode(&raw); err != nil {
 		return fail(body.Line, idOf(body), "", errors.New(strings.TrimPrefix(err.Error(), "yaml: ")))
 	}
-	s := Spec{Name: raw.Name, ID: raw.ID, Address: raw.Address, Port: raw.Port, Tags: raw.Tags, Check: raw.Check,
-		File: file, Line: body.Line, Meta: map[string]string{}}
+	s := Spec{Name: raw.Name, ID: raw.ID, Address: raw.Address, Port: raw.Port, Tags: raw.Tags, Endpoints: raw.Endpoints,
+		Check: raw.Check, File: file, Line: body.Line, Meta: map[string]string{}}
 	if s.ID == "" {
 		s.ID = s.Name
 	}
@@ -201,6 +209,9 @@ func parseSpec(file string, node *yaml.Node, n int) (Spec, error) {
 		return fail(lineOf("id"), s.ID, "id", fmt.Errorf("%q: use letters, digits, '-', '_' and '.'", s.ID))
 	case s.Port < 0 || s.Port > 65535:
 		return fail(lineOf("port"), s.ID, "port", fmt.Errorf("%d is not a port", s.Port))
+	}
+	if _, err := taggedAddresses(s.Endpoints); err != nil {
+		return fail(lineOf("endpoints"), s.ID, "endpoints", err)
 	}
 	if s.Check != nil {
 		if err := s.Check.validate(); err != nil {
@@ -250,7 +261,7 @@ func parseSpec(file string, node *yaml.Node, n int) (Spec, error) {
 }
 
 var (
-	specFields  = []string{"name", "id", "address", "port", "tags", "check", "meta"}
+	specFields  = []string{"name", "id", "address", "port", "tags", "endpoints", "check", "meta"}
 	checkFields = []string{"http", "grpc", "tcp", "ttl", "interval", "timeout", "deregister_after"}
 )
 
@@ -386,8 +397,13 @@ func (s *Spec) Registration() (*api.AgentServiceRegistration, error) {
 	if err := gray.CheckConsulLimits(meta); err != nil {
 		return nil, err
 	}
+	tagged, err := taggedAddresses(s.Endpoints)
+	if err != nil {
+		return nil, err
+	}
 	reg := &api.AgentServiceRegistration{
 		ID: s.ID, Name: s.Name, Address: s.Address, Port: s.Port, Tags: s.Tags, Meta: meta,
+		TaggedAddresses: tagged,
 	}
 	if c := s.Check; c != nil {
 		check := &api.AgentServiceCheck{
@@ -409,6 +425,34 @@ func (s *Spec) Registration() (*api.AgentServiceRegistration, error) {
 		reg.Check = check
 	}
 	return reg, nil
+}
+
+// taggedAddresses maps endpoint URLs to Consul tagged addresses keyed by scheme, the form the Kratos
+// consul registry writes and reads. nil for none.
+func taggedAddresses(endpoints []string) (map[string]api.ServiceAddress, error) {
+	if len(endpoints) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]api.ServiceAddress, len(endpoints))
+	for _, e := range endpoints {
+		u, err := url.Parse(e)
+		if err != nil || u.Scheme == "" || u.Hostname() == "" || u.Port() == "" {
+			return nil, fmt.Errorf("%q: want scheme://host:port", e)
+		}
+		port, err := strconv.Atoi(u.Port())
+		if err != nil || port <= 0 || port > 65535 {
+			return nil, fmt.Errorf("%q: %s is not a port", e, u.Port())
+		}
+		switch u.Scheme {
+		case "lan_ipv4", "wan_ipv4", "lan_ipv6", "wan_ipv6", "lan", "wan":
+			return nil, fmt.Errorf("%q: %s is Consul's own tagged address", e, u.Scheme)
+		}
+		if _, dup := out[u.Scheme]; dup {
+			return nil, fmt.Errorf("%q: a second %s endpoint (one per scheme)", e, u.Scheme)
+		}
+		out[u.Scheme] = api.ServiceAddress{Address: e, Port: port}
+	}
+	return out, nil
 }
 
 // KratosMetadata returns the Metadata a Kratos app registers with the Kratos consul registry for this

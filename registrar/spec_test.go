@@ -29,6 +29,8 @@ func TestSpecErrors(t *testing.T) {
 		{"- {name: a, id: ok}\n- {name: a, port: -1}\n", "s.yaml:2: instance a: port: -1 is not a port"},
 		{"name: a\nmeta:\n  weight: 5\n  weight: 10\n", `s.yaml:4: instance a: meta: gray: meta key "weight": repeated (first at line 3)`},
 		{"name: a\nmeta:\n  owner: x\n  owner: y\n", "s.yaml:4: instance a: meta.owner: repeated"},
+		{"name: a\nendpoints: ['grpc://127.0.0.1']\n", `s.yaml:2: instance a: endpoints: "grpc://127.0.0.1": want scheme://host:port`},
+		{"name: a\nendpoints: ['http://x:1', 'http://x:2']\n", `endpoints: "http://x:2": a second http endpoint`},
 		{"name: a\nmeta:\n  canary: true\n  lane: stable\n", `s.yaml:4: instance a: meta: gray: meta key "lane": "stable" is the base lane`},
 	}
 	for _, c := range cases {
@@ -44,6 +46,23 @@ func TestSpecErrors(t *testing.T) {
 		if !errors.As(err, &se) || se.File != "s.yaml" {
 			t.Errorf("error %v is not a *registrar.SpecError", err)
 		}
+	}
+}
+
+// TestSpecEndpoints: endpoints become tagged addresses keyed by scheme, the form the Kratos consul
+// registry resolves (a gRPC client needs the grpc one).
+func TestSpecEndpoints(t *testing.T) {
+	specs, err := registrar.ParseSpecs("s.yaml", []byte("name: a\naddress: 127.0.0.1\nport: 8000\nendpoints: ['grpc://127.0.0.1:9000', 'http://127.0.0.1:8000']\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := specs[0].Registration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, h := reg.TaggedAddresses["grpc"], reg.TaggedAddresses["http"]; len(reg.TaggedAddresses) != 2 ||
+		g.Address != "grpc://127.0.0.1:9000" || g.Port != 9000 || h.Address != "http://127.0.0.1:8000" || h.Port != 8000 {
+		t.Errorf("tagged addresses %+v", reg.TaggedAddresses)
 	}
 }
 

@@ -1,178 +1,301 @@
-// Command release runs a whole gray release on a real, throwaway Consul agent: it registers bservice
-// (two stable instances and the source article's canary), then walks the canary from test traffic
-// only to 5 %, 25 % and promotion, drains an old instance, and switches a blue/green service over and
-// back. After each step it routes 10,000 simulated users through the snapshot a data plane would hold
-// (registrar.Watcher) and prints where they went, with the time the change took to reach it.
+// Command release (`make demo`) walks a gray release through both of graylane's data planes, with
+// real parts on loopback: a Consul agent, the example Kratos services (examples/backend) as separate
+// processes registered with gray meta, graylane's APISIX plugin runner (apisix-plugin) spoken to over
+// APISIX's own protocol, and a Kratos gRPC client with the selector option.
 //
-// It needs the consul binary that `make consul` builds (or $GRAYLANE_CONSUL, or consul on PATH).
+// At each step it sends a few thousand requests through the gateway path (plugin runner, then the
+// lane's upstream) and through the Kratos client, and prints where they were served, as measured
+// from the services' answers:
+//
+//  1. the canary is deployed: the test header reaches it, nothing else does;
+//  2. weight 5, then 25: the shares, and the users of 5 % still in the canary at 25 %;
+//  3. rollback: the canary's share drops to 0, with the time each plane took;
+//  4. blue/green on pay: green beside blue takes nothing, the switch to green, the switch back;
+//  5. a call chain: a request put in the canary lane at the gateway stays in it at cservice.
+//
+// It needs the consul binary that `make consul` builds (or $GRAYLANE_CONSUL, or consul on PATH), and
+// builds the service and the runner itself. Ctrl-C stops everything it started.
 package main
 
 import (
 	"context"
 	_ "embed"
+	"flag"
 	"fmt"
 	"io"
 	"log"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
+	kconsul "github.com/go-kratos/kratos/contrib/registry/consul/v2"
+	klog "github.com/go-kratos/kratos/v2/log"
+	"google.golang.org/grpc"
+
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
 )
 
 //go:embed bservice.yaml
 var bserviceSpec []byte
 
+//go:embed cservice.yaml
+var cserviceSpec []byte
+
 //go:embed pay.yaml
 var paySpec []byte
 
-// options are the data planes' settings: the sticky key is the x-user-id header.
-var options = gray.Options{StickyHeader: "x-user-id"}
-
-const users = 10000
-
-// out is where the demo writes; tests replace it.
-var out io.Writer = os.Stdout
+const (
+	users   = 2000 // production users per measurement, per plane
+	testers = 200  // requests with the test header, per plane
+)
 
 func main() {
-	if err := run(); err != nil {
+	dir := flag.String("dir", "", "where to put binaries, sockets and logs (default: a temporary directory, removed at the end)")
+	flag.Parse()
+	klog.SetLogger(klog.NewStdLogger(io.Discard))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Stdout, *dir)
+	if ctx.Err() != nil {
+		fmt.Println("\ninterrupted: everything the demo started is stopped")
+		os.Exit(130)
+	}
+	if err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run() error {
-	ctx := context.Background()
-	agent, err := consultest.StartAgent()
+func run(ctx context.Context, out io.Writer, dir string) error {
+	began := time.Now()
+	if dir == "" {
+		d, err := os.MkdirTemp("", "graylane-demo-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		dir = d
+	}
+	s := &stack{dir: dir}
+	defer s.close()
+	if err := s.build(ctx, out); err != nil {
+		return err
+	}
+	if err := s.startConsul(); err != nil {
+		return err
+	}
+	bspecs, err := registrar.ParseSpecs("bservice.yaml", bserviceSpec)
 	if err != nil {
 		return err
 	}
-	defer agent.Stop()
-	fmt.Fprintf(out, "Consul dev agent on %s\n", agent.HTTPAddr)
-
-	cfg := registrar.NewConfig(agent.HTTPAddr)
-	r, err := registrar.New(cfg, registrar.WithOperator("demo"))
+	cspecs, err := registrar.ParseSpecs("cservice.yaml", cserviceSpec)
 	if err != nil {
 		return err
 	}
-	w, err := registrar.NewWatcher(cfg, registrar.WithSnapshotOptions(options))
+	pspecs, err := registrar.ParseSpecs("pay.yaml", paySpec)
 	if err != nil {
 		return err
 	}
-	defer w.Close()
-
-	step("Register bservice from a spec (the article's canary: test traffic, then a weight)")
-	if err := register(ctx, r, "bservice.yaml", bserviceSpec); err != nil {
+	spec := func(specs []registrar.Spec, id string) registrar.Spec {
+		for _, sp := range specs {
+			if sp.ID == id {
+				return sp
+			}
+		}
+		panic("no spec " + id)
+	}
+	for _, sp := range cspecs {
+		if err := s.startInstance(ctx, sp, ""); err != nil {
+			return err
+		}
+	}
+	for _, id := range []string{"bservice-1", "bservice-2"} {
+		if err := s.startInstance(ctx, spec(bspecs, id), "cservice"); err != nil {
+			return err
+		}
+	}
+	if err := s.startRunner(ctx); err != nil {
 		return err
 	}
-	view := w.Service("bservice")
-	<-view.Ready()
-	traffic(view)
+	fmt.Fprintf(out, "started on loopback: Consul %s, bservice-1 and -2 (calling cservice), cservice-1, cservice-canary-1, the plugin runner (%s)\n",
+		s.agent.HTTPAddr, s.sock)
+	fmt.Fprintf(out, "listening: %s\n", strings.Join(s.Addrs(), " "))
 
-	for _, change := range []registrar.Op{
-		registrar.Rollback{Lane: "canary"},
-		registrar.SetWeight{Lane: "canary", Weight: 500},
-		registrar.SetWeight{Lane: "canary", Weight: 2500},
-		registrar.Promote{Lane: "canary"},
+	gw := newGateway(s.sock, s.w)
+	defer gw.close()
+	kc := &kratosClient{conns: map[string]*grpc.ClientConn{}, consul: func() *kconsul.Registry { return kconsul.New(s.client) }}
+	defer kc.close()
+	d := &demo{out: out, s: s, planes: []plane{gw, kc}}
+
+	prod := userRequests(users, nil)
+	tests := make([]request, testers)
+	for i := range tests {
+		tests[i] = request{User: fmt.Sprintf("tester-%d", i), Headers: [][2]string{{"userid", "123"}}}
+	}
+	if err := d.wait(ctx, "bservice", prod[:200], func(m []*reply) bool { return share(m, "stable") == 1 }); err != nil {
+		return err
+	}
+	d.heading("0", "bservice runs on stable; every request goes to stable")
+	if err := d.table(ctx, "bservice", "production users", prod); err != nil {
+		return err
+	}
+
+	// 1. The canary: test traffic only.
+	d.heading("1", "canary deployed: bservice-canary-1, the test header userid: 123 only (bservice.yaml)")
+	start := time.Now()
+	if err := s.startInstance(ctx, spec(bspecs, "bservice-canary-1"), "cservice"); err != nil {
+		return err
+	}
+	if err := d.wait(ctx, "bservice", tests[:20], func(m []*reply) bool { return share(m, "canary") == 1 }); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "registered and reached by both planes in %v\n", time.Since(start).Round(time.Millisecond))
+	if err := d.matches(ctx, "1-canary.yaml"); err != nil {
+		return err
+	}
+	if err := d.table(ctx, "bservice", "test header userid: 123", tests); err != nil {
+		return err
+	}
+	if err := d.table(ctx, "bservice", "production users", prod); err != nil {
+		return err
+	}
+
+	// 2. Weights.
+	var inCanary [][]bool // per plane, per production user, at 5 %
+	var at25 [][]*reply
+	for _, w := range []int{5, 25} {
+		d.heading("2", fmt.Sprintf("graylane weight bservice canary %d", w))
+		before, err := d.measure(ctx, "bservice", prod[:400])
+		if err != nil {
+			return err
+		}
+		took, err := d.change(ctx, "bservice", registrar.SetWeight{Lane: "canary", Weight: gray.Weight(w * 100)}, prod[:400],
+			func(p int, m []*reply) bool { return share(m, "canary") > share(before[p], "canary") })
+		if err != nil {
+			return err
+		}
+		d.took(took)
+		if err := d.matches(ctx, fmt.Sprintf("2-weight-%d.yaml", w)); err != nil {
+			return err
+		}
+		got, err := d.tableOf(ctx, "bservice", "production users", prod)
+		if err != nil {
+			return err
+		}
+		if w == 5 {
+			for _, m := range got {
+				in := make([]bool, len(m))
+				for i, r := range m {
+					in[i] = r.Serves == "canary"
+				}
+				inCanary = append(inCanary, in)
+			}
+			continue
+		}
+		at25 = got
+		for p, m := range got {
+			was, still := 0, 0
+			for i, r := range m {
+				if inCanary[p][i] {
+					was++
+					if r.Serves == "canary" {
+						still++
+					}
+				}
+			}
+			fmt.Fprintf(out, "  %-26s %d users were in the canary at 5 %%; at 25 %% %d of them still are (%.0f %%)\n",
+				d.planes[p].Name()+":", was, still, 100*float64(still)/float64(max(was, 1)))
+		}
+	}
+
+	// 3. Rollback.
+	d.heading("3", "graylane rollback bservice canary: back to test traffic only")
+	// The probe: the users the gateway put in the canary at 25 %, in small batches.
+	var was []request
+	for i, r := range prod {
+		if at25[0][i].Serves == "canary" {
+			was = append(was, r)
+		}
+	}
+	took, err := d.change(ctx, "bservice", registrar.Rollback{Lane: "canary"}, was[:min(len(was), 50)],
+		func(_ int, m []*reply) bool { return share(m, "canary") == 0 })
+	if err != nil {
+		return err
+	}
+	d.took(took)
+	if err := d.matches(ctx, "3-rollback.yaml"); err != nil {
+		return err
+	}
+	if err := d.table(ctx, "bservice", "production users", prod); err != nil {
+		return err
+	}
+	if err := d.table(ctx, "bservice", "test header userid: 123", tests); err != nil {
+		return err
+	}
+
+	// 4. Blue/green on pay.
+	d.heading("4", "blue/green: pay-green-1 deployed beside pay-blue-1 (pay.yaml)")
+	for _, sp := range pspecs {
+		if err := s.startInstance(ctx, sp, ""); err != nil {
+			return err
+		}
+	}
+	greenTesters := make([]request, testers)
+	for i := range greenTesters {
+		greenTesters[i] = request{User: fmt.Sprintf("tester-%d", i), Headers: [][2]string{{"x-env", "green"}}}
+	}
+	if err := d.wait(ctx, "pay", greenTesters[:20], func(m []*reply) bool { return share(m, "green") == 1 }); err != nil {
+		return err
+	}
+	if err := d.matches(ctx, "4-bluegreen.yaml"); err != nil {
+		return err
+	}
+	if err := d.table(ctx, "pay", "production users", prod); err != nil {
+		return err
+	}
+	if err := d.table(ctx, "pay", "test header x-env: green", greenTesters); err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		op   registrar.Op
+		to   string
+		text string
+		spec string
+	}{
+		{registrar.Promote{Lane: "green"}, "green", "graylane promote pay green: the switch", "4-promote-green.yaml"},
+		{registrar.Rollback{Lane: "green"}, "blue", "graylane rollback pay green: the switch back", "4-rollback-green.yaml"},
 	} {
-		step(change.String())
-		if err := apply(ctx, r, view, "bservice", change); err != nil {
+		d.heading("4", c.text)
+		took, err := d.change(ctx, "pay", c.op, prod[:200], func(_ int, m []*reply) bool { return share(m, c.to) == 1 })
+		if err != nil {
+			return err
+		}
+		d.took(took)
+		if err := d.matches(ctx, c.spec); err != nil {
+			return err
+		}
+		if err := d.table(ctx, "pay", "production users", prod); err != nil {
 			return err
 		}
 	}
 
-	step("drain bservice-1 (weight 0, no new traffic, grace, deregister)")
-	start := time.Now()
-	if _, err := r.Drain(ctx, "bservice-1", registrar.DrainOptions{Grace: 500 * time.Millisecond}); err != nil {
+	// 5. The chain.
+	d.heading("5", "a call chain: gateway -> bservice -> cservice (only cservice-canary-1 and bservice-canary-1 are canaries)")
+	chain := append(append([]request{}, tests...), prod[:testers]...)
+	if err := d.chain(ctx, chain); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "drained and deregistered in %v\n", time.Since(start).Round(time.Millisecond))
-	traffic(view)
-
-	step("Blue/green: pay runs on blue, green is deployed for testers")
-	if err := register(ctx, r, "pay.yaml", paySpec); err != nil {
-		return err
-	}
-	pay := w.Service("pay")
-	<-pay.Ready()
-	traffic(pay)
-	for _, change := range []registrar.Op{registrar.Promote{Lane: "green"}, registrar.Rollback{Lane: "green"}} {
-		step(change.String() + " on pay")
-		if err := apply(ctx, r, pay, "pay", change); err != nil {
-			return err
-		}
-	}
-
-	step("History of bservice")
-	hist, err := r.History(ctx, "bservice")
-	if err != nil {
-		return err
-	}
-	for _, h := range hist {
-		fmt.Fprintf(out, "%s  %-5s %s\n", h.Time.Format("15:04:05.000"), h.Who, h.Action)
-	}
+	fmt.Fprintf(out, "\ndone in %v; stopping everything it started\nlistening: %s\n", time.Since(began).Round(100*time.Millisecond), strings.Join(s.Addrs(), " "))
 	return nil
 }
 
-// register applies a spec file.
-func register(ctx context.Context, r *registrar.Registrar, name string, spec []byte) error {
-	specs, err := registrar.ParseSpecs(name, spec)
-	if err != nil {
-		return err
+// userRequests returns n production requests, one per user.
+func userRequests(n int, headers [][2]string) []request {
+	out := make([]request, n)
+	for i := range out {
+		out[i] = request{User: fmt.Sprintf("user-%d", i), Headers: headers}
 	}
-	_, err = r.Apply(ctx, specs, registrar.ApplyOptions{})
-	return err
+	return out
 }
-
-// apply commits a change and waits for the watcher to publish it.
-func apply(ctx context.Context, r *registrar.Registrar, view *registrar.ServiceView, service string, op registrar.Op) error {
-	changed := view.Changed()
-	start := time.Now()
-	res, err := r.Do(ctx, service, op)
-	if err != nil {
-		return err
-	}
-	select {
-	case <-changed:
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("%s: the watcher did not see the change", op)
-	}
-	fmt.Fprintf(out, "committed and seen by the watcher in %v", time.Since(start).Round(10*time.Microsecond))
-	if len(res.Plan.Notes) > 0 {
-		fmt.Fprintf(out, " (%s)", strings.Join(res.Plan.Notes, "; "))
-	}
-	fmt.Fprintln(out)
-	traffic(view)
-	return nil
-}
-
-// traffic routes test requests and 10,000 users through the view's snapshot and prints the lanes.
-func traffic(view *registrar.ServiceView) {
-	snap := view.Snapshot()
-	tester := &gray.StaticRequest{URLPath: "/api/user/1", HTTPMethod: "GET", Headers: map[string]string{
-		"userid": "123", "cookie": "email=qa@some-company-name.com", "x-env": "green", "x-user-id": "tester"}}
-	d := snap.Decide(tester)
-	fmt.Fprintf(out, "  tester       -> %-7s (%s)\n", laneName(d.Lane), d.Reason)
-
-	counts := map[string]int{}
-	req := &gray.StaticRequest{URLPath: "/api/order", HTTPMethod: "GET", Headers: map[string]string{}}
-	for i := 0; i < users; i++ {
-		req.Headers["x-user-id"] = fmt.Sprintf("user-%d", i)
-		counts[laneName(snap.Decide(req).Lane)]++
-	}
-	var parts []string
-	for _, l := range snap.Lanes() {
-		parts = append(parts, fmt.Sprintf("%s %.2f%%", l.Name, 100*float64(counts[l.Name])/users))
-	}
-	fmt.Fprintf(out, "  %d users -> %s\n", users, strings.Join(parts, ", "))
-}
-
-func laneName(l string) string {
-	if l == "" {
-		return "(all)"
-	}
-	return l
-}
-
-func step(title string) { fmt.Fprintf(out, "\n== %s\n", title) }

@@ -1,0 +1,350 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	A6 "github.com/api7/ext-plugin-proto/go/A6"
+	kconsul "github.com/go-kratos/kratos/contrib/registry/consul/v2"
+	"github.com/go-kratos/kratos/v2/metadata"
+	mmd "github.com/go-kratos/kratos/v2/middleware/metadata"
+	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/graylane/graylane/apisix"
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/runnerclient"
+	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/selector"
+)
+
+// stickyHeader is the sticky key of every data plane in the demo: the gateway's plugin conf, the
+// Kratos clients' selector option and the example services' calls to their next hop.
+const stickyHeader = "x-user-id"
+
+// request is one client request, as sent through either plane.
+type request struct {
+	User    string      // the x-user-id header ("" for none)
+	Headers [][2]string // other headers (the Cookie header among them)
+	Method  string      // default GET
+	Path    string      // default /api/order
+	Query   string
+	IP      string // the client's address ("" for none)
+}
+
+func (r *request) headers() [][2]string {
+	h := r.Headers
+	if r.User != "" {
+		h = append([][2]string{{stickyHeader, r.User}}, h...)
+	}
+	return h
+}
+
+// reply is what the example service answered: the instance that served a request, its lane, and
+// the next hop's.
+type reply struct {
+	Service  string `json:"service"`
+	Instance string `json:"instance"`
+	Serves   string `json:"serves"`
+	Lane     string `json:"lane"`
+	Next     *reply `json:"next,omitempty"`
+}
+
+func (r *reply) String() string {
+	s := r.Instance + " (" + r.Serves + ")"
+	if r.Next != nil {
+		s += " > " + r.Next.String()
+	}
+	return s
+}
+
+// plane sends a request to a service and returns who served it.
+type plane interface {
+	Name() string
+	Do(ctx context.Context, service string, r *request) (*reply, error)
+}
+
+// gateway is the APISIX data path without APISIX: the request goes to graylane's real plugin runner
+// over APISIX's protocol (PrepareConf, HTTPReqCall), the runner's answer sets or removes the lane
+// header, and the request is then routed as the route `graylane apisix route` writes routes it
+// (traffic-split on the lane header to graylane-SERVICE-LANE, else the route's upstream
+// graylane-SERVICE) over the upstreams `graylane apisix sync` would write (apisix.Desired), and sent
+// to a node of that upstream over HTTP.
+type gateway struct {
+	sock  string
+	w     *registrar.Watcher
+	conns chan *runnerclient.Conn
+	http  *http.Client
+	id    atomic.Uint32
+	rr    atomic.Uint64
+
+	mu     sync.Mutex
+	tokens map[string]uint32 // plugin conf -> token
+	ups    map[string]*upstreamCache
+}
+
+type upstreamCache struct {
+	snap  *gray.Snapshot[registrar.Endpoint]
+	nodes map[string][]string // upstream id -> "host:port" nodes
+}
+
+func newGateway(sock string, w *registrar.Watcher) *gateway {
+	return &gateway{sock: sock, w: w, conns: make(chan *runnerclient.Conn, 16), tokens: map[string]uint32{},
+		ups: map[string]*upstreamCache{}, http: &http.Client{Timeout: 10 * time.Second,
+			Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
+}
+
+func (g *gateway) Name() string { return "gateway: plugin runner" }
+
+func (g *gateway) close() {
+	for {
+		select {
+		case c := <-g.conns:
+			c.Close()
+		default:
+			g.http.CloseIdleConnections()
+			return
+		}
+	}
+}
+
+// conf is the plugin conf of the service's route (what `graylane apisix route --sticky-header` writes).
+func conf(service string) string {
+	b, _ := json.Marshal(map[string]string{"service": service, "sticky_header": stickyHeader})
+	return string(b)
+}
+
+// decide sends the request to the runner and returns the lane header the upstream would receive.
+func (g *gateway) decide(service string, r *request) (string, error) {
+	var c *runnerclient.Conn
+	select {
+	case c = <-g.conns:
+	default:
+		var err error
+		if c, err = runnerclient.DialConn(g.sock); err != nil {
+			return "", err
+		}
+	}
+	cf := conf(service)
+	g.mu.Lock()
+	token, ok := g.tokens[cf]
+	g.mu.Unlock()
+	if !ok {
+		t, err := c.PrepareConf("route-"+service, [2]string{"graylane", cf})
+		if err != nil {
+			c.Close()
+			return "", err
+		}
+		g.mu.Lock()
+		g.tokens[cf], token = t, t
+		g.mu.Unlock()
+	}
+	req := &runnerclient.Request{Token: token, ID: g.id.Add(1), Method: A6.MethodGET, Path: r.Path, Headers: r.headers()}
+	if m, ok := methods[strings.ToUpper(r.Method)]; ok {
+		req.Method = m
+	}
+	if req.Path == "" {
+		req.Path = "/api/order"
+	}
+	if r.Query != "" {
+		q, _ := url.ParseQuery(r.Query)
+		for k, vs := range q {
+			for _, v := range vs {
+				req.Args = append(req.Args, [2]string{k, v})
+			}
+		}
+	}
+	if r.IP != "" {
+		req.IP, _ = netip.ParseAddr(r.IP)
+	}
+	ans, err := c.Call(req)
+	if err != nil {
+		c.Close()
+		return "", err
+	}
+	select {
+	case g.conns <- c:
+	default:
+		c.Close()
+	}
+	return ans.Final(req, gray.DefaultTagKey), nil
+}
+
+var methods = map[string]A6.Method{"GET": A6.MethodGET, "POST": A6.MethodPOST, "PUT": A6.MethodPUT, "DELETE": A6.MethodDELETE}
+
+// upstream returns the nodes of the upstream traffic-split picks for the lane header.
+func (g *gateway) upstream(service, lane string) []string {
+	snap := g.w.Service(service).Snapshot()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c := g.ups[service]
+	if c == nil || c.snap != snap {
+		c = &upstreamCache{snap: snap, nodes: map[string][]string{}}
+		ups, _ := apisix.Desired(service, snap)
+		for _, u := range ups {
+			for n := range u.Nodes {
+				c.nodes[u.ID] = append(c.nodes[u.ID], n)
+			}
+			slices.Sort(c.nodes[u.ID])
+		}
+		g.ups[service] = c
+	}
+	if nodes, ok := c.nodes[apisix.LaneUpstreamID(service, lane)]; ok && lane != "" {
+		return nodes // traffic-split's rule for the lane
+	}
+	return c.nodes[apisix.BaseUpstreamID(service)]
+}
+
+func (g *gateway) Do(ctx context.Context, service string, r *request) (*reply, error) {
+	lane, err := g.decide(service, r)
+	if err != nil {
+		return nil, fmt.Errorf("plugin runner: %w", err)
+	}
+	nodes := g.upstream(service, lane)
+	if len(nodes) == 0 {
+		return nil, fmt.Errorf("%s: upstream for lane %q has no nodes", service, lane)
+	}
+	node := nodes[g.rr.Add(1)%uint64(len(nodes))]
+	path := r.Path
+	if path == "" {
+		path = "/api/order"
+	}
+	u := "http://" + node + path
+	if r.Query != "" {
+		u += "?" + r.Query
+	}
+	method := r.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	hr, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range r.headers() {
+		hr.Header.Add(h[0], h[1])
+	}
+	if lane != "" {
+		hr.Header.Set(gray.DefaultTagKey, lane)
+	}
+	if r.IP != "" {
+		hr.Header.Set("X-Forwarded-For", r.IP)
+	}
+	resp, err := g.http.Do(hr)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := new(reply)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s answered %d: %v", node, resp.StatusCode, err)
+	}
+	return out, nil
+}
+
+// kratosClient is a Kratos gRPC client per service with the selector option: the client a Go
+// service uses to call another.
+type kratosClient struct {
+	mu     sync.Mutex
+	consul func() *kconsul.Registry
+	conns  map[string]*grpc.ClientConn
+}
+
+func (k *kratosClient) Name() string { return "Kratos client: selector" }
+
+func (k *kratosClient) conn(ctx context.Context, service string) (*grpc.ClientConn, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if c := k.conns[service]; c != nil {
+		return c, nil
+	}
+	// One registry value per client: see the selector's README section on Kratos' Equal.
+	c, err := kgrpc.DialInsecure(context.Background(),
+		kgrpc.WithEndpoint("discovery:///"+service),
+		kgrpc.WithDiscovery(k.consul()),
+		kgrpc.WithMiddleware(mmd.Client()),
+		kgrpc.WithPrintDiscoveryDebugLog(false),
+		selector.GRPC(selector.WithStickyHeader(stickyHeader)),
+	)
+	if err != nil {
+		return nil, err
+	}
+	k.conns[service] = c
+	return c, nil
+}
+
+func (k *kratosClient) close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range k.conns {
+		c.Close()
+	}
+}
+
+func (k *kratosClient) Do(ctx context.Context, service string, r *request) (*reply, error) {
+	c, err := k.conn(ctx, service)
+	if err != nil {
+		return nil, err
+	}
+	var kv []string
+	for _, h := range r.headers() {
+		kv = append(kv, h[0], h[1])
+	}
+	if len(kv) > 0 {
+		ctx = metadata.AppendToClientContext(ctx, kv...)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out := new(wrapperspb.StringValue)
+	if err := c.Invoke(ctx, "/graylane.example.Echo/Who", wrapperspb.String(""), out); err != nil {
+		return nil, err
+	}
+	rep := new(reply)
+	if err := json.Unmarshal([]byte(out.GetValue()), rep); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// sendAll sends every request through the plane with a few workers and returns the replies in
+// order.
+func sendAll(ctx context.Context, p plane, service string, reqs []request) ([]*reply, error) {
+	out := make([]*reply, len(reqs))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var first error
+	var once sync.Once
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(reqs) || ctx.Err() != nil {
+					return
+				}
+				r, err := p.Do(ctx, service, &reqs[i])
+				if err != nil {
+					once.Do(func() { first = fmt.Errorf("%s: request %d: %w", p.Name(), i, err) })
+					return
+				}
+				out[i] = r
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	return out, first
+}
