@@ -172,6 +172,35 @@ func TestRunnerAgainstConsul(t *testing.T) {
 		}
 	})
 
+	t.Run("the answer changes only the lane header", func(t *testing.T) {
+		// The plugin fills the runner's header maps with the lane header alone: the rewrite must
+		// carry that one change, never drop or repeat the request's other headers.
+		for _, tc := range []struct {
+			name    string
+			headers [][2]string
+			want    string // "" for removed
+		}{
+			{"set on a matched request", [][2]string{{"userid", "123"}, {"cookie", "a=1"}, {"x-other", "1"}}, "canary"},
+			{"replaced when the client sent another lane", [][2]string{{"userid", "123"}, {laneHeader, "green"}, {"x-other", "1"}}, "canary"},
+			{"two spoofed copies removed", [][2]string{{laneHeader, "green"}, {laneHeader, "canary"}, {"x-user-id", stableUser(3)}}, ""},
+		} {
+			rw, err := c.Call(&apisixtest.Request{Token: token, ID: 6, IP: untrusted, Path: "/api/user", Headers: tc.headers})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, removed, ok := rw.Header(laneHeader)
+			switch {
+			case tc.want == "" && !removed:
+				t.Errorf("%s: lane header %q, want removed", tc.name, v)
+			case tc.want != "" && (!ok || v != tc.want):
+				t.Errorf("%s: lane header %q, want %q", tc.name, v, tc.want)
+			}
+			if len(rw.Headers) != 1 {
+				t.Errorf("%s: the answer changes %d headers, want only the lane header: %v", tc.name, len(rw.Headers), rw.Headers)
+			}
+		}
+	})
+
 	t.Run("lane from a trusted address is honoured", func(t *testing.T) {
 		for _, ip := range []netip.Addr{trusted, netip.MustParseAddr("::ffff:10.9.9.9")} {
 			lane, _ := laneOf(t, c, &apisixtest.Request{Token: token, ID: 4, IP: ip, Path: "/", Headers: [][2]string{{laneHeader, "green"}}})

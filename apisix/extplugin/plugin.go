@@ -236,10 +236,10 @@ func (p *Plugin) RequestFilter(c any, _ http.ResponseWriter, r pkgHTTP.Request) 
 	switch {
 	case d.Propagate():
 		if copies != 1 || sent != d.Lane {
-			r.Header().View()[key.Canonical()] = table.value(d.Lane)
+			setHeader(r, key.Canonical(), table.value(d.Lane), sent, copies > 0)
 		}
 	case copies > 0:
-		delete(r.Header().View(), key.Canonical())
+		setHeader(r, key.Canonical(), nil, sent, true)
 	}
 	if cf.echo != "" && d.Lane != "" {
 		r.RespHeader()[cf.echo] = table.value(d.Lane)

@@ -168,22 +168,37 @@ func (q *request) ClientIP() netip.Addr {
 // internal/http.Request; the field's name, type and offset are checked once by reflection before
 // it is ever read, so another runner version falls back to the public interface.
 func flatReq(r pkgHTTP.Request) *hrc.Req {
-	t := reflect.TypeOf(r)
-	v := lastType.Load()
-	if v == nil || v.t != t {
-		v = &typeVerdict{t: t, runner: isRunnerRequest(t)}
-		lastType.Store(v)
-	}
+	v := verdict(r)
 	if !v.runner {
 		return nil
 	}
 	return (*struct{ r *hrc.Req })(reflect.ValueOf(r).UnsafePointer()).r
 }
 
-// typeVerdict remembers whether the last request type seen is the runner's.
+// verdict returns what is known of r's type (see flatReq).
+func verdict(r pkgHTTP.Request) *typeVerdict {
+	t := reflect.TypeOf(r)
+	if v := lastType.Load(); v != nil && v.t == t {
+		return v
+	}
+	v := &typeVerdict{t: t, runner: isRunnerRequest(t)}
+	if v.runner {
+		v.hdrOff, v.rawOff, v.hdrType, v.edits = headerFields(t.Elem())
+	}
+	lastType.Store(v)
+	return v
+}
+
+// typeVerdict remembers whether the last request type seen is the runner's, and where its header
+// fields are.
 type typeVerdict struct {
 	t      reflect.Type
 	runner bool
+	// edits: the runner's hdr (a *Header wrapping an http.Header) and rawHdr (http.Header) fields
+	// were found at hdrOff and rawOff, so setHeader can fill them directly.
+	edits          bool
+	hdrOff, rawOff uintptr
+	hdrType        reflect.Type
 }
 
 var lastType atomic.Pointer[typeVerdict]
@@ -198,6 +213,57 @@ func isRunnerRequest(t reflect.Type) bool {
 	}
 	f := s.Field(0)
 	return f.Name == "r" && f.Offset == 0 && f.Type == reflect.TypeOf((*hrc.Req)(nil))
+}
+
+// headerFields finds the runner request's hdr and rawHdr fields. When the runner builds its answer
+// it sends, as header changes, exactly the differences between the two; Header() fills both with
+// every header of the message (a map of strings, and a clone of it), which costs several times the
+// whole decision.
+func headerFields(s reflect.Type) (hdrOff, rawOff uintptr, hdrType reflect.Type, ok bool) {
+	hdr, ok1 := s.FieldByName("hdr")
+	raw, ok2 := s.FieldByName("rawHdr")
+	httpHeader := reflect.TypeOf(http.Header(nil))
+	if !ok1 || !ok2 || raw.Type != httpHeader || hdr.Type.Kind() != reflect.Pointer {
+		return 0, 0, nil, false
+	}
+	w := hdr.Type.Elem()
+	if w.Kind() != reflect.Struct || w.NumField() != 1 || !w.Field(0).Anonymous || w.Field(0).Type != httpHeader {
+		return 0, 0, nil, false
+	}
+	return hdr.Offset, raw.Offset, hdr.Type, true
+}
+
+// setHeader changes one request header: to value, or removed when value is nil; old is the value
+// the client sent (nil when absent). On the runner's own request type, before anything built its
+// header map, it fills the runner's two header maps with that one header only, so that the runner's
+// answer carries exactly this change; otherwise it goes through Header(). graylane's runner carries
+// graylane's plugin alone, so nothing after it reads the (partial) header map.
+func setHeader(r pkgHTTP.Request, canonical string, value []string, old string, hadOld bool) {
+	v := verdict(r)
+	if v.runner && v.edits {
+		base := reflect.ValueOf(r).UnsafePointer()
+		hdrField := (*unsafe.Pointer)(unsafe.Add(base, v.hdrOff))
+		if *hdrField == nil {
+			raw := http.Header{}
+			if hadOld {
+				raw[canonical] = []string{old}
+			}
+			now := http.Header{}
+			if value != nil {
+				now[canonical] = value
+			}
+			wrapper := reflect.New(v.hdrType.Elem())
+			wrapper.Elem().Field(0).Set(reflect.ValueOf(now))
+			*(*http.Header)(unsafe.Add(base, v.rawOff)) = raw
+			*hdrField = wrapper.UnsafePointer()
+			return
+		}
+	}
+	if value == nil {
+		delete(r.Header().View(), canonical)
+		return
+	}
+	r.Header().View()[canonical] = value
 }
 
 // equalFoldLower reports whether name equals lower (already lower case), ignoring ASCII case.
