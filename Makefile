@@ -47,7 +47,10 @@ demo: consul
 
 ## compose: validate docker-compose.yml offline (installs Debian's docker-compose when missing)
 compose:
-	@command -v docker-compose >/dev/null || { apt-get update && apt-get install -y docker-compose; }
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing Debian's docker-compose (to validate docker-compose.yml offline)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
 	docker-compose config -q
 
 ## e2e-apisix: the end-to-end check against a running APISIX whose runner is graylane's, such as
