@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/graylane/graylane/internal/retry"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -144,9 +144,9 @@ func (s *Sync) Once(ctx context.Context) (Changes, error) {
 		if ctx.Err() != nil {
 			return ch, err
 		}
-		d := s.backoff(failures)
+		d := retry.Backoff(s.backoffFirst, s.backoffMax, failures)
 		s.logf("apisix sync: %v; retrying in %v", err, d.Round(time.Millisecond))
-		if !sleep(ctx, d) {
+		if !retry.Sleep(ctx, d) {
 			return ch, err
 		}
 	}
@@ -207,10 +207,10 @@ func (s *Sync) Run(ctx context.Context) error {
 	tick := time.NewTicker(s.resync)
 	defer tick.Stop()
 	failures := 0
-	var retry <-chan time.Time
+	var again <-chan time.Time
 	for {
 		kicks, ticks := kick, tick.C
-		if retry != nil {
+		if again != nil {
 			kicks, ticks = nil, nil // backing off: the retry picks up whatever changed meanwhile
 		}
 		select {
@@ -218,39 +218,19 @@ func (s *Sync) Run(ctx context.Context) error {
 			return nil
 		case <-kicks:
 		case <-ticks:
-		case <-retry:
+		case <-again:
 		}
-		retry = nil
+		again = nil
 		if _, err := s.apply(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			failures++
-			d := s.backoff(failures)
+			d := retry.Backoff(s.backoffFirst, s.backoffMax, failures)
 			s.logf("apisix sync: %v; retrying in %v", err, d.Round(time.Millisecond))
-			retry = time.After(d)
+			again = time.After(d)
 			continue
 		}
 		failures = 0
-	}
-}
-
-// backoff returns the delay before retry n: exponential, capped, with full jitter.
-func (s *Sync) backoff(n int) time.Duration {
-	d := s.backoffFirst << min(n-1, 20)
-	if d <= 0 || d > s.backoffMax {
-		d = s.backoffMax
-	}
-	return time.Duration(rand.Int64N(int64(d))) + 1
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/graylane/graylane/internal/retry"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -253,7 +254,7 @@ func (s *Server) followCatalog() {
 			s.broadcast()
 			s.mu.Unlock()
 			s.readyOne.Do(func() { close(s.ready) }) // pages need not wait for an answer that may not come
-			sleepCtx(s.ctx, time.Duration(min(failures, 20))*250*time.Millisecond)
+			retry.Sleep(s.ctx, time.Duration(min(failures, 20))*250*time.Millisecond)
 			continue
 		}
 		failures = 0
@@ -316,7 +317,7 @@ func (s *Server) followRecords() {
 		}
 		if err != nil {
 			index = 0
-			sleepCtx(s.ctx, time.Second)
+			retry.Sleep(s.ctx, time.Second)
 			continue
 		}
 		if meta.LastIndex == index {
@@ -350,17 +351,6 @@ func (s *Server) followRecords() {
 		}
 		s.mu.Unlock()
 		last = now
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/retry"
 )
 
 // Keeper keeps one instance's gray meta at its desired state: the state recorded by graylane changes,
@@ -71,7 +72,7 @@ func (k *Keeper) watchState() {
 		pair, meta, err := k.r.client.KV().Get(k.r.stateKey(k.service),
 			(&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(k.ctx))
 		if err != nil {
-			k.pause(time.Second)
+			retry.Sleep(k.ctx, time.Second)
 			continue
 		}
 		if meta.LastIndex < index {
@@ -104,7 +105,7 @@ func (k *Keeper) watchInstance() {
 			(&api.QueryOptions{WaitHash: hash, WaitTime: 5 * time.Minute}).WithContext(k.ctx))
 		if err != nil {
 			hash = ""
-			k.pause(500 * time.Millisecond) // not registered (yet, or any more), or the agent is away
+			retry.Sleep(k.ctx, 500*time.Millisecond) // not registered (yet, or any more), or the agent is away
 			continue
 		}
 		if meta.LastContentHash != hash {
@@ -147,15 +148,6 @@ func (k *Keeper) reconcile() {
 		if wrote, err := k.r.reregisterOn(k.ctx, k.r.client, inst, desired); err == nil && wrote {
 			k.repairs.Add(1)
 		}
-	}
-}
-
-func (k *Keeper) pause(d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-k.ctx.Done():
 	}
 }
 

@@ -23,6 +23,7 @@ package registrar
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -273,25 +274,12 @@ func (r *Registrar) History(ctx context.Context, service string) ([]HistoryEntry
 		out = append(out, h)
 	}
 	slices.SortStableFunc(out, func(a, b HistoryEntry) int {
-		if a.Base != b.Base {
-			return compareUint(a.Base, b.Base)
-		}
-		return a.Time.Compare(b.Time)
+		return cmp.Or(cmp.Compare(a.Base, b.Base), a.Time.Compare(b.Time))
 	})
 	if bad != nil {
 		return out, bad
 	}
 	return out, nil
-}
-
-func compareUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // ConflictError reports a change that lost a check-and-set race: someone changed the service after

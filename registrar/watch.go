@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"hash/fnv"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -26,6 +25,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/retry"
 )
 
 // Endpoint is an instance as a data plane needs it: where to send traffic.
@@ -303,7 +303,7 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 			sw.mu.Lock()
 			sw.setState(WatchState{Stale: true, LastError: redact(err, w.token)}, false)
 			sw.mu.Unlock()
-			if !w.sleep(w.backoff(failures)) {
+			if !retry.Sleep(w.ctx, retry.Backoff(w.backoffFirst, w.backoffMax, failures)) {
 				return
 			}
 			continue
@@ -354,7 +354,7 @@ func (w *Watcher) runOptions(sw *serviceWatch) {
 				sw.mu.Unlock()
 				sw.opts.readyOnce.Do(func() { close(sw.opts.ready) })
 			}
-			if !w.sleep(w.backoff(failures)) {
+			if !retry.Sleep(w.ctx, retry.Backoff(w.backoffFirst, w.backoffMax, failures)) {
 				return
 			}
 			continue
@@ -393,26 +393,6 @@ func (w *Watcher) runOptions(sw *serviceWatch) {
 		}
 		sw.mu.Unlock()
 		sw.opts.readyOnce.Do(func() { close(sw.opts.ready) })
-	}
-}
-
-// backoff returns the delay before retry n: exponential, capped, with full jitter.
-func (w *Watcher) backoff(n int) time.Duration {
-	d := w.backoffFirst << min(n-1, 20)
-	if d <= 0 || d > w.backoffMax {
-		d = w.backoffMax
-	}
-	return time.Duration(rand.Int64N(int64(d)) + 1)
-}
-
-func (w *Watcher) sleep(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-w.ctx.Done():
-		return false
 	}
 }
 
