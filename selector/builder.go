@@ -98,13 +98,15 @@ func (s *graySelector) Select(ctx context.Context, opts ...kselector.SelectOptio
 	if st == nil || len(st.nodes) == 0 {
 		return nil, nil, kselector.ErrNoAvailable
 	}
-	if o := s.filter.options(); o != st.options { // the service's options changed
-		s.mu.Lock()
-		if st = s.state.Load(); st.options != o {
-			st = s.prepare(st.nodes, o)
-			s.state.Store(st)
+	if s.filter.cfg.source != nil {
+		if o := s.filter.options(); o != st.options { // the service's options changed
+			s.mu.Lock()
+			if st = s.state.Load(); st.options != o {
+				st = s.prepare(st.nodes, o)
+				s.state.Store(st)
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
 	}
 	var options kselector.SelectOptions
 	for _, o := range opts {

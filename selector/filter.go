@@ -82,8 +82,10 @@ func (f *Filter) Snapshot() *gray.Snapshot[kselector.Node] {
 }
 
 func (f *Filter) filter(ctx context.Context, nodes []kselector.Node) []kselector.Node {
-	d := f.Decide(ctx, nodes)
-	return d.Instances
+	if len(nodes) == 0 {
+		return nil
+	}
+	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors).Instances
 }
 
 // Decide returns the decision for a call whose context is ctx over nodes, as the node filter makes
@@ -103,8 +105,8 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	cc, _ := ctx.Value(callKey{}).(*callCtx)
 	var c *call
 	if cc != nil {
-		c = &cc.call
-		c.reset(ctx, cc.stream)
+		c = &cc.call // begun by the interceptor
+		c.repick()
 		cc.sendTag, cc.refused = "", nil // a retried pick decides again
 	} else {
 		c = viewPool.Get().(*call)
@@ -146,15 +148,33 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	return d
 }
 
-// prepared returns the state for nodes, building it when the node set changed.
+// prepared returns the state for nodes, building it when the node set (or the service's options)
+// changed.
 func (f *Filter) prepared(nodes []kselector.Node) *state {
-	opts := f.options()
-	if st := f.current.Load(); st.matches(nodes, opts) {
+	if f.cfg.source != nil {
+		return f.preparedWith(nodes, f.options())
+	}
+	// Without a source the options are the client's, fixed for the Filter's life.
+	if st := f.current.Load(); st.matches(nodes) {
 		return st
 	}
-	if st := f.previous.Load(); st.matches(nodes, opts) {
+	if st := f.previous.Load(); st.matches(nodes) {
 		return st
 	}
+	return f.replace(nodes, f.cfg.options)
+}
+
+func (f *Filter) preparedWith(nodes []kselector.Node, opts gray.Options) *state {
+	if st := f.current.Load(); st.matches(nodes) && st.options == opts {
+		return st
+	}
+	if st := f.previous.Load(); st.matches(nodes) && st.options == opts {
+		return st
+	}
+	return f.replace(nodes, opts)
+}
+
+func (f *Filter) replace(nodes []kselector.Node, opts gray.Options) *state {
 	st := f.build(nodes, opts)
 	f.previous.Store(f.current.Swap(st))
 	return st
@@ -168,8 +188,8 @@ func (f *Filter) options() gray.Options {
 	return f.cfg.source.Load().Override(f.cfg.options)
 }
 
-func (st *state) matches(nodes []kselector.Node, opts gray.Options) bool {
-	if st == nil || len(st.key) != len(nodes) || st.options != opts {
+func (st *state) matches(nodes []kselector.Node) bool {
+	if st == nil || len(st.key) != len(nodes) {
 		return false
 	}
 	key := st.key[:len(nodes)]

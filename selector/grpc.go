@@ -55,7 +55,6 @@ type callKey struct{}
 type callCtx struct {
 	context.Context
 	call
-	stream  bool
 	sendKey string
 	sendTag string
 	refused *StrictError
@@ -70,6 +69,7 @@ func (c *callCtx) Value(key any) any {
 
 func (f *Filter) unaryInterceptor(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	c := &callCtx{Context: ctx}
+	c.begin(ctx, false)
 	err := invoker(c, method, req, reply, cc, opts...)
 	if err != nil && c.refused != nil {
 		return c.refused
@@ -78,7 +78,8 @@ func (f *Filter) unaryInterceptor(ctx context.Context, method string, req, reply
 }
 
 func (f *Filter) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	c := &callCtx{Context: ctx, stream: true}
+	c := &callCtx{Context: ctx}
+	c.begin(ctx, true)
 	s, err := streamer(c, desc, cc, method, opts...)
 	if err != nil && c.refused != nil {
 		return nil, c.refused

@@ -30,18 +30,23 @@ type call struct {
 	looked     uint8 // which lookups were made
 	clientKind kind
 	serverKind kind
-	client     transport.Header // outgoing headers set by client middleware
-	outReq     *http.Request    // HTTP Invoke: the outgoing request
-	server     transport.Header // incoming headers
-	inReq      *http.Request    // incoming HTTP request
-	inOp       string           // incoming gRPC method
-	outOp      string           // outgoing gRPC method
-	clientMD   metadata.Metadata
+	client     transport.Header    // outgoing headers set by client middleware
+	clientMD   map[string][]string // client's map when it is Kratos' gRPC carrier (lower-case keys)
+	outReq     *http.Request       // HTTP Invoke: the outgoing request
+	server     transport.Header    // incoming headers
+	serverMD   map[string][]string // server's map when it is Kratos' gRPC carrier
+	inReq      *http.Request       // incoming HTTP request
+	inOp       string              // incoming gRPC method
+	outOp      string              // outgoing gRPC method
+	kratosMD   metadata.Metadata
 	// streamMD: read gRPC outgoing metadata too. It is on for streams, whose Kratos transport
 	// header is empty; reading it copies the metadata, so unary calls read the transport header,
 	// into which Kratos copies what client middleware set.
 	streamMD bool
 	outMD    grpcmd.MD
+	// clientOnly: the client transport's headers are all the call shows (a unary gRPC call made
+	// outside a handler); a header not there is nowhere.
+	clientOnly bool
 
 	tagKey   string // lower case
 	tagValue string
@@ -74,6 +79,23 @@ const (
 
 func (c *call) reset(ctx context.Context, stream bool) { *c = call{ctx: ctx, streamMD: stream} }
 
+// begin starts the view of a gRPC call in its interceptor: it looks up both transports there,
+// where the context chain is shorter than in the picker and once per call however often the call
+// is picked.
+func (c *call) begin(ctx context.Context, stream bool) {
+	c.reset(ctx, stream)
+	c.lookClient()
+	c.lookServer()
+	c.clientOnly = c.clientMD != nil && !stream && c.serverKind == kindNone
+}
+
+// repick forgets what an earlier pick of the same call read from the lane tag: a retried pick
+// decides again (with the tag key of the snapshot it is given).
+func (c *call) repick() {
+	c.looked &^= lookedTag
+	c.tagKey, c.tagValue, c.tagWhere = "", "", foundNowhere
+}
+
 func (c *call) lookClient() {
 	if c.looked&lookedClient != 0 {
 		return
@@ -98,6 +120,9 @@ func (c *call) lookClient() {
 			c.clientKind = kindHTTP
 		}
 		c.client = tr.RequestHeader()
+		if c.clientKind == kindGRPC {
+			c.clientMD, _ = grpcHeader(c.client)
+		}
 	}
 }
 
@@ -125,14 +150,17 @@ func (c *call) lookServer() {
 		c.serverKind = kindHTTP
 	}
 	c.server = tr.RequestHeader()
+	if c.serverKind == kindGRPC {
+		c.serverMD, _ = grpcHeader(c.server)
+	}
 }
 
-func (c *call) lookClientMD() metadata.Metadata {
+func (c *call) lookKratosMD() metadata.Metadata {
 	if c.looked&lookedClientMD == 0 {
 		c.looked |= lookedClientMD
-		c.clientMD, _ = metadata.FromClientContext(c.ctx)
+		c.kratosMD, _ = metadata.FromClientContext(c.ctx)
 	}
-	return c.clientMD
+	return c.kratosMD
 }
 
 // Header implements gray.Request: the outgoing call's headers first, then the incoming request's.
@@ -159,16 +187,34 @@ func (c *call) tag(key gray.HeaderKey) (string, where) {
 
 func (c *call) header(key gray.HeaderKey) (string, where) {
 	c.lookClient()
+	if c.clientMD != nil {
+		if vs := c.clientMD[key.Lower()]; len(vs) > 0 {
+			return vs[0], foundOutgoing
+		}
+		if c.clientOnly {
+			return "", foundNowhere
+		}
+	} else if v, ok := c.clientHeader(key); ok {
+		return v, foundOutgoing
+	}
+	return c.beyondClient(key)
+}
+
+// clientHeader reads the outgoing headers of an HTTP call or of a call whose transport header is
+// not Kratos' gRPC carrier.
+func (c *call) clientHeader(key gray.HeaderKey) (string, bool) {
 	switch {
 	case c.outReq != nil:
-		if v, ok := first(c.outReq.Header[key.Canonical()]); ok {
-			return v, foundOutgoing
-		}
+		return first(c.outReq.Header[key.Canonical()])
 	case c.client != nil:
-		if v, ok := first(headerValues(c.client, c.clientKind, key)); ok {
-			return v, foundOutgoing
-		}
+		return first(headerValues(c.client, c.clientKind, key))
 	}
+	return "", false
+}
+
+// beyondClient reads what the client transport does not show: a stream's outgoing metadata, Kratos
+// client metadata, and the incoming request.
+func (c *call) beyondClient(key gray.HeaderKey) (string, where) {
 	if c.streamMD || c.clientKind == kindNone {
 		if v, ok := c.outgoing(key.Lower()); ok {
 			return v, foundOutgoing
@@ -177,7 +223,7 @@ func (c *call) header(key gray.HeaderKey) (string, where) {
 	if c.streamMD || c.clientKind == kindNone {
 		// Kratos client metadata: a unary call's and an HTTP Invoke's reach the transport
 		// header through metadata.Client(); a stream's are not sent by Kratos at all.
-		if md := c.lookClientMD(); md != nil {
+		if md := c.lookKratosMD(); md != nil {
 			if v, ok := first(md[key.Lower()]); ok {
 				return v, foundElsewhere
 			}
@@ -185,6 +231,10 @@ func (c *call) header(key gray.HeaderKey) (string, where) {
 	}
 	c.lookServer()
 	switch {
+	case c.serverMD != nil:
+		if v, ok := first(c.serverMD[key.Lower()]); ok {
+			return v, foundElsewhere
+		}
 	case c.inReq != nil:
 		if v, ok := first(c.inReq.Header[key.Canonical()]); ok {
 			return v, foundElsewhere
