@@ -128,7 +128,9 @@ func BenchmarkSelect(b *testing.B) {
 }
 
 // BenchmarkFilter: the filters alone, called as the default selector calls them, on the wrapped
-// nodes it passes. graylane's own work allocates nothing.
+// nodes it passes. graylane's own work allocates nothing. graylane+call adds what GRPC's
+// interceptor does once per call before the pick: the call record (one allocation) and the
+// transport lookups the filter then reads from it.
 func BenchmarkFilter(b *testing.B) {
 	ctx := callContext(b, benchServer(b))
 	for _, n := range []int{10, 100, 1000} {
@@ -140,17 +142,21 @@ func BenchmarkFilter(b *testing.B) {
 			return ns
 		}))
 		f := selector.New(selector.WithStickyHeader("x-user-id"))
+		start := selector.CallStarter(ctx)
+		same := func() context.Context { return ctx }
 		for _, bc := range []struct {
 			name string
 			f    kselector.NodeFilter
+			ctx  func() context.Context
 		}{
-			{"version", filter.Version("v1")},
-			{"graylane", f.NodeFilter()},
+			{"version", filter.Version("v1"), same},
+			{"graylane", f.NodeFilter(), same},
+			{"graylane+call", f.NodeFilter(), start},
 		} {
 			b.Run(fmt.Sprintf("nodes=%d/%s", n, bc.name), func(b *testing.B) {
 				b.ReportAllocs()
 				for i := 0; i < b.N; i++ {
-					if len(bc.f(ctx, wrapped)) == 0 {
+					if len(bc.f(bc.ctx(), wrapped)) == 0 {
 						b.Fatal("empty")
 					}
 				}

@@ -35,7 +35,8 @@
 // snapshot that the default selector copies), never writes into the input, and returns an empty set
 // only when no instance with valid meta may take the call: the core falls back to every valid
 // instance when the chosen lane is empty. Options: WithNeverLanes (lanes a client must never enter),
-// WithStrict (no fallback: a gRPC call fails with *StrictError, an HTTP call with Kratos' 503),
+// WithStrict (no fallback: a call fails with *StrictError; an HTTP call needs the StrictErrors
+// middleware for that, else it fails with Kratos' 503),
 // WithTagKey, WithStickyHeader, WithStickyCookie, and WithServiceOptions for the service's options
 // kept in Consul, which client options override.
 //

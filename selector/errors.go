@@ -2,8 +2,9 @@ package selector
 
 import "fmt"
 
-// StrictError is returned for a gRPC call that strict mode refused: no lane of the service takes
-// it and the decision would have fallen back to every instance.
+// StrictError is returned for a call that strict mode refused: no lane of the service takes it and
+// the decision would have fallen back to every instance. gRPC calls through GRPC return it; HTTP
+// calls return it when the client has the StrictErrors middleware.
 type StrictError struct {
 	Service string
 }

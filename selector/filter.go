@@ -135,10 +135,10 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	}
 	if tag != "" && where != foundOutgoing {
 		switch {
-		case cc != nil:
-			cc.sendTag, cc.sendKey = tag, tagKey.Lower()
 		case c.outReq != nil: // HTTP Invoke: the request is still to be sent
 			c.outReq.Header.Set(tagKey.Canonical(), tag)
+		case cc != nil:
+			cc.sendTag, cc.sendKey = tag, tagKey.Lower()
 		case c.clientKind == kindGRPC:
 			warn.Do(func() {
 				log.Warnf("graylane: the lane tag of calls to %s cannot be propagated: the interceptors of selector.GRPC are missing (was grpc.WithOptions given after it?)", snap.Service())

@@ -48,10 +48,11 @@ func chain[O any](opts ...func(O)) func(O) {
 // callKey finds a call's callCtx.
 type callKey struct{}
 
-// callCtx carries one gRPC call: the request view the filter fills and the lane tag it decided the
-// call must carry. The interceptor creates it; the filter, run by the picker, writes the tag; the
+// callCtx carries one call: the request view the filter reads and what it decided the call must
+// carry. For gRPC the interceptor creates it; the filter, run by the picker, writes the tag; the
 // per-RPC metadata, asked for after the pick when the stream's headers are built, reads it. All
-// three run one after another on the call's goroutine.
+// three run one after another on the call's goroutine. For HTTP the StrictErrors middleware creates
+// it, and only a strict refusal is read back.
 type callCtx struct {
 	context.Context
 	call

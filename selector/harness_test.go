@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-kratos/kratos/v2/middleware"
+
 	kconsul "github.com/go-kratos/kratos/contrib/registry/consul/v2"
 	klog "github.com/go-kratos/kratos/v2/log"
 	"github.com/go-kratos/kratos/v2/metadata"
@@ -232,11 +234,17 @@ func (e *env) dialFilter(service string, f *selector.Filter) *grpc.ClientConn {
 // watches discovery with the context given to NewClient, so closing the client cancels it too.
 func (e *env) httpClient(service string, opts ...selector.Option) *httpClient {
 	e.t.Helper()
+	return e.httpClientWith(service, []middleware.Middleware{mmd.Client()}, opts...)
+}
+
+// httpClientWith is httpClient with the given client middleware.
+func (e *env) httpClientWith(service string, mw []middleware.Middleware, opts ...selector.Option) *httpClient {
+	e.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c, err := khttp.NewClient(ctx,
 		khttp.WithEndpoint("discovery:///"+service),
 		khttp.WithDiscovery(e.discovery()),
-		khttp.WithMiddleware(mmd.Client()),
+		khttp.WithMiddleware(mw...),
 		khttp.WithBlock(),
 		selector.HTTP(opts...),
 	)

@@ -60,7 +60,8 @@ func WithNeverLanes(lanes ...string) Option {
 }
 
 // WithStrict turns the fallback off: a call that would fall back to every instance fails instead
-// (for gRPC with a *StrictError, for HTTP with Kratos' 503 NODE_NOT_FOUND). For isolation tests.
+// with a *StrictError (for HTTP, with Kratos' 503 NODE_NOT_FOUND unless the client has the
+// StrictErrors middleware). For isolation tests.
 func WithStrict() Option { return func(c *config) { c.strict = true } }
 
 // WithNodeFilters adds Kratos node filters that run before graylane's. Kratos' WithNodeFilter

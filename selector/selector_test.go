@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	kerrors "github.com/go-kratos/kratos/v2/errors"
+	"github.com/go-kratos/kratos/v2/middleware"
+	mmd "github.com/go-kratos/kratos/v2/middleware/metadata"
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"github.com/hashicorp/consul/api"
 
@@ -315,6 +318,28 @@ func TestNeverLanesAndStrict(t *testing.T) {
 	if s, err := who(ctx, strict, "userid", "123"); err != nil || s != "c1" {
 		t.Fatalf("matched call in strict mode: %q, %v", s, err)
 	}
+
+	// HTTP: a node filter cannot return an error. With the StrictErrors middleware the refusal is
+	// a *StrictError; without it, Kratos' 503 NODE_NOT_FOUND. The canary takes half of the
+	// unmatched calls by weight; the other half would fall back and is refused.
+	typed := e.httpClientWith("bservice", []middleware.Middleware{selector.StrictErrors(), mmd.Client()}, selector.WithStrict())
+	var err error
+	var se *selector.StrictError
+	waitFor(t, 10*time.Second, "the strict HTTP client to refuse with *StrictError", func() bool {
+		_, err = getWho(ctx, typed, "userid", "999")
+		return errors.As(err, &se) && se.Service == "bservice"
+	})
+	if s, err := getWho(ctx, typed, "userid", "123"); err != nil || s != "c1" {
+		t.Fatalf("matched HTTP call in strict mode: %q, %v", s, err)
+	}
+	plain := e.httpClient("bservice", selector.WithStrict())
+	waitFor(t, 10*time.Second, "the strict HTTP client without StrictErrors to refuse", func() bool {
+		_, err = getWho(ctx, plain, "userid", "999")
+		if errors.As(err, &se) {
+			t.Fatalf("a client without StrictErrors returned %v", err)
+		}
+		return kerrors.Reason(err) == "NODE_NOT_FOUND"
+	})
 }
 
 // TestNoGoroutineAfterClose: once a client with the option is closed, none of its goroutines is
