@@ -64,7 +64,7 @@ const (
 const (
 	lookedClient uint8 = 1 << iota
 	lookedServer
-	lookedClientMD
+	lookedKratosMD
 	lookedTag
 )
 
@@ -79,9 +79,9 @@ const (
 
 func (c *call) reset(ctx context.Context, stream bool) { *c = call{ctx: ctx, streamMD: stream} }
 
-// begin starts the view of a gRPC call in its interceptor: it looks up both transports there,
-// where the context chain is shorter than in the picker and once per call however often the call
-// is picked.
+// begin starts the view of a call where the call starts (GRPC's interceptor, the StrictErrors
+// middleware): it looks up both transports there, where the context chain is shorter than in the
+// picker, and once per call however often the call is picked.
 func (c *call) begin(ctx context.Context, stream bool) {
 	c.reset(ctx, stream)
 	c.lookClient()
@@ -156,8 +156,8 @@ func (c *call) lookServer() {
 }
 
 func (c *call) lookKratosMD() metadata.Metadata {
-	if c.looked&lookedClientMD == 0 {
-		c.looked |= lookedClientMD
+	if c.looked&lookedKratosMD == 0 {
+		c.looked |= lookedKratosMD
 		c.kratosMD, _ = metadata.FromClientContext(c.ctx)
 	}
 	return c.kratosMD
