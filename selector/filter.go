@@ -135,11 +135,11 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	}
 	if tag != "" && where != foundOutgoing {
 		switch {
-		case c.outReq != nil: // HTTP Invoke: the request is still to be sent
-			c.outReq.Header.Set(tagKey.Canonical(), tag)
+		case c.out.req != nil: // HTTP Invoke: the request is still to be sent
+			c.out.req.Header.Set(tagKey.Canonical(), tag)
 		case cc != nil:
 			cc.sendTag, cc.sendKey = tag, tagKey.Lower()
-		case c.clientKind == kindGRPC:
+		case c.out.kind == kindGRPC:
 			warn.Do(func() {
 				log.Warnf("graylane: the lane tag of calls to %s cannot be propagated: the interceptors of selector.GRPC are missing (was grpc.WithOptions given after it?)", snap.Service())
 			})

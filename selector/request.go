@@ -27,18 +27,10 @@ import (
 type call struct {
 	ctx context.Context
 
-	looked     uint8 // which lookups were made
-	clientKind kind
-	serverKind kind
-	client     transport.Header    // outgoing headers set by client middleware
-	clientMD   map[string][]string // client's map when it is Kratos' gRPC carrier (lower-case keys)
-	outReq     *http.Request       // HTTP Invoke: the outgoing request
-	server     transport.Header    // incoming headers
-	serverMD   map[string][]string // server's map when it is Kratos' gRPC carrier
-	inReq      *http.Request       // incoming HTTP request
-	inOp       string              // incoming gRPC method
-	outOp      string              // outgoing gRPC method
-	kratosMD   metadata.Metadata
+	looked   uint8 // which lookups were made
+	out      side  // the outgoing call, from Kratos' client transport
+	in       side  // the incoming request, from Kratos' server transport
+	kratosMD metadata.Metadata
 	// streamMD: read gRPC outgoing metadata too. It is on for streams, whose Kratos transport
 	// header is empty; reading it copies the metadata, so unary calls read the transport header,
 	// into which Kratos copies what client middleware set.
@@ -86,7 +78,7 @@ func (c *call) begin(ctx context.Context, stream bool) {
 	c.reset(ctx, stream)
 	c.lookClient()
 	c.lookServer()
-	c.clientOnly = c.clientMD != nil && !stream && c.serverKind == kindNone
+	c.clientOnly = c.out.md != nil && !stream && c.in.kind == kindNone
 }
 
 // repick forgets what an earlier pick of the same call read from the lane tag: a retried pick
@@ -101,28 +93,8 @@ func (c *call) lookClient() {
 		return
 	}
 	c.looked |= lookedClient
-	tr, ok := transport.FromClientContext(c.ctx)
-	if !ok {
-		return
-	}
-	switch t := tr.(type) {
-	case *khttp.Transport:
-		c.clientKind = kindHTTP
-		c.outReq = t.Request()
-		if c.outReq == nil {
-			c.client = t.RequestHeader()
-		}
-	default:
-		if tr.Kind() == transport.KindGRPC {
-			c.clientKind = kindGRPC
-			c.outOp = tr.Operation()
-		} else {
-			c.clientKind = kindHTTP
-		}
-		c.client = tr.RequestHeader()
-		if c.clientKind == kindGRPC {
-			c.clientMD, _ = grpcHeader(c.client)
-		}
+	if tr, ok := transport.FromClientContext(c.ctx); ok {
+		c.out.look(tr)
 	}
 }
 
@@ -131,28 +103,53 @@ func (c *call) lookServer() {
 		return
 	}
 	c.looked |= lookedServer
-	tr, ok := transport.FromServerContext(c.ctx)
-	if !ok {
-		return
+	if tr, ok := transport.FromServerContext(c.ctx); ok {
+		c.in.look(tr)
 	}
+}
+
+// side is what one Kratos transport of a call shows: the outgoing call's or the incoming request's.
+type side struct {
+	kind   kind
+	req    *http.Request       // HTTP: the request
+	header transport.Header    // the transport's headers when there is no request
+	md     map[string][]string // header's map when it is Kratos' gRPC carrier (lower-case keys)
+	op     string              // gRPC: the full method name
+}
+
+func (s *side) look(tr transport.Transporter) {
 	if t, ok := tr.(khttp.Transporter); ok {
-		c.serverKind = kindHTTP
-		c.inReq = t.Request()
-		if c.inReq == nil {
-			c.server = tr.RequestHeader()
+		s.kind, s.req = kindHTTP, t.Request()
+		if s.req == nil {
+			s.header = tr.RequestHeader()
 		}
 		return
 	}
+	s.kind = kindHTTP
 	if tr.Kind() == transport.KindGRPC {
-		c.serverKind = kindGRPC
-		c.inOp = tr.Operation()
-	} else {
-		c.serverKind = kindHTTP
+		s.kind, s.op = kindGRPC, tr.Operation()
 	}
-	c.server = tr.RequestHeader()
-	if c.serverKind == kindGRPC {
-		c.serverMD, _ = grpcHeader(c.server)
+	s.header = tr.RequestHeader()
+	if s.kind == kindGRPC {
+		s.md, _ = grpcHeader(s.header)
 	}
+}
+
+// values reads a header: from the gRPC carrier's map or the HTTP request directly, else through the
+// transport's header.
+func (s *side) values(key gray.HeaderKey) []string {
+	switch {
+	case s.md != nil:
+		return s.md[key.Lower()]
+	case s.req != nil:
+		return s.req.Header[key.Canonical()]
+	case s.header != nil: // in the spelling its transport keeps, so that it converts nothing
+		if s.kind == kindGRPC {
+			return s.header.Values(key.Lower())
+		}
+		return s.header.Values(key.Canonical())
+	}
+	return nil
 }
 
 func (c *call) lookKratosMD() metadata.Metadata {
@@ -187,40 +184,22 @@ func (c *call) tag(key gray.HeaderKey) (string, where) {
 
 func (c *call) header(key gray.HeaderKey) (string, where) {
 	c.lookClient()
-	if c.clientMD != nil {
-		if vs := c.clientMD[key.Lower()]; len(vs) > 0 {
-			return vs[0], foundOutgoing
-		}
-		if c.clientOnly {
-			return "", foundNowhere
-		}
-	} else if v, ok := c.clientHeader(key); ok {
+	if v, ok := first(c.out.values(key)); ok {
 		return v, foundOutgoing
 	}
-	return c.beyondClient(key)
-}
-
-// clientHeader reads the outgoing headers of an HTTP call or of a call whose transport header is
-// not Kratos' gRPC carrier.
-func (c *call) clientHeader(key gray.HeaderKey) (string, bool) {
-	switch {
-	case c.outReq != nil:
-		return first(c.outReq.Header[key.Canonical()])
-	case c.client != nil:
-		return first(headerValues(c.client, c.clientKind, key))
+	if c.clientOnly {
+		return "", foundNowhere
 	}
-	return "", false
+	return c.beyondClient(key)
 }
 
 // beyondClient reads what the client transport does not show: a stream's outgoing metadata, Kratos
 // client metadata, and the incoming request.
 func (c *call) beyondClient(key gray.HeaderKey) (string, where) {
-	if c.streamMD || c.clientKind == kindNone {
+	if c.streamMD || c.out.kind == kindNone {
 		if v, ok := c.outgoing(key.Lower()); ok {
 			return v, foundOutgoing
 		}
-	}
-	if c.streamMD || c.clientKind == kindNone {
 		// Kratos client metadata: a unary call's and an HTTP Invoke's reach the transport
 		// header through metadata.Client(); a stream's are not sent by Kratos at all.
 		if md := c.lookKratosMD(); md != nil {
@@ -230,33 +209,10 @@ func (c *call) beyondClient(key gray.HeaderKey) (string, where) {
 		}
 	}
 	c.lookServer()
-	switch {
-	case c.serverMD != nil:
-		if v, ok := first(c.serverMD[key.Lower()]); ok {
-			return v, foundElsewhere
-		}
-	case c.inReq != nil:
-		if v, ok := first(c.inReq.Header[key.Canonical()]); ok {
-			return v, foundElsewhere
-		}
-	case c.server != nil:
-		if v, ok := first(headerValues(c.server, c.serverKind, key)); ok {
-			return v, foundElsewhere
-		}
+	if v, ok := first(c.in.values(key)); ok {
+		return v, foundElsewhere
 	}
 	return "", foundNowhere
-}
-
-// headerValues reads a Kratos transport header in the spelling its transport keeps: lower case in
-// gRPC metadata, canonical in net/http headers (so that neither side converts the name).
-func headerValues(h transport.Header, k kind, key gray.HeaderKey) []string {
-	if k == kindGRPC {
-		if md, ok := grpcHeader(h); ok {
-			return md[key.Lower()]
-		}
-		return h.Values(key.Lower())
-	}
-	return h.Values(key.Canonical())
 }
 
 // grpcCarrier is the type of Kratos' gRPC transport header: an unexported map type whose
@@ -304,28 +260,28 @@ func (c *call) outgoing(lower string) (string, bool) {
 func (c *call) Path() string {
 	c.lookServer()
 	switch {
-	case c.inReq != nil:
-		return c.inReq.URL.Path
-	case c.serverKind == kindGRPC:
-		return c.inOp
+	case c.in.req != nil:
+		return c.in.req.URL.Path
+	case c.in.kind == kindGRPC:
+		return c.in.op
 	}
 	c.lookClient()
-	if c.outReq != nil {
-		return c.outReq.URL.Path
+	if c.out.req != nil {
+		return c.out.req.URL.Path
 	}
-	return c.outOp
+	return c.out.op
 }
 
 // RawQuery implements gray.Request (HTTP only).
 func (c *call) RawQuery() string {
 	c.lookServer()
-	if c.inReq != nil {
-		return c.inReq.URL.RawQuery
+	if c.in.req != nil {
+		return c.in.req.URL.RawQuery
 	}
-	if c.serverKind == kindNone {
+	if c.in.kind == kindNone {
 		c.lookClient()
-		if c.outReq != nil {
-			return c.outReq.URL.RawQuery
+		if c.out.req != nil {
+			return c.out.req.URL.RawQuery
 		}
 	}
 	return ""
@@ -335,16 +291,16 @@ func (c *call) RawQuery() string {
 func (c *call) Method() string {
 	c.lookServer()
 	switch {
-	case c.inReq != nil:
-		return c.inReq.Method
-	case c.serverKind == kindGRPC:
+	case c.in.req != nil:
+		return c.in.req.Method
+	case c.in.kind == kindGRPC:
 		return http.MethodPost
 	}
 	c.lookClient()
 	switch {
-	case c.outReq != nil:
-		return c.outReq.Method
-	case c.clientKind == kindGRPC:
+	case c.out.req != nil:
+		return c.out.req.Method
+	case c.out.kind == kindGRPC:
 		return http.MethodPost
 	}
 	return ""
@@ -356,23 +312,18 @@ var forwardedFor = gray.NewHeaderKey("X-Forwarded-For")
 // entry, else its peer address. An outgoing call made outside a handler has no client address.
 func (c *call) ClientIP() netip.Addr {
 	c.lookServer()
-	var fwd []string
-	switch {
-	case c.inReq != nil:
-		fwd = c.inReq.Header[forwardedFor.Canonical()]
-	case c.server != nil:
-		fwd = headerValues(c.server, c.serverKind, forwardedFor)
-	default:
+	if c.in.req == nil && c.in.header == nil {
 		return netip.Addr{}
 	}
+	fwd := c.in.values(forwardedFor)
 	if len(fwd) > 0 {
 		v, _, _ := strings.Cut(fwd[0], ",")
 		if a, err := netip.ParseAddr(strings.TrimSpace(v)); err == nil {
 			return a.Unmap()
 		}
 	}
-	if c.inReq != nil {
-		if ap, err := netip.ParseAddrPort(c.inReq.RemoteAddr); err == nil {
+	if c.in.req != nil {
+		if ap, err := netip.ParseAddrPort(c.in.req.RemoteAddr); err == nil {
 			return ap.Addr().Unmap()
 		}
 		return netip.Addr{}
