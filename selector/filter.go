@@ -105,7 +105,7 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	cc, _ := ctx.Value(callKey{}).(*callCtx)
 	var c *call
 	if cc != nil {
-		c = &cc.call // begun by the interceptor
+		c = &cc.call // begun where the call started
 		c.repick()
 		cc.sendTag, cc.refused = "", nil // a retried pick decides again
 	} else {
@@ -151,30 +151,17 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 // prepared returns the state for nodes, building it when the node set (or the service's options)
 // changed.
 func (f *Filter) prepared(nodes []kselector.Node) *state {
-	if f.cfg.source != nil {
-		return f.preparedWith(nodes, f.options())
+	// Without a source the options are the client's, fixed for the Filter's life: nothing to compare.
+	opts, fixed := f.cfg.options, f.cfg.source == nil
+	if !fixed {
+		opts = f.options()
 	}
-	// Without a source the options are the client's, fixed for the Filter's life.
-	if st := f.current.Load(); st.matches(nodes) {
+	if st := f.current.Load(); st.matches(nodes) && (fixed || st.options == opts) {
 		return st
 	}
-	if st := f.previous.Load(); st.matches(nodes) {
+	if st := f.previous.Load(); st.matches(nodes) && (fixed || st.options == opts) {
 		return st
 	}
-	return f.replace(nodes, f.cfg.options)
-}
-
-func (f *Filter) preparedWith(nodes []kselector.Node, opts gray.Options) *state {
-	if st := f.current.Load(); st.matches(nodes) && st.options == opts {
-		return st
-	}
-	if st := f.previous.Load(); st.matches(nodes) && st.options == opts {
-		return st
-	}
-	return f.replace(nodes, opts)
-}
-
-func (f *Filter) replace(nodes []kselector.Node, opts gray.Options) *state {
 	st := f.build(nodes, opts)
 	f.previous.Store(f.current.Swap(st))
 	return st
