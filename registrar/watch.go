@@ -35,8 +35,21 @@ type Endpoint struct {
 	Node    string
 	Address string
 	Port    int
-	Tags    []string
-	Meta    map[string]string
+	// TaggedAddresses are the instance's own tagged addresses, as registered (Kratos' registry
+	// keeps one endpoint URL per scheme here, for example "grpc" -> "grpc://10.0.0.7:9000"). The
+	// lan and wan addresses Consul keeps itself are left out.
+	TaggedAddresses map[string]string
+	Tags            []string
+	Meta            map[string]string
+}
+
+// Instances is one answer from Consul on a service's passing instances, sorted by ID. It is never
+// modified: each change publishes a new one, so a reader may keep it and compare pointers.
+type Instances struct {
+	// Index is the Consul index of the answer.
+	Index uint64
+	// Endpoints are the passing instances.
+	Endpoints []Endpoint
 }
 
 // WatchOption configures a Watcher.
@@ -101,6 +114,8 @@ type serviceWatch struct {
 	opts *OptionsView
 
 	state atomic.Pointer[WatchState] // shared by the views; Changes is filled in per view
+
+	endpoints atomic.Pointer[Instances] // nil before the first answer
 
 	mu          sync.Mutex
 	instances   []gray.Instance[Endpoint]
@@ -196,6 +211,10 @@ type WatchState struct {
 
 // Snapshot returns the current snapshot. It never blocks and never returns nil.
 func (v *ServiceView) Snapshot() *gray.Snapshot[Endpoint] { return v.snap.Load() }
+
+// Instances returns the service's passing instances as Consul last answered, or nil before it first
+// answered. The list is shared by every view of the service and never modified.
+func (v *ServiceView) Instances() *Instances { return v.watch.endpoints.Load() }
 
 // State returns the view's freshness.
 func (v *ServiceView) State() WatchState {
@@ -320,6 +339,11 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 		if changed {
 			hash = h
 			sw.instances, sw.haveEntries = endpoints(entries), true
+			list := &Instances{Index: meta.LastIndex, Endpoints: make([]Endpoint, len(sw.instances))}
+			for i, in := range sw.instances {
+				list.Endpoints[i] = in.Value
+			}
+			sw.endpoints.Store(list)
 			sw.publishAll()
 		}
 		sw.setState(WatchState{Index: meta.LastIndex}, changed)
@@ -404,10 +428,27 @@ func endpoints(entries []*api.ServiceEntry) []gray.Instance[Endpoint] {
 			addr = e.Node.Address
 		}
 		ep := Endpoint{ID: e.Service.ID, Service: e.Service.Service, Node: e.Node.Node, Address: addr,
-			Port: e.Service.Port, Tags: e.Service.Tags, Meta: e.Service.Meta}
+			Port: e.Service.Port, TaggedAddresses: ownTaggedAddresses(e.Service.TaggedAddresses),
+			Tags: e.Service.Tags, Meta: e.Service.Meta}
 		out = append(out, gray.Instance[Endpoint]{ID: ep.ID, Meta: ep.Meta, Value: ep})
 	}
 	slices.SortFunc(out, func(a, b gray.Instance[Endpoint]) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// ownTaggedAddresses returns the tagged addresses an instance was registered with, without the lan
+// and wan ones Consul keeps itself.
+func ownTaggedAddresses(tagged map[string]api.ServiceAddress) map[string]string {
+	var out map[string]string
+	for tag, a := range tagged {
+		if consulsOwnAddress(tag) {
+			continue
+		}
+		if out == nil {
+			out = make(map[string]string, len(tagged))
+		}
+		out[tag] = a.Address
+	}
 	return out
 }
 
@@ -428,6 +469,11 @@ func contentHash(entries []*api.ServiceEntry) uint64 {
 		write(s.Address)
 		write(entries[i].Node.Address)
 		write(string(rune(s.Port)))
+		for _, tag := range slices.Sorted(maps.Keys(s.TaggedAddresses)) {
+			write(tag)
+			write(s.TaggedAddresses[tag].Address)
+		}
+		write("\xfe")
 		for _, t := range s.Tags {
 			write(t)
 		}

@@ -3,6 +3,7 @@ package registrar_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -84,6 +85,59 @@ func TestWatchLatency(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkNoLeak(t)
+}
+
+// TestWatchedInstances: the view's Instances is Consul's answer with each instance's own tagged
+// addresses (not Consul's lan and wan ones), replaced, never modified, on each change.
+func TestWatchedInstances(t *testing.T) {
+	a, r, _, v := watchedBService(t)
+	before := v.Instances()
+	if before == nil || len(before.Endpoints) != 2 || before.Index == 0 {
+		t.Fatalf("instances: %+v, want the two passing ones of testdata/bservice.yaml with an index", before)
+	}
+	canary := before.Endpoints[1]
+	if canary.ID != "bservice-canary-1" || canary.Meta["weight"] != "10" || canary.TaggedAddresses != nil {
+		t.Fatalf("canary %+v: want its meta and no tagged address of its own", canary)
+	}
+
+	// An instance registered the way Kratos' consul registry does it: endpoint URLs as tagged
+	// addresses.
+	client, err := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := v.Changed()
+	if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: "bservice-kratos", Name: "bservice", Address: "127.0.0.1", Port: 9004,
+		TaggedAddresses: map[string]api.ServiceAddress{
+			"grpc":     {Address: "grpc://127.0.0.1:9004", Port: 9004},
+			"http":     {Address: "http://127.0.0.1:8004", Port: 8004},
+			"lan_ipv4": {Address: "127.0.0.1", Port: 9004},
+		},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new instance not seen")
+	}
+	after := v.Instances()
+	if after == before || len(before.Endpoints) != 2 || len(after.Endpoints) != 3 {
+		t.Fatalf("before %d instances, after %d (same list: %v)", len(before.Endpoints), len(after.Endpoints), after == before)
+	}
+	want := map[string]string{"grpc": "grpc://127.0.0.1:9004", "http": "http://127.0.0.1:8004"}
+	if got := after.Endpoints[2].TaggedAddresses; !maps.Equal(got, want) {
+		t.Fatalf("tagged addresses %v, want %v", got, want)
+	}
+
+	if _, err := r.Do(context.Background(), "bservice", registrar.SetWeight{Lane: "canary", Weight: 2500}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the new weight", func() bool { return v.Instances().Endpoints[1].Meta["weight"] == "25" })
+	if before.Endpoints[1].Meta["weight"] != "10" {
+		t.Fatal("an earlier answer was modified")
+	}
 }
 
 // TestWatcherSurvivesConsulRestart: Consul stops under a running watcher; the view turns stale and

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
 )
 
@@ -130,9 +132,16 @@ func BenchmarkSelect(b *testing.B) {
 // BenchmarkFilter: the filters alone, called as the default selector calls them, on the wrapped
 // nodes it passes. graylane's own work allocates nothing. graylane+call adds what GRPC's
 // interceptor does once per call before the pick: the call record (one allocation) and the
-// transport lookups the filter then reads from it.
+// transport lookups the filter then reads from it. graylane+watcher reads the service's options
+// and instances through a watcher on a real Consul (WithWatcher), which adds a comparison per call.
 func BenchmarkFilter(b *testing.B) {
 	ctx := callContext(b, benchServer(b))
+	w, err := registrar.NewWatcher(registrar.NewConfig(consultest.Start(b).HTTPAddr))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	<-w.Service("bservice").Ready()
 	for _, n := range []int{10, 100, 1000} {
 		sel := wrr.NewBuilder().Build()
 		var wrapped []kselector.Node
@@ -142,6 +151,7 @@ func BenchmarkFilter(b *testing.B) {
 			return ns
 		}))
 		f := selector.New(selector.WithStickyHeader("x-user-id"))
+		watching := selector.New(selector.WithStickyHeader("x-user-id"), selector.WithWatcher(w))
 		start := selector.CallStarter(ctx)
 		same := func() context.Context { return ctx }
 		for _, bc := range []struct {
@@ -152,6 +162,7 @@ func BenchmarkFilter(b *testing.B) {
 			{"version", filter.Version("v1"), same},
 			{"graylane", f.NodeFilter(), same},
 			{"graylane+call", f.NodeFilter(), start},
+			{"graylane+watcher", watching.NodeFilter(), same},
 		} {
 			b.Run(fmt.Sprintf("nodes=%d/%s", n, bc.name), func(b *testing.B) {
 				b.ReportAllocs()

@@ -54,9 +54,9 @@ type graySelector struct {
 }
 
 type builtState struct {
-	nodes   []kselector.WeightedNode
-	options gray.Options
-	snap    *gray.Snapshot[kselector.WeightedNode]
+	nodes []kselector.WeightedNode
+	in    inputs
+	snap  *gray.Snapshot[kselector.WeightedNode]
 }
 
 func (s *graySelector) Apply(nodes []kselector.Node) {
@@ -64,27 +64,21 @@ func (s *graySelector) Apply(nodes []kselector.Node) {
 	for i, n := range nodes {
 		weighted[i] = s.node.Build(n)
 	}
+	if len(nodes) > 0 {
+		s.filter.watch(nodes[0].ServiceName())
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.state.Store(s.prepare(weighted, s.filter.options()))
+	s.state.Store(s.prepare(weighted, s.filter.inputs()))
 }
 
-func (s *graySelector) prepare(nodes []kselector.WeightedNode, opts gray.Options) *builtState {
-	st := &builtState{nodes: nodes, options: opts}
-	instances := make([]gray.Instance[kselector.WeightedNode], 0, len(nodes))
-	for _, n := range nodes {
-		if never := s.filter.cfg.never; len(never) > 0 {
-			if m, err := gray.ParseMeta(n.Metadata()); err == nil && slices.Contains(never, m.LaneName()) {
-				continue
-			}
-		}
-		instances = append(instances, gray.Instance[kselector.WeightedNode]{ID: n.Address(), Meta: n.Metadata(), Value: n})
-	}
+func (s *graySelector) prepare(nodes []kselector.WeightedNode, in inputs) *builtState {
+	st := &builtState{nodes: nodes, in: in}
 	service := ""
 	if len(nodes) > 0 {
 		service = nodes[0].ServiceName()
 	}
-	st.snap = gray.NewSnapshot(service, instances, opts)
+	st.snap = gray.NewSnapshot(service, instancesOf(nodes, &s.filter.cfg, in.instances), in.options)
 	if s.filter.cfg.problems != nil {
 		for _, p := range st.snap.Problems() {
 			s.filter.cfg.problems(p)
@@ -98,11 +92,11 @@ func (s *graySelector) Select(ctx context.Context, opts ...kselector.SelectOptio
 	if st == nil || len(st.nodes) == 0 {
 		return nil, nil, kselector.ErrNoAvailable
 	}
-	if s.filter.cfg.source != nil {
-		if o := s.filter.options(); o != st.options { // the service's options changed
+	if s.filter.live() {
+		if in := s.filter.inputs(); in != st.in { // the service's options or the watcher's answer changed
 			s.mu.Lock()
-			if st = s.state.Load(); st.options != o {
-				st = s.prepare(st.nodes, o)
+			if st = s.state.Load(); st.in != in {
+				st = s.prepare(st.nodes, in)
 				s.state.Store(st)
 			}
 			s.mu.Unlock()

@@ -33,6 +33,7 @@ type Filter struct {
 	current  atomic.Pointer[state]
 	previous atomic.Pointer[state]
 	builds   atomic.Uint64
+	watched  atomic.Pointer[watched] // with WithWatcher, from the first call on
 
 	warnInterceptors sync.Once
 }
@@ -42,9 +43,9 @@ type state struct {
 	// key holds the node set the snapshot was built from, in input order, as the two words of
 	// each interface value: its type and its data pointer. The snapshot keeps the nodes alive,
 	// so a new node cannot reuse an address in the key.
-	key     []ifaceWords
-	options gray.Options
-	snap    *gray.Snapshot[kselector.Node]
+	key  []ifaceWords
+	in   inputs
+	snap *gray.Snapshot[kselector.Node]
 }
 
 // ifaceWords is the memory layout of an interface value. Comparing the words rather than the
@@ -148,31 +149,27 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	return d
 }
 
-// prepared returns the state for nodes, building it when the node set (or the service's options)
-// changed.
+// prepared returns the state for nodes, building it when the node set or the other inputs (the
+// service's options, the watcher's answer) changed.
 func (f *Filter) prepared(nodes []kselector.Node) *state {
-	// Without a source the options are the client's, fixed for the Filter's life: nothing to compare.
-	opts, fixed := f.cfg.options, f.cfg.source == nil
-	if !fixed {
-		opts = f.options()
+	// Without a source or a watcher the inputs are the client's options, fixed for the Filter's
+	// life: nothing to compare.
+	in, live := inputs{options: f.cfg.options}, f.live()
+	if live {
+		in = f.inputs()
 	}
-	if st := f.current.Load(); st.matches(nodes) && (fixed || st.options == opts) {
+	if st := f.current.Load(); st.matches(nodes) && (!live || st.in == in) {
 		return st
 	}
-	if st := f.previous.Load(); st.matches(nodes) && (fixed || st.options == opts) {
+	if st := f.previous.Load(); st.matches(nodes) && (!live || st.in == in) {
 		return st
 	}
-	st := f.build(nodes, opts)
+	if f.watch(nodes[0].ServiceName()) {
+		in = f.inputs()
+	}
+	st := f.build(nodes, in)
 	f.previous.Store(f.current.Swap(st))
 	return st
-}
-
-// options returns the decision options: the service's, overridden by the client's.
-func (f *Filter) options() gray.Options {
-	if f.cfg.source == nil {
-		return f.cfg.options
-	}
-	return f.cfg.source.Load().Override(f.cfg.options)
 }
 
 func (st *state) matches(nodes []kselector.Node) bool {
@@ -189,20 +186,13 @@ func (st *state) matches(nodes []kselector.Node) bool {
 	return true
 }
 
-func (f *Filter) build(nodes []kselector.Node, opts gray.Options) *state {
+func (f *Filter) build(nodes []kselector.Node, in inputs) *state {
 	f.builds.Add(1)
-	st := &state{key: make([]ifaceWords, len(nodes)), options: opts}
-	instances := make([]gray.Instance[kselector.Node], 0, len(nodes))
-	for i, n := range nodes {
+	st := &state{key: make([]ifaceWords, len(nodes)), in: in}
+	for i := range nodes {
 		st.key[i] = words(&nodes[i])
-		if len(f.cfg.never) > 0 {
-			if m, err := gray.ParseMeta(n.Metadata()); err == nil && slices.Contains(f.cfg.never, m.LaneName()) {
-				continue
-			}
-		}
-		instances = append(instances, gray.Instance[kselector.Node]{ID: n.Address(), Meta: n.Metadata(), Value: n})
 	}
-	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instances, opts)
+	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instancesOf(nodes, &f.cfg, in.instances), in.options)
 	if f.cfg.problems != nil {
 		for _, p := range st.snap.Problems() {
 			f.cfg.problems(p)

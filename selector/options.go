@@ -5,6 +5,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/registrar"
 )
 
 // Option configures a Filter.
@@ -13,6 +14,7 @@ type Option func(*config)
 type config struct {
 	options  gray.Options
 	source   OptionsSource
+	watcher  *registrar.Watcher
 	never    []string
 	strict   bool
 	filters  []kselector.NodeFilter
@@ -32,6 +34,21 @@ type OptionsSource interface {
 // (WithOptions, WithTagKey, WithStickyHeader, WithStickyCookie) override its non-empty fields. When
 // the loaded options change, the next call prepares a new snapshot.
 func WithServiceOptions(src OptionsSource) Option { return func(c *config) { c.source = src } }
+
+// WithWatcher reads the meta of the service's instances, and its decision options, through w,
+// graylane's own watcher, rather than waiting for the Kratos registry to show them. The contrib
+// consul registry waits for a 1 s ticker between its blocking queries, so a change made with
+// graylane reaches its nodes up to a second later, while w's blocking query answers as soon as
+// Consul commits the change. Which instances exist is still the registry's to say: each node the
+// registry gives takes the meta w shows for its address (host:port, from the instance's tagged
+// addresses or its service address), and keeps its own when w does not know the address (w has
+// not answered yet, or the instance is newer than w's last answer). A second change of w or of the
+// node set prepares a new snapshot, on the next call.
+//
+// The filter starts watching its service through w on its first call; w is the caller's: close it
+// after the clients that use it. While Consul cannot be reached, w and the registry both keep
+// their last answer. Options given with WithServiceOptions take the place of w's.
+func WithWatcher(w *registrar.Watcher) Option { return func(c *config) { c.watcher = w } }
 
 // WithOptions sets the client's decision options; their non-empty fields override the service's.
 func WithOptions(o gray.Options) Option {

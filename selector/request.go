@@ -27,22 +27,23 @@ import (
 type call struct {
 	ctx context.Context
 
-	looked   uint8 // which lookups were made
-	out      side  // the outgoing call, from Kratos' client transport
-	in       side  // the incoming request, from Kratos' server transport
+	out      side // the outgoing call, from Kratos' client transport
+	in       side // the incoming request, from Kratos' server transport
 	kratosMD metadata.Metadata
+	outMD    grpcmd.MD
+	tagKey   string // lower case
+	tagValue string
+
+	// The small fields together, so that a call record stays in a smaller size class.
+	looked   uint8 // which lookups were made
+	tagWhere where
 	// streamMD: read gRPC outgoing metadata too. It is on for streams, whose Kratos transport
 	// header is empty; reading it copies the metadata, so unary calls read the transport header,
 	// into which Kratos copies what client middleware set.
 	streamMD bool
-	outMD    grpcmd.MD
 	// clientOnly: the client transport's headers are all the call shows (a unary gRPC call made
 	// outside a handler); a header not there is nowhere.
 	clientOnly bool
-
-	tagKey   string // lower case
-	tagValue string
-	tagWhere where
 }
 
 type kind uint8
@@ -110,11 +111,11 @@ func (c *call) lookServer() {
 
 // side is what one Kratos transport of a call shows: the outgoing call's or the incoming request's.
 type side struct {
-	kind   kind
 	req    *http.Request       // HTTP: the request
 	header transport.Header    // the transport's headers when there is no request
 	md     map[string][]string // header's map when it is Kratos' gRPC carrier (lower-case keys)
 	op     string              // gRPC: the full method name
+	kind   kind
 }
 
 func (s *side) look(tr transport.Transporter) {

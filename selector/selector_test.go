@@ -224,18 +224,7 @@ func TestBrokenMeta(t *testing.T) {
 		return got["c1"] > 0
 	})
 
-	// By hand: the weight becomes a word, registered again through the agent that owns it.
-	svc, _, err := e.client.Agent().Service("c1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svc.Meta["weight"] = "lots"
-	if err := e.client.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		ID: svc.ID, Name: svc.Service, Tags: svc.Tags, Address: svc.Address, Port: svc.Port,
-		Meta: svc.Meta, TaggedAddresses: svc.TaggedAddresses,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.setMetaByHand("c1", "weight", "lots")
 	waitFor(t, 10*time.Second, "the broken meta to be reported", func() bool {
 		who(ctx, conn)
 		p, _ := problems.Load().(error)
@@ -247,6 +236,23 @@ func TestBrokenMeta(t *testing.T) {
 	}
 	t.Logf("reported: %v", problems.Load())
 	_ = c1
+}
+
+// setMetaByHand sets one meta key of instance id, registering it again through the agent that owns
+// it, as an operator editing Consul by hand would.
+func (e *env) setMetaByHand(id, key, value string) {
+	e.t.Helper()
+	svc, _, err := e.client.Agent().Service(id, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	svc.Meta[key] = value
+	if err := e.client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: svc.ID, Name: svc.Service, Tags: svc.Tags, Address: svc.Address, Port: svc.Port,
+		Meta: svc.Meta, TaggedAddresses: svc.TaggedAddresses,
+	}); err != nil {
+		e.t.Fatal(err)
+	}
 }
 
 // TestMoreThan25Instances: Kratos subsets discovery to 25 nodes by default; with the option a

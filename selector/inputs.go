@@ -1,0 +1,114 @@
+package selector
+
+import (
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+
+	kselector "github.com/go-kratos/kratos/v2/selector"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/registrar"
+)
+
+// inputs is what a snapshot is prepared from besides the node set: the decision options and, with a
+// watcher, its latest answer on the service's instances. Both are compared on every call, the
+// answer by pointer: the watcher publishes a new one for each change and never modifies it.
+type inputs struct {
+	options   gray.Options
+	instances *registrar.Instances
+}
+
+// watched is what a Filter follows through WithWatcher's watcher for its one service.
+type watched struct {
+	instances *registrar.ServiceView
+	options   *registrar.OptionsView
+}
+
+// live reports whether the inputs can change during the Filter's life: without an options source
+// and a watcher they are the client's options, fixed.
+func (f *Filter) live() bool { return f.cfg.source != nil || f.cfg.watcher != nil }
+
+// inputs returns the current inputs. Options: the source's, else the watcher's, overridden by the
+// client's.
+func (f *Filter) inputs() inputs {
+	in := inputs{options: f.cfg.options}
+	src := f.cfg.source
+	if w := f.watched.Load(); w != nil {
+		in.instances = w.instances.Instances()
+		if src == nil {
+			src = w.options
+		}
+	}
+	if src != nil {
+		in.options = src.Load().Override(f.cfg.options)
+	}
+	return in
+}
+
+// watch starts following service through the watcher, once. It reports whether it started now: the
+// inputs may then have changed.
+func (f *Filter) watch(service string) bool {
+	if f.cfg.watcher == nil || f.watched.Load() != nil {
+		return false
+	}
+	w := &watched{instances: f.cfg.watcher.Service(service), options: f.cfg.watcher.Options(service)}
+	return f.watched.CompareAndSwap(nil, w)
+}
+
+// instancesOf turns nodes into the core's instances: each with the watcher's meta for its address
+// when the watcher knows it, else its own, and without the lanes the client must never enter.
+func instancesOf[N kselector.Node](nodes []N, cfg *config, fresh *registrar.Instances) []gray.Instance[N] {
+	byAddress := metaByAddress(fresh)
+	instances := make([]gray.Instance[N], 0, len(nodes))
+	for _, n := range nodes {
+		meta := n.Metadata()
+		if m, ok := byAddress[n.Address()]; ok {
+			meta = m
+		}
+		if len(cfg.never) > 0 {
+			if m, err := gray.ParseMeta(meta); err == nil && slices.Contains(cfg.never, m.LaneName()) {
+				continue
+			}
+		}
+		instances = append(instances, gray.Instance[N]{ID: n.Address(), Meta: meta, Value: n})
+	}
+	return instances
+}
+
+// metaByAddress maps each address of the watcher's instances (host:port, the form a Kratos node's
+// Address has) to the instance's meta: the hosts of its tagged addresses (Kratos' registry keeps
+// its endpoint URLs there) and its service address. An address two instances claim is left out, so
+// that its node keeps its own meta.
+func metaByAddress(list *registrar.Instances) map[string]map[string]string {
+	if list == nil {
+		return nil
+	}
+	owner := make(map[string]*registrar.Endpoint, 2*len(list.Endpoints))
+	claim := func(addr string, ep *registrar.Endpoint) {
+		if prev, ok := owner[addr]; ok && (prev == nil || prev.ID != ep.ID) {
+			owner[addr] = nil // ambiguous
+			return
+		}
+		owner[addr] = ep
+	}
+	for i := range list.Endpoints {
+		ep := &list.Endpoints[i]
+		for _, a := range ep.TaggedAddresses {
+			if u, err := url.Parse(a); err == nil && u.Host != "" {
+				claim(u.Host, ep)
+			}
+		}
+		if ep.Address != "" && ep.Port > 0 {
+			claim(net.JoinHostPort(ep.Address, strconv.Itoa(ep.Port)), ep)
+		}
+	}
+	out := make(map[string]map[string]string, len(owner))
+	for addr, ep := range owner {
+		if ep != nil {
+			out[addr] = ep.Meta
+		}
+	}
+	return out
+}

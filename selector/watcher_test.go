@@ -1,0 +1,139 @@
+package selector_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	kconsul "github.com/go-kratos/kratos/contrib/registry/consul/v2"
+	"github.com/go-kratos/kratos/v2/registry"
+	kselector "github.com/go-kratos/kratos/v2/selector"
+	"github.com/go-kratos/kratos/v2/selector/node/direct"
+	"github.com/go-kratos/kratos/v2/selector/wrr"
+	"github.com/hashicorp/consul/api"
+
+	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/selector"
+)
+
+// metaAsFirstSeen is a resolver for the contrib consul registry that maps Consul's answer as the
+// registry's own resolver does, but keeps each instance's meta as it was first seen: a registry
+// that is never in time with a meta change, so that only a watcher can show one.
+func metaAsFirstSeen() kconsul.ServiceResolver {
+	var seen atomic.Pointer[map[string]map[string]string]
+	seen.Store(&map[string]map[string]string{})
+	return func(_ context.Context, entries []*api.ServiceEntry) []*registry.ServiceInstance {
+		known := *seen.Load()
+		next := make(map[string]map[string]string, len(entries))
+		out := make([]*registry.ServiceInstance, 0, len(entries))
+		for _, e := range entries {
+			meta, ok := known[e.Service.ID]
+			if !ok {
+				meta = e.Service.Meta
+			}
+			next[e.Service.ID] = meta
+			var endpoints []string
+			for tag, a := range e.Service.TaggedAddresses {
+				if !strings.HasPrefix(tag, "lan") && !strings.HasPrefix(tag, "wan") {
+					endpoints = append(endpoints, a.Address)
+				}
+			}
+			out = append(out, &registry.ServiceInstance{ID: e.Service.ID, Name: e.Service.Service,
+				Version: "v1", Metadata: meta, Endpoints: endpoints})
+		}
+		seen.Store(&next)
+		return out
+	}
+}
+
+// TestWatcherMeta: with WithWatcher, a client takes its nodes' meta from graylane's watcher. The
+// clients discover through a registry that never shows a meta change (metaAsFirstSeen): the client
+// without a watcher stays where registration put it, the one with a watcher follows the registrar
+// and a meta value broken by hand, and so does a Builder with a watcher.
+func TestWatcherMeta(t *testing.T) {
+	e := newEnv(t)
+	e.discOpts = append(e.discOpts, kconsul.WithServiceResolver(metaAsFirstSeen()))
+	e.start("bservice", "s1", gray.Meta{}, nil)
+	e.start("bservice", "c1", gray.Meta{Canary: true, Match: matchUser123}, nil)
+	w, err := registrar.NewWatcher(registrar.NewConfig(e.agent.HTTPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var problems atomic.Value
+	fresh := e.dial("bservice", selector.WithWatcher(w), selector.WithProblems(func(err error) { problems.Store(err) }))
+	frozen := e.dial("bservice")
+	ctx := context.Background()
+	for _, conn := range []struct {
+		name string
+		who  func(h ...string) (string, error)
+	}{
+		{"with the watcher", func(h ...string) (string, error) { return who(ctx, fresh, h...) }},
+		{"without", func(h ...string) (string, error) { return who(ctx, frozen, h...) }},
+	} {
+		waitFor(t, 10*time.Second, "the canary "+conn.name, func() bool { s, err := conn.who("userid", "123"); return err == nil && s == "c1" })
+		if got := count(t, 100, func(int) (string, error) { return conn.who() }); got["s1"] != 100 {
+			t.Fatalf("%s, before the raise: %v, want every unmatched call on s1", conn.name, got)
+		}
+	}
+
+	do(t, e.r, "bservice", registrar.SetWeight{Lane: "canary", Weight: gray.MaxWeight})
+	waitFor(t, 10*time.Second, "the raise, with the watcher", func() bool { s, err := who(ctx, fresh); return err == nil && s == "c1" })
+	if got := count(t, 100, func(int) (string, error) { return who(ctx, fresh) }); got["c1"] != 100 {
+		t.Fatalf("with the watcher, after the raise to 100 %%: %v", got)
+	}
+	if got := count(t, 100, func(int) (string, error) { return who(ctx, frozen) }); got["s1"] != 100 {
+		t.Fatalf("without the watcher, through a registry that never shows meta changes: %v, want s1 only", got)
+	}
+
+	// A weight broken by hand: the watcher shows it, the instance is left out and reported, and
+	// calls go on to s1.
+	e.setMetaByHand("c1", "weight", "lots")
+	waitFor(t, 10*time.Second, "the broken meta to be reported", func() bool {
+		s, err := who(ctx, fresh)
+		p, _ := problems.Load().(error)
+		return err == nil && s == "s1" && p != nil && strings.Contains(p.Error(), "weight")
+	})
+	if got := count(t, 100, func(int) (string, error) { return who(ctx, fresh, "userid", "123") }); got["s1"] != 100 {
+		t.Fatalf("with c1's meta broken: %v, want every call on s1, matched ones too", got)
+	}
+	e.setMetaByHand("c1", "weight", "100")
+	waitFor(t, 10*time.Second, "the mended meta", func() bool { s, err := who(ctx, fresh); return err == nil && s == "c1" })
+
+	// A Builder with the watcher, on a client dialed after it became the global selector.
+	kselector.SetGlobalSelector(selector.NewBuilder(&wrr.Builder{}, &direct.Builder{}, selector.WithWatcher(w)))
+	defer kselector.SetGlobalSelector(wrr.NewBuilder())
+	built := e.dialPlain("bservice", selector.Propagation())
+	waitFor(t, 10*time.Second, "the canary, through the Builder", func() bool { s, err := who(ctx, built); return err == nil && s == "c1" })
+	do(t, e.r, "bservice", registrar.Rollback{Lane: "canary"})
+	waitFor(t, 10*time.Second, "the rollback, through the Builder", func() bool { s, err := who(ctx, built); return err == nil && s == "s1" })
+	if got := count(t, 100, func(int) (string, error) { return who(ctx, built) }); got["s1"] != 100 {
+		t.Fatalf("through the Builder, after the rollback: %v", got)
+	}
+}
+
+// TestWatcherUnreachable: a watcher that cannot reach Consul never answers; the client decides on
+// the registry's meta and keeps working.
+func TestWatcherUnreachable(t *testing.T) {
+	e := newEnv(t)
+	e.start("bservice", "s1", gray.Meta{}, nil)
+	e.start("bservice", "c1", gray.Meta{Canary: true, Weight: gray.MaxWeight}, nil)
+	w, err := registrar.NewWatcher(registrar.NewConfig("127.0.0.1:1")) // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	conn := e.dial("bservice", selector.WithWatcher(w))
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "the canary", func() bool { s, err := who(ctx, conn); return err == nil && s == "c1" })
+	if got := count(t, 100, func(i int) (string, error) { return who(ctx, conn, "x-user-id", fmt.Sprint(i)) }); got["c1"] != 100 {
+		t.Fatalf("with the watcher unanswered: %v, want the registry's meta (c1 at 100 %%)", got)
+	}
+	if st := w.Service("bservice").State(); !st.Stale || st.LastError == nil {
+		t.Fatalf("watcher state %+v: want stale, with the error", st)
+	}
+}
