@@ -25,7 +25,12 @@
 // # Preparing and deciding
 //
 // Instances come from the Kratos registry (the consul contrib registry maps Consul service meta to
-// the node's metadata verbatim). The filter keeps a gray.Snapshot keyed by the node set it is
+// the node's metadata verbatim). That registry waits for a 1 s ticker between its blocking queries,
+// so a change committed soon after another reaches the client up to a second later. With
+// WithWatcher the filter takes each node's meta from graylane's own watcher (registrar.Watcher),
+// whose blocking query answers as soon as Consul commits a change, matched to the node by address;
+// the registry still says which instances there are, and a node the watcher does not know keeps
+// its own meta. The filter keeps a gray.Snapshot keyed by the node set it is
 // given: when the set changes (a discovery update, a meta change, a connection that came up or went
 // away) it decodes the meta once and swaps the snapshot atomically; a call compares the node set
 // with the key (two machine words per node) and reads the snapshot. The filter's own work allocates
@@ -37,8 +42,8 @@
 // instance when the chosen lane is empty. Options: WithNeverLanes (lanes a client must never enter),
 // WithStrict (no fallback: a call fails with *StrictError; an HTTP call needs the StrictErrors
 // middleware for that, else it fails with Kratos' 503),
-// WithTagKey, WithStickyHeader, WithStickyCookie, and WithServiceOptions for the service's options
-// kept in Consul, which client options override.
+// WithTagKey, WithStickyHeader, WithStickyCookie, and WithServiceOptions (or WithWatcher) for the
+// service's options kept in Consul, which client options override.
 //
 // # What a decision can see
 //
@@ -88,6 +93,7 @@
 // # Concurrency
 //
 // A Filter and the options it returns are safe for concurrent use by any number of calls. The filter
-// starts no goroutine; a gRPC or HTTP client with the option leaves none behind after Close (Kratos'
+// starts no goroutine (with WithWatcher, the watcher runs the blocking queries, and its Close ends
+// them); a gRPC or HTTP client with the option leaves none behind after Close (Kratos'
 // HTTP client watches discovery with the context given to NewClient: cancel it too).
 package selector

@@ -10,6 +10,7 @@ import (
 	"github.com/go-kratos/kratos/v2/transport/http"
 	"github.com/hashicorp/consul/api"
 
+	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
 )
 
@@ -56,4 +57,32 @@ func ExampleHTTP() {
 		log.Fatal(err)
 	}
 	defer hc.Close()
+}
+
+// A client that takes the meta of bservice's instances from graylane's watcher, which shows a change
+// as soon as Consul commits it rather than at the registry's next 1 s tick. The watcher also
+// supplies the decision options bservice keeps in Consul (graylane options), so the client needs
+// none of its own. One watcher serves every client of a process: close it after them.
+func ExampleWithWatcher() {
+	ctx := context.Background()
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	w, err := registrar.NewWatcher(nil) // the same CONSUL_HTTP_ADDR and friends
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer w.Close()
+
+	conn, err := grpc.DialInsecure(ctx,
+		grpc.WithEndpoint("discovery:///bservice"),
+		grpc.WithDiscovery(consul.New(client)),
+		grpc.WithMiddleware(metadata.Client()),
+		selector.GRPC(selector.WithWatcher(w)),
+	)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
 }

@@ -34,7 +34,7 @@ func BenchmarkCommitToCall(b *testing.B) {
 		{"back-to-back", 1, 0, 1200 * time.Millisecond, false},
 		{"3-canaries", 3, 1500 * time.Millisecond, 4 * time.Second, false},
 		{"back-to-back+watcher", 1, 0, 1200 * time.Millisecond, true},
-		{"3-canaries+watcher", 3, 0, 1200 * time.Millisecond, true},
+		{"3-canaries-back-to-back+watcher", 3, 0, 1200 * time.Millisecond, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			e := newEnv(b)

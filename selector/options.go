@@ -45,6 +45,13 @@ func WithServiceOptions(src OptionsSource) Option { return func(c *config) { c.s
 // not answered yet, or the instance is newer than w's last answer). A second change of w or of the
 // node set prepares a new snapshot, on the next call.
 //
+// What the watcher cannot hide: when the registry delivers the change too, Kratos' gRPC resolver
+// gives each changed instance a new connection (gRPC keys connections by address and attributes,
+// and Kratos puts the meta in the attributes). For that handshake the instance is missing from the
+// node set, and calls for its lane go where calls go when a lane has no instance: to the base, or,
+// in strict mode, nowhere. Without the watcher the same reconnect comes at the moment the change
+// is seen, hidden in it.
+//
 // The filter starts watching its service through w on its first call; w is the caller's: close it
 // after the clients that use it. While Consul cannot be reached, w and the registry both keep
 // their last answer. Options given with WithServiceOptions take the place of w's.

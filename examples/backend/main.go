@@ -274,12 +274,21 @@ func Run(ctx context.Context, cfg Config, ready chan<- [2]int) error {
 	gs.RegisterService(&EchoDesc, a)
 
 	if cfg.Next != "" {
+		// graylane's watcher shows the next hop's meta as soon as Consul commits a change; the
+		// registry says which instances there are. Closed after the client (defers run last first).
+		w, err := registrar.NewWatcher(cfg.Consul)
+		if err != nil {
+			hl.Close()
+			gl.Close()
+			return err
+		}
+		defer w.Close()
 		a.next, err = kgrpc.DialInsecure(ctx,
 			kgrpc.WithEndpoint("discovery:///"+cfg.Next),
 			kgrpc.WithDiscovery(kconsul.New(client)),
 			kgrpc.WithMiddleware(mmd.Client()), // carries x-md-global- keys, the lane tag among them
 			kgrpc.WithPrintDiscoveryDebugLog(false),
-			selector.GRPC(selector.WithStickyHeader(cfg.StickyHeader)),
+			selector.GRPC(selector.WithStickyHeader(cfg.StickyHeader), selector.WithWatcher(w)),
 		)
 		if err != nil {
 			hl.Close()

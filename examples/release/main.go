@@ -27,11 +27,13 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	kconsul "github.com/go-kratos/kratos/contrib/registry/consul/v2"
 	klog "github.com/go-kratos/kratos/v2/log"
+	kselector "github.com/go-kratos/kratos/v2/selector"
 	"google.golang.org/grpc"
 
 	"github.com/graylane/graylane/gray"
@@ -125,7 +127,8 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 
 	gw := newGateway(s.sock, s.w)
 	defer gw.close()
-	kc := &kratosClient{conns: map[string]*grpc.ClientConn{}, consul: func() *kconsul.Registry { return kconsul.New(s.client) }}
+	kc := &kratosClient{conns: map[string]*grpc.ClientConn{}, nodes: map[string]*atomic.Pointer[[]kselector.Node]{},
+		consul: func() *kconsul.Registry { return kconsul.New(s.client) }, watcher: s.w}
 	defer kc.close()
 	d := &demo{out: out, s: s, planes: []plane{gw, kc}}
 

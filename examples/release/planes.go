@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -17,6 +18,7 @@ import (
 	kconsul "github.com/go-kratos/kratos/contrib/registry/consul/v2"
 	"github.com/go-kratos/kratos/v2/metadata"
 	mmd "github.com/go-kratos/kratos/v2/middleware/metadata"
+	kselector "github.com/go-kratos/kratos/v2/selector"
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -255,9 +257,11 @@ func (g *gateway) Do(ctx context.Context, service string, r *request) (*reply, e
 // kratosClient is a Kratos gRPC client per service with the selector option: the client a Go
 // service uses to call another.
 type kratosClient struct {
-	mu     sync.Mutex
-	consul func() *kconsul.Registry
-	conns  map[string]*grpc.ClientConn
+	mu      sync.Mutex
+	consul  func() *kconsul.Registry
+	watcher *registrar.Watcher // the nodes' meta as soon as Consul commits it
+	conns   map[string]*grpc.ClientConn
+	nodes   map[string]*atomic.Pointer[[]kselector.Node] // per service, the nodes of the last pick
 }
 
 func (k *kratosClient) Name() string { return "Kratos client: selector" }
@@ -268,19 +272,56 @@ func (k *kratosClient) conn(ctx context.Context, service string) (*grpc.ClientCo
 	if c := k.conns[service]; c != nil {
 		return c, nil
 	}
+	last := new(atomic.Pointer[[]kselector.Node])
+	seen := func(_ context.Context, nodes []kselector.Node) []kselector.Node {
+		last.Store(&nodes) // Kratos' default selector hands each pick its own copy
+		return nodes
+	}
 	// One registry value per client: see the selector's README section on Kratos' Equal.
 	c, err := kgrpc.DialInsecure(context.Background(),
 		kgrpc.WithEndpoint("discovery:///"+service),
 		kgrpc.WithDiscovery(k.consul()),
 		kgrpc.WithMiddleware(mmd.Client()),
 		kgrpc.WithPrintDiscoveryDebugLog(false),
-		selector.GRPC(selector.WithStickyHeader(stickyHeader)),
+		selector.GRPC(selector.WithStickyHeader(stickyHeader), selector.WithWatcher(k.watcher),
+			selector.WithNodeFilters(seen)),
 	)
 	if err != nil {
 		return nil, err
 	}
 	k.conns[service] = c
+	k.nodes[service] = last
 	return c, nil
+}
+
+// settled reports whether the nodes of the client's last pick of service carry the meta Consul
+// holds, as the watcher shows it. The watcher shows a change first and the client decides by it at
+// once; the Kratos registry delivers it up to a second later, and gRPC then reconnects each changed
+// instance (its connection is keyed by the address and the meta): for that handshake the instance
+// is missing from the nodes and its lane's calls fall back. Measuring shares after the client has
+// settled keeps that moment out of them.
+func (k *kratosClient) settled(service string) bool {
+	k.mu.Lock()
+	last := k.nodes[service]
+	k.mu.Unlock()
+	list := k.watcher.Service(service).Instances()
+	if last == nil || last.Load() == nil || list == nil {
+		return false
+	}
+	meta := map[string]map[string]string{}
+	for _, n := range *last.Load() {
+		meta[n.Address()] = n.Metadata()
+	}
+	for _, ep := range list.Endpoints {
+		u, err := url.Parse(ep.TaggedAddresses["grpc"])
+		if err != nil {
+			return false
+		}
+		if m, ok := meta[u.Host]; !ok || !maps.Equal(m, ep.Meta) {
+			return false
+		}
+	}
+	return true
 }
 
 func (k *kratosClient) close() {
