@@ -216,6 +216,9 @@ func (v *ServiceView) Snapshot() *gray.Snapshot[Endpoint] { return v.snap.Load()
 // answered. The list is shared by every view of the service and never modified.
 func (v *ServiceView) Instances() *Instances { return v.watch.endpoints.Load() }
 
+// Stale reports what State().Stale does, without locking: cheap enough for every request.
+func (v *ServiceView) Stale() bool { return v.watch.state.Load().Stale }
+
 // State returns the view's freshness.
 func (v *ServiceView) State() WatchState {
 	s := *v.watch.state.Load()

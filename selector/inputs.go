@@ -36,7 +36,11 @@ func (f *Filter) inputs() inputs {
 	in := inputs{options: f.cfg.options}
 	src := f.cfg.source
 	if w := f.watched.Load(); w != nil {
-		in.instances = w.instances.Instances()
+		// A stale watcher (Consul unreachable, the token refused) may lag behind the registry,
+		// which keeps going on its own connection: its answer counts only while it is fresh.
+		if !w.instances.Stale() {
+			in.instances = w.instances.Instances()
+		}
 		if src == nil {
 			src = w.options
 		}

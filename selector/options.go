@@ -43,7 +43,9 @@ func WithServiceOptions(src OptionsSource) Option { return func(c *config) { c.s
 // registry gives takes the meta w shows for its address (host:port, from the instance's tagged
 // addresses or its service address), and keeps its own when w does not know the address (w has
 // not answered yet, or the instance is newer than w's last answer). A second change of w or of the
-// node set prepares a new snapshot, on the next call.
+// node set prepares a new snapshot, on the next call. While w is stale (it cannot reach Consul, or
+// its token is refused) its answer is set aside and the nodes keep the registry's meta, which may be
+// fresher.
 //
 // What the watcher cannot hide: when the registry delivers the change too, Kratos' gRPC resolver
 // gives each changed instance a new connection (gRPC keys connections by address and attributes,
@@ -53,8 +55,7 @@ func WithServiceOptions(src OptionsSource) Option { return func(c *config) { c.s
 // is seen, hidden in it.
 //
 // The filter starts watching its service through w on its first call; w is the caller's: close it
-// after the clients that use it. While Consul cannot be reached, w and the registry both keep
-// their last answer. Options given with WithServiceOptions take the place of w's.
+// after the clients that use it. Options given with WithServiceOptions take the place of w's.
 func WithWatcher(w *registrar.Watcher) Option { return func(c *config) { c.watcher = w } }
 
 // WithOptions sets the client's decision options; their non-empty fields override the service's.

@@ -3,7 +3,14 @@ package selector_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -136,4 +143,76 @@ func TestWatcherUnreachable(t *testing.T) {
 	if st := w.Service("bservice").State(); !st.Stale || st.LastError == nil {
 		t.Fatalf("watcher state %+v: want stale, with the error", st)
 	}
+}
+
+// TestWatcherStale: a watcher that answered and then lost Consul (here its own way to Consul is cut,
+// while the registry's goes on) is set aside: a rollback it cannot see still reaches the client
+// through the registry.
+func TestWatcherStale(t *testing.T) {
+	e := newEnv(t)
+	e.start("bservice", "s1", gray.Meta{}, nil)
+	e.start("bservice", "c1", gray.Meta{Canary: true, Weight: gray.MaxWeight}, nil)
+	way := newCuttable(t, e.agent.HTTPAddr)
+	w, err := registrar.NewWatcher(registrar.NewConfig(way.addr()), registrar.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	view := w.Service("bservice")
+	<-view.Ready()
+	conn := e.dial("bservice", selector.WithWatcher(w))
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "the canary", func() bool { s, err := who(ctx, conn); return err == nil && s == "c1" })
+
+	way.cut()
+	waitFor(t, 10*time.Second, "the watcher to turn stale", view.Stale)
+	do(t, e.r, "bservice", registrar.Rollback{Lane: "canary"})
+	waitFor(t, 10*time.Second, "the rollback, through the registry", func() bool { s, err := who(ctx, conn); return err == nil && s == "s1" })
+	if got := count(t, 100, func(i int) (string, error) { return who(ctx, conn, "x-user-id", fmt.Sprint(i)) }); got["s1"] != 100 {
+		t.Fatalf("after the rollback, with the watcher stale: %v", got)
+	}
+	if c1 := view.Instances().Endpoints[0]; c1.ID != "c1" || c1.Meta["weight"] != "100" {
+		t.Fatal("the stale watcher's answer changed: the test did not cut it off")
+	}
+}
+
+// cuttable is an HTTP way to Consul that can be cut: requests in flight are cancelled and later
+// ones refused.
+type cuttable struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	off bool
+	ctx context.Context
+	end context.CancelFunc
+}
+
+func newCuttable(t *testing.T, consul string) *cuttable {
+	c := &cuttable{}
+	c.ctx, c.end = context.WithCancel(context.Background())
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: consul})
+	proxy.ErrorLog = log.New(io.Discard, "", 0) // the cut's cancellations are expected
+	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		off, ctx := c.off, c.ctx
+		c.mu.Unlock()
+		if off {
+			http.Error(w, "cut", http.StatusServiceUnavailable)
+			return
+		}
+		in, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		defer context.AfterFunc(ctx, cancel)() // the cut ends requests in flight
+		proxy.ServeHTTP(w, r.WithContext(in))
+	}))
+	t.Cleanup(func() { c.end(); c.srv.Close() })
+	return c
+}
+
+func (c *cuttable) addr() string { return strings.TrimPrefix(c.srv.URL, "http://") }
+
+func (c *cuttable) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.off = true
+	c.end()
 }
