@@ -14,6 +14,7 @@ package registrar
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"hash/fnv"
 	"maps"
 	"slices"
@@ -174,10 +175,21 @@ func (w *Watcher) Options(name string) *OptionsView {
 	return w.watch(name).opts
 }
 
-// Close stops watching and waits for every goroutine to end.
+// ErrWatcherClosed is the LastError of every view of a closed Watcher.
+var ErrWatcherClosed = errors.New("registrar: the watcher is closed")
+
+// Close stops watching and waits for every goroutine to end. Its views keep their last snapshot and
+// turn stale: nothing follows Consul for them any more.
 func (w *Watcher) Close() error {
 	w.cancel()
 	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, sw := range w.services {
+		sw.mu.Lock()
+		sw.setState(WatchState{Stale: true, LastError: ErrWatcherClosed}, false)
+		sw.mu.Unlock()
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package registrar_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -90,7 +91,7 @@ func TestWatchLatency(t *testing.T) {
 // TestWatchedInstances: the view's Instances is Consul's answer with each instance's own tagged
 // addresses (not Consul's lan and wan ones), replaced, never modified, on each change.
 func TestWatchedInstances(t *testing.T) {
-	a, r, _, v := watchedBService(t)
+	a, r, w, v := watchedBService(t)
 	before := v.Instances()
 	if before == nil || len(before.Endpoints) != 2 || before.Index == 0 {
 		t.Fatalf("instances: %+v, want the two passing ones of testdata/bservice.yaml with an index", before)
@@ -137,6 +138,17 @@ func TestWatchedInstances(t *testing.T) {
 	waitFor(t, 10*time.Second, "the new weight", func() bool { return v.Instances().Endpoints[1].Meta["weight"] == "25" })
 	if before.Endpoints[1].Meta["weight"] != "10" {
 		t.Fatal("an earlier answer was modified")
+	}
+
+	// Closed, the watcher follows nothing: its views say so and keep their last answer.
+	if v.Stale() {
+		t.Fatal("stale before Close")
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st := v.State(); !v.Stale() || !errors.Is(st.LastError, registrar.ErrWatcherClosed) || v.Instances() == nil {
+		t.Fatalf("after Close: stale %v, state %+v", v.Stale(), st)
 	}
 }
 

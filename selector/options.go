@@ -55,7 +55,8 @@ func WithServiceOptions(src OptionsSource) Option { return func(c *config) { c.s
 // is seen, hidden in it.
 //
 // The filter starts watching its service through w on its first call; w is the caller's: close it
-// after the clients that use it. Options given with WithServiceOptions take the place of w's.
+// after the clients that use it (closed earlier, its views turn stale, and the clients go on with
+// the registry's meta). Options given with WithServiceOptions take the place of w's.
 func WithWatcher(w *registrar.Watcher) Option { return func(c *config) { c.watcher = w } }
 
 // WithOptions sets the client's decision options; their non-empty fields override the service's.
