@@ -33,6 +33,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseConf$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
 	$(GO) test -run='^$$' -fuzz='^FuzzRequestFilter$$' -fuzztime=$(FUZZTIME) ./apisix/extplugin
 	$(GO) test -run='^$$' -fuzz='^FuzzPasswordLine$$' -fuzztime=$(FUZZTIME) ./portal
+	$(GO) test -run='^$$' -fuzz='^FuzzMetaByAddress$$' -fuzztime=$(FUZZTIME) ./selector
 
 ## bench: the decision and gateway plugin benchmarks, with allocations
 bench: consul
