@@ -266,6 +266,11 @@ type OptionsView struct {
 // It never blocks.
 func (o *OptionsView) Load() gray.Options { return *o.value.Load() }
 
+// Current returns the service's options as last published. Each change publishes a new value and
+// none is modified, so comparing the pointer with an earlier one tells whether the options changed,
+// more cheaply than comparing values. It never blocks.
+func (o *OptionsView) Current() *gray.Options { return o.value.Load() }
+
 // Err returns the last error reading the options, nil after a success.
 func (o *OptionsView) Err() error {
 	if p := o.err.Load(); p != nil {

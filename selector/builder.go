@@ -78,7 +78,7 @@ func (s *graySelector) prepare(nodes []kselector.WeightedNode, in inputs) *built
 	if len(nodes) > 0 {
 		service = nodes[0].ServiceName()
 	}
-	st.snap = gray.NewSnapshot(service, instancesOf(nodes, &s.filter.cfg, in.instances), in.options)
+	st.snap = gray.NewSnapshot(service, instancesOf(nodes, &s.filter.cfg, in.instances), s.filter.options(in))
 	if s.filter.cfg.problems != nil {
 		for _, p := range st.snap.Problems() {
 			s.filter.cfg.problems(p)
@@ -93,9 +93,10 @@ func (s *graySelector) Select(ctx context.Context, opts ...kselector.SelectOptio
 		return nil, nil, kselector.ErrNoAvailable
 	}
 	if s.filter.live() {
-		if in := s.filter.inputs(); in != st.in { // the service's options or the watcher's answer changed
+		valued := s.filter.cfg.source != nil
+		if in := s.filter.inputs(); !st.in.same(&in, valued) { // the service's options or the watcher's answer changed
 			s.mu.Lock()
-			if st = s.state.Load(); st.in != in {
+			if st = s.state.Load(); !st.in.same(&in, valued) {
 				st = s.prepare(st.nodes, in)
 				s.state.Store(st)
 			}

@@ -154,14 +154,16 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 func (f *Filter) prepared(nodes []kselector.Node) *state {
 	// Without a source or a watcher the inputs are the client's options, fixed for the Filter's
 	// life: nothing to compare.
-	in, live := inputs{options: f.cfg.options}, f.live()
+	var in inputs
+	live := f.live()
 	if live {
 		in = f.inputs()
 	}
-	if st := f.current.Load(); st.matches(nodes) && (!live || st.in == in) {
+	valued := f.cfg.source != nil
+	if st := f.current.Load(); st.matches(nodes) && (!live || st.in.same(&in, valued)) {
 		return st
 	}
-	if st := f.previous.Load(); st.matches(nodes) && (!live || st.in == in) {
+	if st := f.previous.Load(); st.matches(nodes) && (!live || st.in.same(&in, valued)) {
 		return st
 	}
 	if f.watch(nodes[0].ServiceName()) {
@@ -192,7 +194,7 @@ func (f *Filter) build(nodes []kselector.Node, in inputs) *state {
 	for i := range nodes {
 		st.key[i] = words(&nodes[i])
 	}
-	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instancesOf(nodes, &f.cfg, in.instances), in.options)
+	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instancesOf(nodes, &f.cfg, in.instances), f.options(in))
 	if f.cfg.problems != nil {
 		for _, p := range st.snap.Problems() {
 			f.cfg.problems(p)

@@ -12,12 +12,20 @@ import (
 	"github.com/graylane/graylane/registrar"
 )
 
-// inputs is what a snapshot is prepared from besides the node set: the decision options and, with a
-// watcher, its latest answer on the service's instances. Both are compared on every call, the
-// answer by pointer: the watcher publishes a new one for each change and never modifies it.
+// inputs is what a snapshot is prepared from besides the node set, in the form a call compares
+// cheaply: the options of a WithServiceOptions source by value; else the watcher's options as it
+// published them, and its answer on the service's instances, by pointer (the watcher publishes a new
+// value for each change and never modifies one).
 type inputs struct {
-	options   gray.Options
-	instances *registrar.Instances
+	source    gray.Options
+	published *gray.Options
+	instances *registrar.Instances // nil without a watcher, before it answers, and while it is stale
+}
+
+// same reports whether a and b are the same inputs. Source options are compared only when there is
+// a source (valued): they are the zero Options otherwise.
+func (a *inputs) same(b *inputs, valued bool) bool {
+	return a.published == b.published && a.instances == b.instances && (!valued || a.source == b.source)
 }
 
 // watched is what a Filter follows through WithWatcher's watcher for its one service.
@@ -30,25 +38,35 @@ type watched struct {
 // and a watcher they are the client's options, fixed.
 func (f *Filter) live() bool { return f.cfg.source != nil || f.cfg.watcher != nil }
 
-// inputs returns the current inputs. Options: the source's, else the watcher's, overridden by the
-// client's.
+// inputs returns the current inputs.
 func (f *Filter) inputs() inputs {
-	in := inputs{options: f.cfg.options}
-	src := f.cfg.source
+	var in inputs
 	if w := f.watched.Load(); w != nil {
 		// A stale watcher (Consul unreachable, the token refused) may lag behind the registry,
 		// which keeps going on its own connection: its answer counts only while it is fresh.
 		if !w.instances.Stale() {
 			in.instances = w.instances.Instances()
 		}
-		if src == nil {
-			src = w.options
+		if f.cfg.source == nil {
+			in.published = w.options.Current()
 		}
 	}
-	if src != nil {
-		in.options = src.Load().Override(f.cfg.options)
+	if f.cfg.source != nil {
+		in.source = f.cfg.source.Load()
 	}
 	return in
+}
+
+// options returns the decision options for in: the service's (from the source, else the watcher),
+// overridden by the client's.
+func (f *Filter) options(in inputs) gray.Options {
+	switch {
+	case f.cfg.source != nil:
+		return in.source.Override(f.cfg.options)
+	case in.published != nil:
+		return in.published.Override(f.cfg.options)
+	}
+	return f.cfg.options
 }
 
 // watch starts following service through the watcher, once. It reports whether it started now: the
