@@ -52,82 +52,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/graylane/graylane/examples/echo"
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/metrics"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
 )
-
-// Reply is what the service answers, over HTTP as JSON and over gRPC as the JSON in a StringValue.
-type Reply struct {
-	Service  string `json:"service"`
-	Instance string `json:"instance"`
-	Version  string `json:"version,omitempty"`
-	// Serves is the lane this instance serves in (it follows promotions).
-	Serves string `json:"serves"`
-	// Lane is the lane header the request carried ("" when none).
-	Lane string `json:"lane"`
-	Path string `json:"path"`
-	// Next is the next hop's answer, when the service has one.
-	Next *Reply `json:"next,omitempty"`
-}
-
-// String is a one-line form: instance(lane) > next instance(lane).
-func (r *Reply) String() string {
-	s := r.Instance + "(" + r.Serves + ")"
-	if r.Next != nil {
-		s += " > " + r.Next.String()
-	}
-	return s
-}
-
-// WhoMethod is the gRPC method's full name. The service has no .proto: its descriptor is written
-// by hand with protobuf's well-known StringValue as request and answer.
-const WhoMethod = "/graylane.example.Echo/Who"
-
-type whoServer interface{}
-
-// EchoDesc describes the gRPC service.
-var EchoDesc = grpc.ServiceDesc{
-	ServiceName: "graylane.example.Echo",
-	HandlerType: (*whoServer)(nil),
-	Methods: []grpc.MethodDesc{{
-		MethodName: "Who",
-		Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-			in := new(wrapperspb.StringValue)
-			if err := dec(in); err != nil {
-				return nil, err
-			}
-			h := func(ctx context.Context, _ any) (any, error) {
-				r, err := srv.(*app).answer(ctx, WhoMethod)
-				if err != nil {
-					return nil, err
-				}
-				b, _ := json.Marshal(r)
-				return wrapperspb.String(string(b)), nil
-			}
-			if icpt == nil {
-				return h(ctx, in)
-			}
-			return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: WhoMethod}, h)
-		},
-	}},
-}
-
-// Who calls the service's gRPC method on conn.
-func Who(ctx context.Context, conn grpc.ClientConnInterface) (*Reply, error) {
-	out := new(wrapperspb.StringValue)
-	if err := conn.Invoke(ctx, WhoMethod, wrapperspb.String(""), out); err != nil {
-		return nil, err
-	}
-	r := new(Reply)
-	if err := json.Unmarshal([]byte(out.GetValue()), r); err != nil {
-		return nil, fmt.Errorf("who: %w", err)
-	}
-	return r, nil
-}
 
 // Config is the service's configuration (from the environment in main).
 type Config struct {
@@ -202,13 +133,14 @@ func (a *app) lane(spec *gray.Meta) func() string {
 	}
 }
 
-func (a *app) answer(ctx context.Context, path string) (*Reply, error) {
-	r := &Reply{Service: a.cfg.Service, Instance: a.cfg.ID, Version: a.version, Serves: a.serves(), Path: path}
+// Answer implements echo.Answerer.
+func (a *app) Answer(ctx context.Context, path string) (*echo.Reply, error) {
+	r := &echo.Reply{Service: a.cfg.Service, Instance: a.cfg.ID, Version: a.version, Serves: a.serves(), Path: path}
 	if tr, ok := transport.FromServerContext(ctx); ok {
 		r.Lane = tr.RequestHeader().Get(gray.DefaultTagKey)
 	}
 	if a.next != nil {
-		next, err := Who(ctx, a.next) // the handler's context: the selector sees this request
+		next, err := echo.Who(ctx, a.next) // the handler's context: the selector sees this request
 		if err != nil {
 			return nil, fmt.Errorf("%s: calling %s: %w", a.cfg.ID, a.cfg.Next, err)
 		}
@@ -260,7 +192,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- [2]int) error {
 	hs.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	hs.Handle("/metrics", promhttp.HandlerFor(promReg, promhttp.HandlerOpts{}))
 	who := func(c khttp.Context) error {
-		h := c.Middleware(func(ctx context.Context, _ any) (any, error) { return a.answer(ctx, c.Request().URL.Path) })
+		h := c.Middleware(func(ctx context.Context, _ any) (any, error) { return a.Answer(ctx, c.Request().URL.Path) })
 		out, err := h(c, nil)
 		if err != nil {
 			return err
@@ -271,7 +203,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- [2]int) error {
 		hs.Route("/").Handle(m, "/{path:.*}", who)
 	}
 	gs := kgrpc.NewServer(kgrpc.Listener(gl), kgrpc.Middleware(mw...))
-	gs.RegisterService(&EchoDesc, a)
+	gs.RegisterService(&echo.Desc, a)
 
 	if cfg.Next != "" {
 		// graylane's watcher shows the next hop's meta as soon as Consul commits a change; the

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/graylane/graylane/examples/echo"
 	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
 )
@@ -57,23 +58,23 @@ func TestChain(t *testing.T) {
 	if err != nil || svc.Meta["canary"] != "true" || svc.TaggedAddresses["grpc"].Address == "" {
 		t.Fatalf("cservice-canary-1 registered as %+v, %v", svc, err)
 	}
-	try := func(lane string) (Reply, error) {
+	try := func(lane string) (echo.Reply, error) {
 		req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/user", port), nil)
 		if lane != "" {
 			req.Header.Set("x-md-global-gray-lane", lane)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			return Reply{}, err
+			return echo.Reply{}, err
 		}
 		defer resp.Body.Close()
-		var r Reply
+		var r echo.Reply
 		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || resp.StatusCode != 200 || r.Next == nil {
 			return r, fmt.Errorf("status %d: %v", resp.StatusCode, err)
 		}
 		return r, nil
 	}
-	get := func(lane string) Reply {
+	get := func(lane string) echo.Reply {
 		t.Helper()
 		r, err := try(lane)
 		if err != nil {
@@ -95,8 +96,8 @@ func TestChain(t *testing.T) {
 	}
 	for i := 0; i < 20; i++ {
 		r := get("canary")
-		want := Reply{Service: "bservice", Instance: "bservice-1", Version: "v1", Serves: "stable", Lane: "canary", Path: "/api/user",
-			Next: &Reply{Service: "cservice", Instance: "cservice-canary-1", Version: "v2", Serves: "canary", Lane: "canary", Path: WhoMethod}}
+		want := echo.Reply{Service: "bservice", Instance: "bservice-1", Version: "v1", Serves: "stable", Lane: "canary", Path: "/api/user",
+			Next: &echo.Reply{Service: "cservice", Instance: "cservice-canary-1", Version: "v2", Serves: "canary", Lane: "canary", Path: echo.Method}}
 		if r.String() != want.String() || *r.Next != *want.Next || r.Lane != "canary" {
 			t.Fatalf("canary request: %+v > %+v", r, r.Next)
 		}

@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -24,8 +23,8 @@ import (
 	mmd "github.com/go-kratos/kratos/v2/middleware/metadata"
 	"github.com/go-kratos/kratos/v2/transport/grpc"
 	"github.com/hashicorp/consul/api"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/graylane/graylane/examples/echo"
 	"github.com/graylane/graylane/selector"
 )
 
@@ -53,21 +52,6 @@ func main() {
 	}
 }
 
-// reply is the part of the example service's answer the client prints.
-type reply struct {
-	Instance string `json:"instance"`
-	Serves   string `json:"serves"`
-	Next     *reply `json:"next,omitempty"`
-}
-
-func (r *reply) String() string {
-	s := r.Instance + " (" + r.Serves + ")"
-	if r.Next != nil {
-		s += " > " + r.Next.String()
-	}
-	return s
-}
-
 func run(ctx context.Context, out io.Writer, service string, n int, hs headers) error {
 	client, err := api.NewClient(api.DefaultConfig()) // CONSUL_HTTP_ADDR and friends
 	if err != nil {
@@ -90,15 +74,10 @@ func run(ctx context.Context, out io.Writer, service string, n int, hs headers) 
 	for i := 0; i < n; i++ {
 		cctx := metadata.AppendToClientContext(ctx, append([]string{"x-user-id", fmt.Sprintf("user-%d", i)}, hs...)...)
 		cctx, cancel := context.WithTimeout(cctx, 5*time.Second)
-		res := new(wrapperspb.StringValue)
-		err := conn.Invoke(cctx, "/graylane.example.Echo/Who", wrapperspb.String(""), res)
+		r, err := echo.Who(cctx, conn)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("call %d: %w", i, err)
-		}
-		var r reply
-		if err := json.Unmarshal([]byte(res.GetValue()), &r); err != nil {
-			return err
 		}
 		counts[r.Serves]++
 		if _, ok := first[r.Serves]; !ok {

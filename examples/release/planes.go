@@ -21,9 +21,9 @@ import (
 	kselector "github.com/go-kratos/kratos/v2/selector"
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/graylane/graylane/apisix"
+	"github.com/graylane/graylane/examples/echo"
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/runnerclient"
 	"github.com/graylane/graylane/registrar"
@@ -54,21 +54,7 @@ func (r *request) headers() [][2]string {
 
 // reply is what the example service answered: the instance that served a request, its lane, and
 // the next hop's.
-type reply struct {
-	Service  string `json:"service"`
-	Instance string `json:"instance"`
-	Serves   string `json:"serves"`
-	Lane     string `json:"lane"`
-	Next     *reply `json:"next,omitempty"`
-}
-
-func (r *reply) String() string {
-	s := r.Instance + " (" + r.Serves + ")"
-	if r.Next != nil {
-		s += " > " + r.Next.String()
-	}
-	return s
-}
+type reply = echo.Reply
 
 // plane sends a request to a service and returns who served it.
 type plane interface {
@@ -346,15 +332,7 @@ func (k *kratosClient) Do(ctx context.Context, service string, r *request) (*rep
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	out := new(wrapperspb.StringValue)
-	if err := c.Invoke(ctx, "/graylane.example.Echo/Who", wrapperspb.String(""), out); err != nil {
-		return nil, err
-	}
-	rep := new(reply)
-	if err := json.Unmarshal([]byte(out.GetValue()), rep); err != nil {
-		return nil, err
-	}
-	return rep, nil
+	return echo.Who(ctx, c)
 }
 
 // sendAll sends every request through the plane with a few workers and returns the replies in
