@@ -25,6 +25,7 @@ import (
 	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/internal/promtest"
+	"github.com/graylane/graylane/internal/syncbuf"
 	"github.com/graylane/graylane/metrics"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/rollout"
@@ -418,9 +419,9 @@ gates: {window: 4s, min_requests: 30, error_ratio: {max: 0.02}}
 	if err := os.WriteFile(planFile, []byte(plan), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	start := func() (*exec.Cmd, *syncBuffer) {
+	start := func() (*exec.Cmd, *syncbuf.Buffer) {
 		cmd := exec.Command(bin, "rollout", "start", "shop", "canary", "-f", planFile, "--consul", s.consul.HTTPAddr, "--who", "release-bot")
-		out := &syncBuffer{}
+		out := &syncbuf.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -450,23 +451,6 @@ gates: {window: 4s, min_requests: 30, error_ratio: {max: 0.02}}
 	}
 	s.appliedOnce(t, "weight canary 20")
 	t.Logf("first controller:\n%s\nsecond controller:\n%s", out1.String(), out2.String())
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // waitFor polls cond until it holds or the timeout passes.

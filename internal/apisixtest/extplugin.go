@@ -5,17 +5,16 @@ package apisixtest
 // wire protocol (internal/runnerclient).
 
 import (
-	"bytes"
 	"errors"
 	"net"
 	"os"
 	"os/exec"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/graylane/graylane/internal/runnerclient"
+	"github.com/graylane/graylane/internal/syncbuf"
 )
 
 // Runner is a plugin runner process, started as APISIX starts it.
@@ -23,35 +22,16 @@ type Runner struct {
 	tb   testing.TB
 	cmd  *exec.Cmd
 	sock string
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 	err  error // the process's exit, once done is closed
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// startRunner starts the command as APISIX starts its runner, with env added, and waits for the
-// socket. The runner is stopped with SIGTERM when the test ends.
 // StartRunner starts argv as APISIX starts its runner, with env added, and waits for the socket.
 // The runner is stopped with SIGTERM when the test ends.
 func StartRunner(tb testing.TB, sock string, argv []string, env ...string) *Runner {
 	tb.Helper()
-	r := &Runner{tb: tb, sock: sock, out: &syncBuffer{}, done: make(chan struct{})}
+	r := &Runner{tb: tb, sock: sock, out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(argv[0], argv[1:]...)
 	r.cmd.Env = append([]string{
 		"APISIX_LISTEN_ADDRESS=unix:" + sock,

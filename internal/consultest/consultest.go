@@ -5,7 +5,6 @@
 package consultest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/graylane/graylane/internal/syncbuf"
 )
 
 // BinaryEnv names the environment variable that points at the consul binary.
@@ -67,7 +68,7 @@ type Agent struct {
 
 	binary string
 	args   []string
-	log    *lockedBuffer
+	log    *syncbuf.Buffer
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -207,7 +208,7 @@ func newAgent(mode []string) (*Agent, error) {
 		SerfLANAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
 		NodeName:    name,
 		binary:      binary,
-		log:         &lockedBuffer{},
+		log:         &syncbuf.Buffer{Max: 1 << 20}, // the most recent output only
 	}
 	a.args = append([]string{"agent"}, mode...)
 	a.args = append(a.args, "-node", name,
@@ -239,7 +240,7 @@ func (a *Agent) start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	if err := a.waitReady(ctx, done); err != nil {
-		return fmt.Errorf("consul agent on %s: %w\n--- agent output ---\n%s", a.HTTPAddr, err, a.log.tail(4000))
+		return fmt.Errorf("consul agent on %s: %w\n--- agent output ---\n%s", a.HTTPAddr, err, a.log.Tail(4000))
 	}
 	return nil
 }
@@ -326,7 +327,7 @@ func (a *Agent) Restart() error {
 }
 
 // Log returns the end of the agent's output, for failure messages.
-func (a *Agent) Log() string { return a.log.tail(4000) }
+func (a *Agent) Log() string { return a.log.Tail(4000) }
 
 // freePorts returns n distinct loopback ports that were free a moment ago.
 func freePorts(n int) ([]int, error) {
@@ -346,30 +347,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// lockedBuffer collects a process's output.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.buf.Len() > 1<<20 { // keep the most recent output only
-		rest := b.buf.Bytes()[b.buf.Len()-(1<<19):]
-		b.buf = *bytes.NewBuffer(append([]byte(nil), rest...))
-	}
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) tail(n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.buf.String()
-	if len(s) > n {
-		s = "..." + s[len(s)-n:]
-	}
-	return s
 }
