@@ -60,7 +60,8 @@ func metaAsFirstSeen() kconsul.ServiceResolver {
 // TestWatcherMeta: with WithWatcher, a client takes its nodes' meta from graylane's watcher. The
 // clients discover through a registry that never shows a meta change (metaAsFirstSeen): the client
 // without a watcher stays where registration put it, the one with a watcher follows the registrar
-// and a meta value broken by hand, and so does a Builder with a watcher.
+// and a meta value broken by hand, and so do an HTTP client (matched by its http endpoints) and a
+// Builder with a watcher.
 func TestWatcherMeta(t *testing.T) {
 	e := newEnv(t)
 	e.discOpts = append(e.discOpts, kconsul.WithServiceResolver(metaAsFirstSeen()))
@@ -74,6 +75,7 @@ func TestWatcherMeta(t *testing.T) {
 	var problems atomic.Value
 	fresh := e.dial("bservice", selector.WithWatcher(w), selector.WithProblems(func(err error) { problems.Store(err) }))
 	frozen := e.dial("bservice")
+	overHTTP := e.httpClient("bservice", selector.WithWatcher(w)) // its nodes are the instances' http endpoints
 	ctx := context.Background()
 	for _, conn := range []struct {
 		name string
@@ -92,6 +94,10 @@ func TestWatcherMeta(t *testing.T) {
 	waitFor(t, 10*time.Second, "the raise, with the watcher", func() bool { s, err := who(ctx, fresh); return err == nil && s == "c1" })
 	if got := count(t, 100, func(int) (string, error) { return who(ctx, fresh) }); got["c1"] != 100 {
 		t.Fatalf("with the watcher, after the raise to 100 %%: %v", got)
+	}
+	waitFor(t, 10*time.Second, "the raise, over HTTP", func() bool { s, err := getWho(ctx, overHTTP); return err == nil && s == "c1" })
+	if got := count(t, 100, func(int) (string, error) { return getWho(ctx, overHTTP) }); got["c1"] != 100 {
+		t.Fatalf("over HTTP with the watcher, after the raise to 100 %%: %v", got)
 	}
 	if got := count(t, 100, func(int) (string, error) { return who(ctx, frozen) }); got["s1"] != 100 {
 		t.Fatalf("without the watcher, through a registry that never shows meta changes: %v, want s1 only", got)
