@@ -85,19 +85,7 @@ func (e *ErrorAnswer) Error() string { return "runner answered error " + e.Code.
 func (c *Conn) PrepareConf(key string, confs ...[2]string) (uint32, error) {
 	b := c.b
 	b.Reset()
-	entries := make([]flatbuffers.UOffsetT, len(confs))
-	for i, kv := range confs {
-		name, value := b.CreateString(kv[0]), b.CreateString(kv[1])
-		A6.TextEntryStart(b)
-		A6.TextEntryAddName(b, name)
-		A6.TextEntryAddValue(b, value)
-		entries[i] = A6.TextEntryEnd(b)
-	}
-	pc.ReqStartConfVector(b, len(entries))
-	for i := len(entries) - 1; i >= 0; i-- {
-		b.PrependUOffsetT(entries[i])
-	}
-	vec := b.EndVector(len(entries))
+	vec := textEntries(b, confs, pc.ReqStartConfVector)
 	k := b.CreateString(key)
 	pc.ReqStart(b)
 	pc.ReqAddConf(b, vec)
@@ -165,26 +153,29 @@ func (rw *Answer) Final(r *Request, name string) string {
 	return ""
 }
 
+// textEntries writes kvs as a vector of A6 TextEntry tables, started with start (the generated
+// ReqStart...Vector of the field it goes in), and returns the vector.
+func textEntries(b *flatbuffers.Builder, kvs [][2]string, start func(*flatbuffers.Builder, int) flatbuffers.UOffsetT) flatbuffers.UOffsetT {
+	offs := make([]flatbuffers.UOffsetT, len(kvs))
+	for i, kv := range kvs {
+		name, value := b.CreateString(kv[0]), b.CreateString(kv[1])
+		A6.TextEntryStart(b)
+		A6.TextEntryAddName(b, name)
+		A6.TextEntryAddValue(b, value)
+		offs[i] = A6.TextEntryEnd(b)
+	}
+	start(b, len(offs))
+	for i := len(offs) - 1; i >= 0; i-- {
+		b.PrependUOffsetT(offs[i])
+	}
+	return b.EndVector(len(offs))
+}
+
 func (c *Conn) build(r *Request) {
 	b := c.b
 	b.Reset()
-	entries := func(kvs [][2]string, start func(*flatbuffers.Builder, int) flatbuffers.UOffsetT) flatbuffers.UOffsetT {
-		offs := make([]flatbuffers.UOffsetT, len(kvs))
-		for i, kv := range kvs {
-			name, value := b.CreateString(kv[0]), b.CreateString(kv[1])
-			A6.TextEntryStart(b)
-			A6.TextEntryAddName(b, name)
-			A6.TextEntryAddValue(b, value)
-			offs[i] = A6.TextEntryEnd(b)
-		}
-		start(b, len(offs))
-		for i := len(offs) - 1; i >= 0; i-- {
-			b.PrependUOffsetT(offs[i])
-		}
-		return b.EndVector(len(offs))
-	}
-	hdrs := entries(r.Headers, hrc.ReqStartHeadersVector)
-	args := entries(r.Args, hrc.ReqStartArgsVector)
+	hdrs := textEntries(b, r.Headers, hrc.ReqStartHeadersVector)
+	args := textEntries(b, r.Args, hrc.ReqStartArgsVector)
 	var path, ip flatbuffers.UOffsetT
 	if r.Path != "" {
 		path = b.CreateString(r.Path)
