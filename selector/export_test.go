@@ -6,7 +6,7 @@ import "context"
 // a call starts (a new call record, both transports looked up), over the context the interceptor
 // received for the call whose picker context is picked. Benchmarks use it to count that work too.
 func CallStarter(picked context.Context) func() context.Context {
-	parent := picked.Value(callKey{}).(*callCtx).Context
+	parent := picked.Value(callKey).(*callCtx).Context
 	return func() context.Context {
 		c := &callCtx{Context: parent}
 		c.begin(parent, false)

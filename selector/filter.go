@@ -1,6 +1,7 @@
 package selector
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sync"
@@ -86,7 +87,8 @@ func (f *Filter) filter(ctx context.Context, nodes []kselector.Node) []kselector
 	if len(nodes) == 0 {
 		return nil
 	}
-	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors).Instances
+	_, _, instances, _ := decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
+	return instances
 }
 
 // Decide returns the decision for a call whose context is ctx over nodes, as the node filter makes
@@ -97,42 +99,47 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 	if len(nodes) == 0 {
 		return gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
 	}
-	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
+	lane, reason, instances, rule := decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
+	return gray.Decision[kselector.Node]{Lane: lane, Reason: reason, Instances: instances, Rule: rule}
 }
 
 // decide makes one call's decision on a prepared snapshot: it builds the request view over ctx,
-// applies strict mode, and records the lane tag the call must carry.
-func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) gray.Decision[T] {
-	cc, _ := ctx.Value(callKey{}).(*callCtx)
+// applies strict mode, and records the lane tag the call must carry. It returns the decision as
+// gray.Snapshot.Choose does, in parts.
+func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) (lane string, reason gray.Reason, instances []T, rule int) {
+	cc, _ := ctx.Value(callKey).(*callCtx)
 	var c *call
 	if cc != nil {
 		c = &cc.call // begun where the call started
 		c.repick()
-		cc.sendTag, cc.refused = "", nil // a retried pick decides again
+		if cc.sendTag != "" || cc.refused != nil { // a retried pick decides again
+			cc.sendTag, cc.refused = "", nil
+		}
 	} else {
 		c = viewPool.Get().(*call)
 		c.reset(ctx, false)
 		defer func() { c.reset(nil, false); viewPool.Put(c) }()
 	}
 
+	// The tag is looked up once, for the decision (Header answers it from the call record) and
+	// for the propagation below.
 	tagKey := snap.TagKey()
-	c.tag(tagKey) // looked up once, for the decision and for the propagation below
-	d := snap.Decide(c)
+	tag, where := c.tag(tagKey)
+	lane, reason, instances, rule = snap.Choose(c)
 	if cfg.metrics != nil {
-		cfg.metrics.observe(ctx, snap.Service(), d.Reason, d.Lane)
+		cfg.metrics.observe(ctx, snap.Service(), reason, lane)
 	}
-	if cfg.strict && d.Reason == gray.ReasonFallback {
+	if cfg.strict && reason == gray.ReasonFallback {
 		if cc != nil {
 			cc.refused = &StrictError{Service: snap.Service()}
 		}
-		return gray.Decision[T]{Reason: gray.ReasonFallback, Rule: -1}
+		return "", gray.ReasonFallback, nil, -1
 	}
 
 	// The tag the call carries on: the one it came with, never replaced; else the decided lane
 	// when the decision is to be propagated.
-	tag, where := c.tag(tagKey)
-	if tag == "" && d.Propagate() {
-		tag = d.Lane
+	if tag == "" && reason.Propagate() {
+		tag = lane
 	}
 	if tag != "" && where != foundOutgoing {
 		switch {
@@ -146,7 +153,7 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 			})
 		}
 	}
-	return d
+	return lane, reason, instances, rule
 }
 
 // prepared returns the state for nodes, building it when the node set or the other inputs (the
@@ -178,15 +185,15 @@ func (st *state) matches(nodes []kselector.Node) bool {
 	if st == nil || len(st.key) != len(nodes) {
 		return false
 	}
-	key := st.key[:len(nodes)]
-	for i := range nodes {
-		w := words(&nodes[i])
-		if key[i][1] != w[1] || key[i][0] != w[0] { // two word compares; == on the array calls memequal
-			return false
-		}
-	}
-	return true
+	// The node slice and the key have the same layout, two words per node: one memory
+	// comparison (vectorised) instead of a loop of word compares.
+	n := len(nodes) * int(unsafe.Sizeof(ifaceWords{}))
+	return bytes.Equal(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(st.key))), n),
+		unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(nodes))), n))
 }
+
+// An interface value is its two words: the key's layout is the node slice's.
+var _ [unsafe.Sizeof(kselector.Node(nil))]struct{} = [unsafe.Sizeof(ifaceWords{})]struct{}{}
 
 func (f *Filter) build(nodes []kselector.Node, in inputs) *state {
 	f.builds.Add(1)

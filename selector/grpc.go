@@ -45,8 +45,11 @@ func chain[O any](opts ...func(O)) func(O) {
 	}
 }
 
-// callKey finds a call's callCtx.
-type callKey struct{}
+// callKey finds a call's callCtx. It is a pointer so that each context level the lookup passes
+// compares two words; a zero-size struct key calls its type's equality function at each level.
+var callKey = &callKeyType{}
+
+type callKeyType struct{ _ byte }
 
 // callCtx carries one call: the request view the filter reads and what it decided the call must
 // carry. For gRPC the interceptor creates it; the filter, run by the picker, writes the tag; the
@@ -62,7 +65,7 @@ type callCtx struct {
 }
 
 func (c *callCtx) Value(key any) any {
-	if key == (callKey{}) {
+	if key == any(callKey) {
 		return c
 	}
 	return c.Context.Value(key)
@@ -93,7 +96,7 @@ func (f *Filter) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, c
 type tagCredentials struct{}
 
 func (tagCredentials) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
-	c, _ := ctx.Value(callKey{}).(*callCtx)
+	c, _ := ctx.Value(callKey).(*callCtx)
 	if c == nil || c.sendTag == "" {
 		return nil, nil
 	}
