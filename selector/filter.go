@@ -41,20 +41,18 @@ type Filter struct {
 
 // state is one prepared node set.
 type state struct {
-	// key holds the node set the snapshot was built from, in input order, as the two words of
-	// each interface value: its type and its data pointer. The snapshot keeps the nodes alive,
-	// so a new node cannot reuse an address in the key.
-	key  []ifaceWords
+	// key is the node set the snapshot was built from, in input order. It is compared with a
+	// call's nodes as memory: the two words of each interface value, its type and its data
+	// pointer. That is one vectorised comparison instead of runtime.ifaceeq per node, and it
+	// cannot panic on a node type that is not comparable; two interface values with equal words
+	// hold the same node. The key keeps its nodes alive, so a new node cannot reuse an address.
+	key  []kselector.Node
 	in   inputs
 	snap *gray.Snapshot[kselector.Node]
 }
 
-// ifaceWords is the memory layout of an interface value. Comparing the words rather than the
-// interfaces skips runtime.ifaceeq (a call per node) and cannot panic on a node type that is not
-// comparable; two interface values with equal words hold the same node.
+// ifaceWords is the memory layout of an interface value.
 type ifaceWords [2]unsafe.Pointer
-
-func words(n *kselector.Node) ifaceWords { return *(*ifaceWords)(unsafe.Pointer(n)) }
 
 // New returns a Filter configured by opts.
 func New(opts ...Option) *Filter {
@@ -185,22 +183,17 @@ func (st *state) matches(nodes []kselector.Node) bool {
 	if st == nil || len(st.key) != len(nodes) {
 		return false
 	}
-	// The node slice and the key have the same layout, two words per node: one memory
-	// comparison (vectorised) instead of a loop of word compares.
-	n := len(nodes) * int(unsafe.Sizeof(ifaceWords{}))
-	return bytes.Equal(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(st.key))), n),
-		unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(nodes))), n))
+	return bytes.Equal(memoryOf(st.key), memoryOf(nodes))
 }
 
-// An interface value is its two words: the key's layout is the node slice's.
-var _ [unsafe.Sizeof(kselector.Node(nil))]struct{} = [unsafe.Sizeof(ifaceWords{})]struct{}{}
+// memoryOf returns the memory of a node slice: the words of its interface values.
+func memoryOf(nodes []kselector.Node) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(nodes))), len(nodes)*int(unsafe.Sizeof(kselector.Node(nil))))
+}
 
 func (f *Filter) build(nodes []kselector.Node, in inputs) *state {
 	f.builds.Add(1)
-	st := &state{key: make([]ifaceWords, len(nodes)), in: in}
-	for i := range nodes {
-		st.key[i] = words(&nodes[i])
-	}
+	st := &state{key: slices.Clone(nodes), in: in}
 	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instancesOf(nodes, &f.cfg, in.instances), f.options(in))
 	if f.cfg.problems != nil {
 		for _, p := range st.snap.Problems() {
