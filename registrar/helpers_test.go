@@ -2,6 +2,8 @@ package registrar_test
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"testing"
@@ -22,6 +24,33 @@ func newRegistrar(t *testing.T, a *consultest.Agent, who string) *registrar.Regi
 		t.Fatal(err)
 	}
 	return r
+}
+
+// aclToken creates a token with the given ACL rules, through admin's management token.
+func aclToken(t *testing.T, admin *registrar.Registrar, rules string) *api.ACLToken {
+	t.Helper()
+	acl := admin.Client().ACL()
+	policy, _, err := acl.PolicyCreate(&api.ACLPolicy{Name: fmt.Sprintf("p-%d", rand.Int()), Rules: rules}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := acl.TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// aclAdmin returns a registrar with the management token of an agent started with StartACL.
+func aclAdmin(t *testing.T, a *consultest.Agent) *registrar.Registrar {
+	t.Helper()
+	cfg := registrar.NewConfig(a.HTTPAddr)
+	cfg.Token = a.Token
+	admin, err := registrar.New(cfg, registrar.WithOperator("admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return admin
 }
 
 func applyFile(t *testing.T, r *registrar.Registrar, path string) []registrar.Applied {

@@ -171,26 +171,8 @@ func TestConcurrentOperatorsNeverLoseAnUpdate(t *testing.T) {
 // service are refused before anything is recorded, with an error that says so (not a conflict).
 func TestPermissionDenied(t *testing.T) {
 	a := consultest.StartACL(t)
-	mgmt := registrar.NewConfig(a.HTTPAddr)
-	mgmt.Token = a.Token
-	admin, err := registrar.New(mgmt, registrar.WithOperator("admin"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin := aclAdmin(t, a)
 	applyFile(t, admin, "testdata/bservice.yaml")
-	token := func(rules string) string {
-		t.Helper()
-		acl := admin.Client().ACL()
-		policy, _, err := acl.PolicyCreate(&api.ACLPolicy{Name: fmt.Sprintf("p-%d", rand.Int()), Rules: rules}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, _, err := acl.TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok.SecretID
-	}
 	readAll := `key_prefix "" { policy = "read" }
 		service_prefix "" { policy = "read" }
 		node_prefix "" { policy = "read" }`
@@ -203,7 +185,7 @@ func TestPermissionDenied(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := registrar.NewConfig(a.HTTPAddr)
-			cfg.Token = token(tc.rules)
+			cfg.Token = aclToken(t, admin, tc.rules).SecretID
 			r, err := registrar.New(cfg, registrar.WithOperator("mallory"))
 			if err != nil {
 				t.Fatal(err)
@@ -235,6 +217,35 @@ func TestPermissionDenied(t *testing.T) {
 	do(t, admin, "bservice", registrar.SetWeight{Lane: "canary", Weight: 2500})
 	if w := grayOf(t, admin, "bservice")["bservice-canary-1"].Weight; w != 2500 {
 		t.Fatalf("weight %s", w)
+	}
+}
+
+// TestHiddenInstances: a token that may write the service and its record but not read the nodes it
+// runs on gets an answer from Consul without the instances. Listing them and changing the service
+// fail with an error that says so, instead of working on a service without instances, and nothing
+// is recorded.
+func TestHiddenInstances(t *testing.T) {
+	a := consultest.StartACL(t)
+	admin := aclAdmin(t, a)
+	applyFile(t, admin, "testdata/bservice.yaml")
+	cfg := registrar.NewConfig(a.HTTPAddr)
+	cfg.Token = aclToken(t, admin, `service_prefix "" { policy = "write" }
+		key_prefix "graylane/" { policy = "write" }`).SecretID
+	r, err := registrar.New(cfg, registrar.WithOperator("mallory"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hidden *registrar.HiddenInstancesError
+	if _, _, err := r.Instances(context.Background(), "bservice"); !errors.As(err, &hidden) || !errors.Is(err, registrar.ErrPermission) {
+		t.Fatalf("listing instances: %v, want a HiddenInstancesError", err)
+	}
+	before, _ := admin.History(context.Background(), "bservice")
+	_, err = r.Do(context.Background(), "bservice", registrar.SetWeight{Lane: "canary", Weight: 2500})
+	if !errors.As(err, &hidden) || !strings.Contains(err.Error(), "node read") {
+		t.Fatalf("a change: %v, want a HiddenInstancesError", err)
+	}
+	if after, _ := admin.History(context.Background(), "bservice"); len(after) != len(before) {
+		t.Fatalf("a change that saw no instance wrote history: %d entries, then %d", len(before), len(after))
 	}
 }
 

@@ -189,6 +189,9 @@ func (r *Registrar) Instances(ctx context.Context, service string) ([]Instance, 
 	if err != nil {
 		return nil, 0, r.wrap(err, "listing instances of %s", service)
 	}
+	if meta.ResultsFilteredByACLs {
+		return nil, 0, &HiddenInstancesError{Service: service}
+	}
 	out := make([]Instance, 0, len(entries))
 	for _, e := range entries {
 		out = append(out, instanceOf(e))

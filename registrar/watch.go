@@ -15,6 +15,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"maps"
 	"slices"
@@ -193,6 +194,22 @@ func (w *Watcher) Close() error {
 	return nil
 }
 
+// HiddenInstancesError says that Consul left instances of a service out of an answer because the
+// token may not read them. Consul does not refuse such a query: it answers without the instances on
+// nodes the token may not read (all of them for a token without node read), which would look like a
+// service that lost its instances. Registrar.Instances returns it instead of a short list; a Watcher
+// keeps its last complete answer and turns stale with it. It matches ErrPermission.
+type HiddenInstancesError struct {
+	Service string
+}
+
+func (e *HiddenInstancesError) Error() string {
+	return fmt.Sprintf("registrar: Consul left instances of %s out of its answer because the token may not read them; "+
+		"the token needs service read on %s and node read on the nodes they run on (node_prefix \"\" read)", e.Service, e.Service)
+}
+
+func (e *HiddenInstancesError) Is(target error) bool { return target == ErrPermission }
+
 // ServiceView is the live view of one watched service.
 type ServiceView struct {
 	watch    *serviceWatch
@@ -334,6 +351,18 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 		if w.ctx.Err() != nil {
 			return
 		}
+		if err == nil && index > 0 && dropsAny(sw.endpoints.Load(), entries) {
+			// Instances went away, or the token lost the right to read them: an answer to a
+			// blocking query does not say which (Consul sets the filtered flag only when it does
+			// not wait). Ask again without waiting.
+			entries, meta, err = w.client.Health().Service(sw.name, "", true, (&api.QueryOptions{}).WithContext(w.ctx))
+			if w.ctx.Err() != nil {
+				return
+			}
+		}
+		if err == nil && meta.ResultsFilteredByACLs {
+			err = &HiddenInstancesError{Service: sw.name}
+		}
 		if err != nil {
 			failures++
 			// Ask without waiting once Consul is back: the view is fresh again as soon as it answers,
@@ -369,6 +398,26 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 		sw.setState(WatchState{Index: meta.LastIndex}, changed)
 		sw.mu.Unlock()
 	}
+}
+
+// dropsAny reports whether an answer lacks an instance of the previous one.
+func dropsAny(prev *Instances, entries []*api.ServiceEntry) bool {
+	if prev == nil {
+		return false
+	}
+	type key struct{ node, id string }
+	now := make(map[key]bool, len(entries))
+	for _, e := range entries {
+		if e.Node != nil && e.Service != nil {
+			now[key{e.Node.Node, e.Service.ID}] = true
+		}
+	}
+	for _, ep := range prev.Endpoints {
+		if !now[key{ep.Node, ep.ID}] {
+			return true
+		}
+	}
+	return false
 }
 
 // runOptions follows the service's recorded state for its decision options.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -460,4 +461,71 @@ func TestManyServicesShareConnections(t *testing.T) {
 		t.Fatalf("the watcher dialled %d connections for %d services over %d bursts", n, services, rounds)
 	}
 	t.Logf("%d services, %d bursts of changes: the watcher dialled %d connections", services, rounds, dials.Load())
+}
+
+// TestWatcherHiddenInstances: Consul does not refuse a token that may read a service but not its
+// nodes; it answers without the instances. The watcher must not take that for a service without
+// instances (a gateway would empty its upstreams): it stays unready and stale, with an error that
+// names the missing permission, and a watcher whose token loses node read later keeps its last
+// complete answer.
+func TestWatcherHiddenInstances(t *testing.T) {
+	a := consultest.StartACL(t)
+	admin := aclAdmin(t, a)
+	applyFile(t, admin, "testdata/bservice.yaml")
+	passing, _, err := admin.Client().Health().Service("bservice", "", true, nil)
+	if err != nil || len(passing) == 0 {
+		t.Fatalf("the management token sees %d instances (%v)", len(passing), err)
+	}
+	watch := func(token string) *registrar.ServiceView {
+		cfg := registrar.NewConfig(a.HTTPAddr)
+		cfg.Token = token
+		w, err := registrar.NewWatcher(cfg, registrar.WithWaitTime(time.Second), registrar.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.Close() })
+		return w.Service("bservice")
+	}
+	hidden := func(v *registrar.ServiceView) bool {
+		var e *registrar.HiddenInstancesError
+		st := v.State()
+		return st.Stale && errors.As(st.LastError, &e) && errors.Is(st.LastError, registrar.ErrPermission)
+	}
+	const readServices = `service_prefix "" { policy = "read" }
+		key_prefix "graylane/" { policy = "read" }`
+
+	// Without node read from the start: never ready, never an empty service.
+	v := watch(aclToken(t, admin, readServices).SecretID)
+	eventually.Wait(t, 10*time.Second, "the watcher without node read to report the hidden instances", func() bool { return hidden(v) })
+	if msg := v.State().LastError.Error(); !strings.Contains(msg, "bservice") || !strings.Contains(msg, "node read") {
+		t.Errorf("the error does not name the service and the missing permission: %s", msg)
+	}
+	select {
+	case <-v.Ready():
+		t.Fatal("a watcher that saw no instance it may read became ready")
+	default:
+	}
+	if v.Instances() != nil || len(v.Snapshot().Lanes()) != 0 {
+		t.Fatalf("a filtered answer was published: %+v", v.Instances())
+	}
+
+	// With node read it sees every instance; when the token loses node read it keeps them.
+	full := aclToken(t, admin, readServices+"\nnode_prefix \"\" { policy = \"read\" }")
+	v = watch(full.SecretID)
+	select {
+	case <-v.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the watcher with node read is not ready: %+v", v.State())
+	}
+	if n := len(v.Instances().Endpoints); n != len(passing) {
+		t.Fatalf("the watcher with node read sees %d instances, want %d", n, len(passing))
+	}
+	policy := &api.ACLPolicy{ID: full.Policies[0].ID, Name: full.Policies[0].Name, Rules: readServices}
+	if _, _, err := admin.Client().ACL().PolicyUpdate(policy, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually.Wait(t, 10*time.Second, "the watcher that lost node read to report the hidden instances", func() bool { return hidden(v) })
+	if n := len(v.Instances().Endpoints); n != len(passing) {
+		t.Fatalf("after losing node read the watcher keeps %d instances, want its last complete answer (%d)", n, len(passing))
+	}
 }
