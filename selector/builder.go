@@ -109,7 +109,7 @@ func (s *graySelector) Select(ctx context.Context, opts ...kselector.SelectOptio
 	}
 	var candidates []kselector.WeightedNode
 	if len(options.NodeFilters) == 0 {
-		_, _, candidates, _ = decide(ctx, st.snap, &s.filter.cfg, &s.warn)
+		candidates = decide(ctx, st.snap, &s.filter.cfg, &s.warn).Instances
 	} else {
 		candidates = s.filtered(ctx, st.nodes, options.NodeFilters)
 	}

@@ -51,9 +51,6 @@ type state struct {
 	snap *gray.Snapshot[kselector.Node]
 }
 
-// ifaceWords is the memory layout of an interface value.
-type ifaceWords [2]unsafe.Pointer
-
 // New returns a Filter configured by opts.
 func New(opts ...Option) *Filter {
 	f := &Filter{}
@@ -85,8 +82,7 @@ func (f *Filter) filter(ctx context.Context, nodes []kselector.Node) []kselector
 	if len(nodes) == 0 {
 		return nil
 	}
-	_, _, instances, _ := decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
-	return instances
+	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors).Instances
 }
 
 // Decide returns the decision for a call whose context is ctx over nodes, as the node filter makes
@@ -97,14 +93,12 @@ func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decisi
 	if len(nodes) == 0 {
 		return gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
 	}
-	lane, reason, instances, rule := decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
-	return gray.Decision[kselector.Node]{Lane: lane, Reason: reason, Instances: instances, Rule: rule}
+	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
 }
 
 // decide makes one call's decision on a prepared snapshot: it builds the request view over ctx,
-// applies strict mode, and records the lane tag the call must carry. It returns the decision as
-// gray.Snapshot.Choose does, in parts.
-func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) (lane string, reason gray.Reason, instances []T, rule int) {
+// applies strict mode, and records the lane tag the call must carry.
+func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) gray.Decision[T] {
 	cc, _ := ctx.Value(callKey).(*callCtx)
 	var c *call
 	if cc != nil {
@@ -123,21 +117,21 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	// for the propagation below.
 	tagKey := snap.TagKey()
 	tag, where := c.tag(tagKey)
-	lane, reason, instances, rule = snap.Choose(c)
+	d := snap.Decide(c)
 	if cfg.metrics != nil {
-		cfg.metrics.observe(ctx, snap.Service(), reason, lane)
+		cfg.metrics.observe(ctx, snap.Service(), d.Reason, d.Lane)
 	}
-	if cfg.strict && reason == gray.ReasonFallback {
+	if cfg.strict && d.Reason == gray.ReasonFallback {
 		if cc != nil {
 			cc.refused = &StrictError{Service: snap.Service()}
 		}
-		return "", gray.ReasonFallback, nil, -1
+		return gray.Decision[T]{Reason: gray.ReasonFallback, Rule: -1}
 	}
 
 	// The tag the call carries on: the one it came with, never replaced; else the decided lane
 	// when the decision is to be propagated.
-	if tag == "" && reason.Propagate() {
-		tag = lane
+	if tag == "" && d.Propagate() {
+		tag = d.Lane
 	}
 	if tag != "" && where != foundOutgoing {
 		switch {
@@ -151,7 +145,7 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 			})
 		}
 	}
-	return lane, reason, instances, rule
+	return d
 }
 
 // prepared returns the state for nodes, building it when the node set or the other inputs (the

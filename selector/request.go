@@ -242,6 +242,9 @@ var grpcCarrier = func() reflect.Type {
 	return t
 }()
 
+// ifaceWords is the memory layout of an interface value.
+type ifaceWords [2]unsafe.Pointer
+
 // grpcHeader returns h's map when h is Kratos' gRPC transport header. A map is stored in an
 // interface as its pointer (the interface's data word), so the word is the map itself.
 func grpcHeader(h transport.Header) (map[string][]string, bool) {
