@@ -51,51 +51,54 @@ func (s *Snapshot[T]) TagKey() HeaderKey { return s.tagKey }
 
 // Decide chooses the lane for a request and the instances to balance over. It reads the immutable
 // snapshot only: it is safe for concurrent use, does not allocate, and costs the same for any number
-// of instances.
-func (s *Snapshot[T]) Decide(r Request) Decision[T] {
+// of instances. The decision is one the snapshot prepared when it was built: read it, do not modify
+// it.
+func (s *Snapshot[T]) Decide(r Request) *Decision[T] {
 	if tag, ok := r.Header(s.tagKey); ok && tag != "" {
 		for _, l := range s.lanes {
 			if l.name == tag {
-				return Decision[T]{Lane: l.name, Reason: ReasonTag, Instances: l.instances, Rule: -1}
+				return &l.tagged
 			}
 		}
 	}
 	for _, l := range s.matchLanes {
 		if i := l.rules.match(r); i >= 0 {
-			return Decision[T]{Lane: l.name, Reason: ReasonMatch, Instances: l.instances, Rule: i}
+			return &l.matched[i]
 		}
 	}
 	if len(s.weighted) > 0 {
 		b := s.bucket(r)
-		for _, w := range s.weighted {
-			if b < w.upper {
-				return Decision[T]{Lane: w.lane.name, Reason: ReasonWeight, Instances: w.lane.instances, Rule: -1}
+		for i := range s.weighted {
+			if w := &s.weighted[i]; b < w.upper {
+				return &w.decision
 			}
 		}
 	}
-	return s.base
+	return &s.base
 }
 
 // Base returns the decision for a request that no tag, rule or weight sends elsewhere: the base
 // lanes, or the fallback when they are empty. Gateways use it to keep a route's default upstream
-// equal to the base.
-func (s *Snapshot[T]) Base() Decision[T] { return s.base }
+// equal to the base. Read it, do not modify it.
+func (s *Snapshot[T]) Base() *Decision[T] { return &s.base }
 
 // bucket returns the request's bucket in [0, 10000): from the sticky key when the request has one,
 // else random.
 func (s *Snapshot[T]) bucket(r Request) uint32 {
-	if key, ok := s.stickyKey(r); ok {
+	if !s.stickyHeader.IsZero() {
+		if v, ok := r.Header(s.stickyHeader); ok && v != "" {
+			return bucketOf(s.seed, v)
+		}
+	}
+	if key, ok := s.stickyCookieValue(r); ok {
 		return bucketOf(s.seed, key)
 	}
 	return uint32(rand.Uint64N(uint64(MaxWeight)))
 }
 
-func (s *Snapshot[T]) stickyKey(r Request) (string, bool) {
-	if !s.stickyHeader.IsZero() {
-		if v, ok := r.Header(s.stickyHeader); ok && v != "" {
-			return v, true
-		}
-	}
+// stickyCookieValue returns the sticky cookie's value, the sticky key when the sticky header is
+// absent.
+func (s *Snapshot[T]) stickyCookieValue(r Request) (string, bool) {
 	if s.stickyCookie != "" {
 		if h, ok := r.Header(cookieKey); ok {
 			if v, ok := cookieValue(h, s.stickyCookie); ok && v != "" {

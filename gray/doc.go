@@ -61,6 +61,8 @@
 // # Cost
 //
 // Meta is decoded and regular expressions are compiled when a [Snapshot] is built (O(instances)).
-// Decide reads the immutable snapshot only: it allocates nothing and its cost does not depend on the
-// number of instances. A Snapshot is safe for concurrent use.
+// Every decision a snapshot can make (each lane by tag, by each of its rules and by weight, and the
+// base) is prepared then too: Decide reads the immutable snapshot only and returns one of them. It
+// allocates nothing and its cost does not depend on the number of instances. A Snapshot is safe for
+// concurrent use.
 package gray

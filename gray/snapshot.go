@@ -86,11 +86,16 @@ type lane[T any] struct {
 	match     []Rule // after conflicts
 	rules     ruleSet
 	gray      bool // some instance is a canary or asks for a weight or match rules
+
+	// The decisions that send a request to this lane, prepared once.
+	tagged  Decision[T]   // by its tag
+	matched []Decision[T] // by each of its match rules
 }
 
 type weightRange[T any] struct {
-	upper uint32 // the lane takes buckets below upper (and at or above the previous range's upper)
-	lane  *lane[T]
+	upper    uint32 // the lane takes buckets below upper (and at or above the previous range's upper)
+	lane     *lane[T]
+	decision Decision[T]
 }
 
 // Lane ranks, in lane order.
@@ -186,6 +191,10 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 
 	var total int
 	for _, l := range s.lanes {
+		l.tagged = Decision[T]{Lane: l.name, Reason: ReasonTag, Instances: l.instances, Rule: -1}
+		for i := range l.rules {
+			l.matched = append(l.matched, Decision[T]{Lane: l.name, Reason: ReasonMatch, Instances: l.instances, Rule: i})
+		}
 		if len(l.rules) > 0 {
 			s.matchLanes = append(s.matchLanes, l)
 		}
@@ -205,7 +214,8 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 			l.weight = Weight(int(l.weight) * int(MaxWeight) / total)
 		}
 		upper += uint32(l.weight)
-		s.weighted = append(s.weighted, weightRange[T]{upper: upper, lane: l})
+		s.weighted = append(s.weighted, weightRange[T]{upper: upper, lane: l,
+			decision: Decision[T]{Lane: l.name, Reason: ReasonWeight, Instances: l.instances, Rule: -1}})
 	}
 
 	s.base = s.baseDecision(active, draining)

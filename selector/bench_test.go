@@ -44,15 +44,20 @@ func benchNodes(n int) []kselector.Node {
 
 // benchServer runs a Kratos gRPC server on loopback (no discovery) and returns its address.
 func benchServer(b testing.TB) string {
-	b.Helper()
+	return serveEcho(b, &instance{id: "s", tags: make(chan string, 1)})
+}
+
+// serveEcho runs a Kratos gRPC server for in on loopback (no discovery) and returns its address.
+func serveEcho(t testing.TB, in *instance) string {
+	t.Helper()
 	srv := kgrpc.NewServer(kgrpc.Address("127.0.0.1:0"), kgrpc.Middleware(mmd.Server()))
-	srv.RegisterService(&echoDesc, &instance{id: "s", tags: make(chan string, 1)})
+	srv.RegisterService(&echoDesc, in)
 	u, err := srv.Endpoint()
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	go func() { _ = srv.Start(context.Background()) }()
-	b.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
 	return u.Host
 }
 

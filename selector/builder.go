@@ -109,7 +109,9 @@ func (s *graySelector) Select(ctx context.Context, opts ...kselector.SelectOptio
 	}
 	var candidates []kselector.WeightedNode
 	if len(options.NodeFilters) == 0 {
-		candidates = decide(ctx, st.snap, &s.filter.cfg, &s.warn).Instances
+		if d := decide(ctx, st.snap, &s.filter.cfg, &s.warn); d != nil {
+			candidates = d.Instances
+		}
 	} else {
 		candidates = s.filtered(ctx, st.nodes, options.NodeFilters)
 	}

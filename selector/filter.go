@@ -1,7 +1,6 @@
 package selector
 
 import (
-	"bytes"
 	"context"
 	"slices"
 	"sync"
@@ -20,7 +19,7 @@ import (
 // The node set Kratos passes in is the key of a prepared snapshot: when it differs from the one the
 // current snapshot was built from (a discovery update, a meta change, a connection that came up or
 // went away), the meta of the new set is decoded once and the snapshot replaced atomically. A call
-// only compares the node set with the key (pointer comparisons) and reads the snapshot.
+// only compares the node set with the key (one comparison of memory) and reads the snapshot.
 //
 // A Filter is safe for concurrent use. Its NodeFilter returns elements of its input only, never
 // writes into the input's backing array, and returns an empty set only when no instance with valid
@@ -82,31 +81,65 @@ func (f *Filter) filter(ctx context.Context, nodes []kselector.Node) []kselector
 	if len(nodes) == 0 {
 		return nil
 	}
-	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors).Instances
+	if d := decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors); d != nil {
+		return d.Instances
+	}
+	return nil
 }
 
 // Decide returns the decision for a call whose context is ctx over nodes, as the node filter makes
 // it: the returned instances are elements of nodes, and the slice belongs to the prepared snapshot
 // (do not modify it). For a gRPC call through GRPC's interceptors it records the lane tag the call
-// must carry; for an HTTP Invoke it sets the tag on the outgoing request.
-func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) gray.Decision[kselector.Node] {
+// must carry; for an HTTP Invoke it sets the tag on the outgoing request. Read the decision, do not
+// modify it.
+func (f *Filter) Decide(ctx context.Context, nodes []kselector.Node) *gray.Decision[kselector.Node] {
 	if len(nodes) == 0 {
-		return gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
+		return &noInstances
 	}
-	return decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors)
+	if d := decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors); d != nil {
+		return d
+	}
+	return &noInstances
 }
 
+// noInstances is the decision without instances: for no nodes, and for a call strict mode refuses.
+var noInstances = gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1}
+
 // decide makes one call's decision on a prepared snapshot: it builds the request view over ctx,
-// applies strict mode, and records the lane tag the call must carry.
-func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) gray.Decision[T] {
+// applies strict mode, and records the lane tag the call must carry. It returns nil when strict
+// mode refuses the call.
+func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) *gray.Decision[T] {
 	cc, _ := ctx.Value(callKey).(*callCtx)
+	if cc == nil || !cc.clientOnly {
+		return decideView(ctx, cc, snap, cfg, warn)
+	}
+	// Most calls: a unary gRPC call made outside a handler, whose headers are all in its outgoing
+	// metadata. The decision reads that one map, and a lane tag found there is on its way to the
+	// callee already.
+	cc.forgetPick()
+	d := snap.Decide(outgoingHeaders{&cc.call})
+	if (cfg.metrics != nil || cfg.strict) && !admit(ctx, cc, snap, cfg, d) {
+		return nil
+	}
+	// A decision by tag found the tag on the call; any other one to be propagated sends its lane
+	// unless the call carries a tag (one naming a lane this service does not have) already.
+	if d.Reason != gray.ReasonTag && d.Propagate() {
+		if key := snap.TagKey().Lower(); len(cc.out.md[key]) == 0 {
+			cc.sendTag, cc.sendKey = d.Lane, key
+		}
+	}
+	return d
+}
+
+// decideView decides any other call (cc is nil for a call that did not start through GRPC's
+// interceptors or StrictErrors): through the request view that looks wherever the call shows a
+// header.
+func decideView[T any](ctx context.Context, cc *callCtx, snap *gray.Snapshot[T], cfg *config, warn *sync.Once) *gray.Decision[T] {
 	var c *call
 	if cc != nil {
+		cc.forgetPick()
 		c = &cc.call // begun where the call started
 		c.repick()
-		if cc.sendTag != "" || cc.refused != nil { // a retried pick decides again
-			cc.sendTag, cc.refused = "", nil
-		}
 	} else {
 		c = viewPool.Get().(*call)
 		c.reset(ctx, false)
@@ -118,14 +151,8 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	tagKey := snap.TagKey()
 	tag, where := c.tag(tagKey)
 	d := snap.Decide(c)
-	if cfg.metrics != nil {
-		cfg.metrics.observe(ctx, snap.Service(), d.Reason, d.Lane)
-	}
-	if cfg.strict && d.Reason == gray.ReasonFallback {
-		if cc != nil {
-			cc.refused = &StrictError{Service: snap.Service()}
-		}
-		return gray.Decision[T]{Reason: gray.ReasonFallback, Rule: -1}
+	if (cfg.metrics != nil || cfg.strict) && !admit(ctx, cc, snap, cfg, d) {
+		return nil
 	}
 
 	// The tag the call carries on: the one it came with, never replaced; else the decided lane
@@ -148,41 +175,64 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	return d
 }
 
+// admit counts a decision and applies strict mode: it reports false, and records the refusal on
+// the call, when strict mode refuses a fallback.
+func admit[T any](ctx context.Context, cc *callCtx, snap *gray.Snapshot[T], cfg *config, d *gray.Decision[T]) bool {
+	if cfg.metrics != nil {
+		cfg.metrics.observe(ctx, snap.Service(), d.Reason, d.Lane)
+	}
+	if cfg.strict && d.Reason == gray.ReasonFallback {
+		if cc != nil {
+			cc.refused = &StrictError{Service: snap.Service()}
+		}
+		return false
+	}
+	return true
+}
+
 // prepared returns the state for nodes, building it when the node set or the other inputs (the
 // service's options, the watcher's answer) changed.
 func (f *Filter) prepared(nodes []kselector.Node) *state {
-	// Without a source or a watcher the inputs are the client's options, fixed for the Filter's
-	// life: nothing to compare.
-	var in inputs
-	live := f.live()
-	if live {
-		in = f.inputs()
+	if !f.live() {
+		// Without a source or a watcher the inputs are the client's options, fixed for the
+		// Filter's life: only the node set can change.
+		if st := f.current.Load(); st.matches(nodes) {
+			return st
+		}
+		if st := f.previous.Load(); st.matches(nodes) {
+			return st
+		}
+		return f.replace(nodes, inputs{})
 	}
+	in := f.inputs()
 	valued := f.cfg.source != nil
-	if st := f.current.Load(); st.matches(nodes) && (!live || st.in.same(&in, valued)) {
+	if st := f.current.Load(); st.matches(nodes) && st.in.same(&in, valued) {
 		return st
 	}
-	if st := f.previous.Load(); st.matches(nodes) && (!live || st.in.same(&in, valued)) {
+	if st := f.previous.Load(); st.matches(nodes) && st.in.same(&in, valued) {
 		return st
 	}
 	if f.watch(nodes[0].ServiceName()) {
 		in = f.inputs()
 	}
+	return f.replace(nodes, in)
+}
+
+// replace builds the state for nodes and in and makes it the current one.
+func (f *Filter) replace(nodes []kselector.Node, in inputs) *state {
 	st := f.build(nodes, in)
 	f.previous.Store(f.current.Swap(st))
 	return st
 }
 
 func (st *state) matches(nodes []kselector.Node) bool {
-	if st == nil || len(st.key) != len(nodes) {
-		return false
-	}
-	return bytes.Equal(memoryOf(st.key), memoryOf(nodes))
+	return st != nil && len(st.key) == len(nodes) && memoryOf(st.key) == memoryOf(nodes)
 }
 
-// memoryOf returns the memory of a node slice: the words of its interface values.
-func memoryOf(nodes []kselector.Node) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(nodes))), len(nodes)*int(unsafe.Sizeof(kselector.Node(nil))))
+// memoryOf returns the memory of a node slice, the words of its interface values, as a string:
+// comparing two is one vectorised comparison.
+func memoryOf(nodes []kselector.Node) string {
+	return unsafe.String((*byte)(unsafe.Pointer(unsafe.SliceData(nodes))), uintptr(len(nodes))*unsafe.Sizeof(kselector.Node(nil)))
 }
 
 func (f *Filter) build(nodes []kselector.Node, in inputs) *state {

@@ -64,6 +64,13 @@ type callCtx struct {
 	refused *StrictError
 }
 
+// forgetPick forgets what an earlier pick of the call decided: a retried pick decides again.
+func (c *callCtx) forgetPick() {
+	if c.sendTag != "" || c.refused != nil { // written only when set: most picks are the first
+		c.sendTag, c.refused = "", nil
+	}
+}
+
 func (c *callCtx) Value(key any) any {
 	if key == any(callKey) {
 		return c

@@ -166,20 +166,22 @@ func (c *call) Header(key gray.HeaderKey) (string, bool) {
 	if c.looked&lookedTag != 0 && key.Lower() == c.tagKey {
 		return c.tagValue, c.tagWhere != foundNowhere
 	}
-	if c.clientOnly { // most calls: one map, read here rather than through two more calls
-		if vs := c.out.md[key.Lower()]; len(vs) > 0 {
-			return vs[0], true
-		}
-		return "", false
-	}
 	v, w := c.anywhere(key)
 	return v, w != foundNowhere
+}
+
+// outgoingHeaders is the request view of a call whose headers are all in its outgoing gRPC
+// metadata (clientOnly): Header reads that map and nothing else.
+type outgoingHeaders struct{ *call }
+
+func (v outgoingHeaders) Header(key gray.HeaderKey) (string, bool) {
+	return first(v.out.md[key.Lower()])
 }
 
 // tag returns the call's lane tag and where it was found, and remembers them for Header.
 func (c *call) tag(key gray.HeaderKey) (string, where) {
 	if c.looked&lookedTag == 0 || key.Lower() != c.tagKey {
-		c.tagValue, c.tagWhere = c.header(key)
+		c.tagValue, c.tagWhere = c.anywhere(key)
 		c.tagKey = key.Lower()
 		c.looked |= lookedTag
 	}
@@ -187,16 +189,6 @@ func (c *call) tag(key gray.HeaderKey) (string, where) {
 		return "", foundNowhere
 	}
 	return c.tagValue, c.tagWhere
-}
-
-func (c *call) header(key gray.HeaderKey) (string, where) {
-	if c.clientOnly { // as in Header
-		if vs := c.out.md[key.Lower()]; len(vs) > 0 {
-			return vs[0], foundOutgoing
-		}
-		return "", foundNowhere
-	}
-	return c.anywhere(key)
 }
 
 // anywhere reads a header wherever the call shows one: the client transport, then beyond it.

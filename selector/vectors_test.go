@@ -1,10 +1,12 @@
 package selector_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,8 @@ import (
 	"github.com/go-kratos/kratos/v2/registry"
 	kselector "github.com/go-kratos/kratos/v2/selector"
 	"github.com/go-kratos/kratos/v2/selector/node/direct"
+	"github.com/go-kratos/kratos/v2/transport"
+	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	khttp "github.com/go-kratos/kratos/v2/transport/http"
 
 	"github.com/graylane/graylane/gray"
@@ -41,7 +45,7 @@ type outcome struct {
 	IDs    []string
 }
 
-func outcomeOf(d gray.Decision[kselector.Node]) outcome {
+func outcomeOf(d *gray.Decision[kselector.Node]) outcome {
 	o := outcome{Lane: d.Lane, Reason: d.Reason.String(), Rule: d.Rule, IDs: []string{}}
 	for _, n := range d.Instances {
 		o.IDs = append(o.IDs, n.Address())
@@ -163,6 +167,86 @@ func TestVectors(t *testing.T) {
 				t.Fatal(err)
 			}
 			check(t, c, invoked)
+		})
+	}
+}
+
+// TestVectorsGRPC runs the shared vectors through the path most calls take: a unary gRPC call made
+// outside a handler, with the case's headers on Kratos' client transport. Such a call shows its
+// headers, the gRPC method as its path, POST as its method, and no query or client address. Every
+// case must decide as the core does on that request; a case whose request is headers alone must
+// decide as the vectors expect. The callee must receive the lane tag the call came with, else the
+// lane of a decision to be propagated, else none.
+func TestVectorsGRPC(t *testing.T) {
+	cases, err := vectors.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var current *vectors.Case
+	var got, want outcome
+	decide := func(ctx context.Context, nodes []kselector.Node) []kselector.Node {
+		mu.Lock()
+		defer mu.Unlock()
+		f := selector.New(selector.WithOptions(current.Options))
+		got = outcomeOf(f.Decide(ctx, caseNodes(current)))
+		shown := &gray.StaticRequest{Headers: current.Request.Headers, URLPath: whoMethod, HTTPMethod: http.MethodPost}
+		if snap := f.Snapshot(); snap != nil {
+			want = outcomeOf(snap.Decide(shown))
+		} else { // no nodes: nothing was prepared
+			want = outcomeOf(&gray.Decision[kselector.Node]{Reason: gray.ReasonFallback, Rule: -1})
+		}
+		return nodes
+	}
+	setHeaders := func(next middleware.Handler) middleware.Handler {
+		return func(ctx context.Context, req any) (any, error) {
+			if tr, ok := transport.FromClientContext(ctx); ok {
+				mu.Lock()
+				for k, v := range current.Request.Headers {
+					tr.RequestHeader().Set(k, v)
+				}
+				mu.Unlock()
+			}
+			return next(ctx, req)
+		}
+	}
+	callee := &instance{id: "s", tags: make(chan string, 1)}
+	// GRPC's interceptors carry the tag; its node filter is replaced by decide, which decides the
+	// call over the case's instances with the case's options.
+	conn, err := kgrpc.DialInsecure(context.Background(), kgrpc.WithEndpoint(serveEcho(t, callee)),
+		kgrpc.WithMiddleware(setHeaders), selector.GRPC(), kgrpc.WithNodeFilter(decide))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	for i := range cases {
+		c := &cases[i]
+		t.Run(c.Name, func(t *testing.T) {
+			mu.Lock()
+			current, got, want = c, outcome{}, outcome{}
+			mu.Unlock()
+			if _, err := who(context.Background(), conn); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("the call decided %+v, the core on the request it shows %+v", got, want)
+			}
+			if r := c.Request; r.Path == "" && r.Query == "" && r.Method == "" && r.IP == "" {
+				check(t, c, got)
+			}
+
+			tagKey := cmp.Or(c.Options.TagKey, gray.DefaultTagKey)
+			sent, tagged := c.Request.Headers[tagKey]
+			if !tagged && (got.Reason == "tag" || got.Reason == "match" || got.Reason == "weight") {
+				sent = got.Lane
+			}
+			received := <-callee.tags // read with the default tag key
+			if tagKey == gray.DefaultTagKey && received != sent {
+				t.Errorf("the callee received lane tag %q, want %q", received, sent)
+			}
 		})
 	}
 }
