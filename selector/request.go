@@ -74,9 +74,9 @@ func (c *call) reset(ctx context.Context, stream bool) { *c = call{ctx: ctx, str
 
 // begin starts the view of a call where the call starts (GRPC's interceptor, the StrictErrors
 // middleware): it looks up both transports there, where the context chain is shorter than in the
-// picker, and once per call however often the call is picked.
+// picker, and once per call however often the call is picked. c must be new: it is not reset.
 func (c *call) begin(ctx context.Context, stream bool) {
-	c.reset(ctx, stream)
+	c.ctx, c.streamMD = ctx, stream
 	c.lookClient()
 	c.lookServer()
 	c.clientOnly = c.out.md != nil && !stream && c.in.kind == kindNone
