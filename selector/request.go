@@ -42,7 +42,8 @@ type call struct {
 	// into which Kratos copies what client middleware set.
 	streamMD bool
 	// clientOnly: the client transport's headers are all the call shows (a unary gRPC call made
-	// outside a handler); a header not there is nowhere.
+	// outside a handler); a header not there is nowhere. Such a call is decided through
+	// outgoingHeaders.
 	clientOnly bool
 }
 
