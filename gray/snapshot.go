@@ -94,7 +94,6 @@ type lane[T any] struct {
 
 type weightRange[T any] struct {
 	upper    uint32 // the lane takes buckets below upper (and at or above the previous range's upper)
-	lane     *lane[T]
 	decision Decision[T]
 }
 
@@ -214,7 +213,7 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 			l.weight = Weight(int(l.weight) * int(MaxWeight) / total)
 		}
 		upper += uint32(l.weight)
-		s.weighted = append(s.weighted, weightRange[T]{upper: upper, lane: l,
+		s.weighted = append(s.weighted, weightRange[T]{upper: upper,
 			decision: Decision[T]{Lane: l.name, Reason: ReasonWeight, Instances: l.instances, Rule: -1}})
 	}
 
