@@ -38,13 +38,7 @@ type compiledRule []condition
 
 func (cr compiledRule) match(r Request) bool {
 	for _, c := range cr {
-		// An exact header value, the most common condition, is compared here rather than
-		// through the interface.
-		if hc, ok := c.(*headerCondition); ok && hc.vm.op == opExact {
-			if v, found := r.Header(hc.key); !found || v != hc.vm.s {
-				return false
-			}
-		} else if !c.match(r) {
+		if !c.match(r) {
 			return false
 		}
 	}

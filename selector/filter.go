@@ -193,33 +193,23 @@ func admit[T any](ctx context.Context, cc *callCtx, snap *gray.Snapshot[T], cfg 
 // prepared returns the state for nodes, building it when the node set or the other inputs (the
 // service's options, the watcher's answer) changed.
 func (f *Filter) prepared(nodes []kselector.Node) *state {
-	if !f.live() {
-		// Without a source or a watcher the inputs are the client's options, fixed for the
-		// Filter's life: only the node set can change.
-		if st := f.current.Load(); st.matches(nodes) {
-			return st
-		}
-		if st := f.previous.Load(); st.matches(nodes) {
-			return st
-		}
-		return f.replace(nodes, inputs{})
+	// Without a source or a watcher the inputs are the client's options, fixed for the Filter's
+	// life: only the node set can change.
+	live := f.live()
+	var in inputs
+	if live {
+		in = f.inputs()
 	}
-	in := f.inputs()
 	valued := f.cfg.source != nil
-	if st := f.current.Load(); st.matches(nodes) && st.in.same(&in, valued) {
+	if st := f.current.Load(); st.matches(nodes) && (!live || st.in.same(&in, valued)) {
 		return st
 	}
-	if st := f.previous.Load(); st.matches(nodes) && st.in.same(&in, valued) {
+	if st := f.previous.Load(); st.matches(nodes) && (!live || st.in.same(&in, valued)) {
 		return st
 	}
 	if f.watch(nodes[0].ServiceName()) {
 		in = f.inputs()
 	}
-	return f.replace(nodes, in)
-}
-
-// replace builds the state for nodes and in and makes it the current one.
-func (f *Filter) replace(nodes []kselector.Node, in inputs) *state {
 	st := f.build(nodes, in)
 	f.previous.Store(f.current.Swap(st))
 	return st
