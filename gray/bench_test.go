@@ -27,6 +27,46 @@ func BenchmarkDecide(b *testing.B) {
 	}
 }
 
+// BenchmarkDecideWithHeaders: a snapshot whose rules read headers only (a header rule, a sticky
+// key), deciding a request given as gray.StaticRequest (Decide) and as a gRPC-style header map
+// (DecideWithHeaders), side by side.
+func BenchmarkDecideWithHeaders(b *testing.B) {
+	instances := []gray.Instance[string]{
+		{ID: "s1", Meta: map[string]string{}, Value: "s1"},
+		{ID: "c1", Meta: map[string]string{"canary": "true", "weight": "10", "match": `[{"header":[{"key":"userid","value_match":"123"}]}]`}, Value: "c1"},
+	}
+	snap := gray.NewSnapshot("bservice", instances, gray.Options{StickyHeader: "x-user-id"})
+	for _, rc := range []struct {
+		name    string
+		headers map[string]string
+	}{
+		{"production", map[string]string{"userid": "7", "x-user-id": "user-42"}},
+		{"matched", map[string]string{"userid": "123", "x-user-id": "user-42"}},
+		{"tagged", map[string]string{gray.DefaultTagKey: "canary", "x-user-id": "user-42"}},
+	} {
+		req := &gray.StaticRequest{Headers: rc.headers}
+		md := map[string][]string{}
+		for k, v := range rc.headers {
+			md[k] = []string{v}
+		}
+		if snap.Decide(req) != snap.DecideWithHeaders(md, req) {
+			b.Fatal("the two forms decide differently")
+		}
+		b.Run(rc.name+"/Decide", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				snap.Decide(req)
+			}
+		})
+		b.Run(rc.name+"/DecideWithHeaders", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				snap.DecideWithHeaders(md, req)
+			}
+		})
+	}
+}
+
 // BenchmarkBaselineFilterPerRequest is the approach of Kratos' stock version filter, side by side
 // with Decide: each request walks every instance's meta and collects the matching ones into a new
 // slice. It is O(instances) and allocates per request.

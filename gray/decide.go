@@ -93,8 +93,11 @@ func (s *Snapshot[T]) bucket(r Request) uint32 {
 	if key, ok := s.stickyCookieValue(r); ok {
 		return bucketOf(s.seed, key)
 	}
-	return uint32(rand.Uint64N(uint64(MaxWeight)))
+	return randomBucket()
 }
+
+// randomBucket is the bucket of a request without a sticky key.
+func randomBucket() uint32 { return uint32(rand.Uint64N(uint64(MaxWeight))) }
 
 // stickyCookieValue returns the sticky cookie's value, the sticky key when the sticky header is
 // absent.

@@ -86,11 +86,14 @@ func FuzzMetaYAML(f *testing.F) {
 }
 
 // FuzzDecide: any canary meta and any request give a decision over instances of the service; a
-// canary whose meta does not decode never receives traffic while stable instances exist.
+// canary whose meta does not decode never receives traffic while stable instances exist; and the
+// request decides alike with its headers in a map (DecideWithHeaders).
 func FuzzDecide(f *testing.F) {
 	f.Add(articleMatchJSON, "10", "123", "email=li@some-company-name.com; a=b", "/api/user", "a=1", "GET", "10.0.0.1", "user-1", "")
 	f.Add(`[{"query":[{"name":"q","regex":"^a%"}]}]`, "100", "", "", "/", "q=a%25&q=", "POST", "::1", "", "canary")
 	f.Add(`[{"cookie":[{"name":"u","prefix":"\""}]}]`, "x", "", `u="`, "", "", "", "", "", "green")
+	f.Add(`[{"header":[{"key":"userid","value_match":"123"},{"key":"x-user-id","prefix":"u"}]},{"header":[{"key":"userid","regex":"^9+$"}]},{"header":[{"key":"cookie","absent":true}]}]`, "25", "999", "", "/", "", "GET", "", "user-2", "")
+	f.Add(`[{"header":[{"key":"userid","present":true}]}]`, "50", "", "uid=7", "", "", "", "", "", "stable")
 	f.Fuzz(func(t *testing.T, match, weight, userid, cookie, path, query, method, ip, user, tag string) {
 		canary := map[string]string{"canary": "true", "weight": weight, "match": match}
 		instances := []gray.Instance[string]{
@@ -107,6 +110,15 @@ func FuzzDecide(f *testing.F) {
 		}
 		req.Client, _ = netip.ParseAddr(ip)
 		d := snap.Decide(req)
+		headers := map[string][]string{}
+		for k, v := range req.Headers {
+			headers[k] = []string{v}
+		}
+		// A request without a sticky key draws a random bucket: its weight decision may differ.
+		random := user == ""
+		if dh := snap.DecideWithHeaders(headers, req); dh != d && !(random && undecidedByRules(d) && undecidedByRules(dh)) {
+			t.Fatalf("DecideWithHeaders: %+v, Decide: %+v", *dh, *d)
+		}
 		if len(d.Instances) == 0 {
 			t.Fatal("no instances chosen although stable instances exist")
 		}
@@ -119,4 +131,9 @@ func FuzzDecide(f *testing.F) {
 			t.Fatalf("unexpected lane %q", d.Lane)
 		}
 	})
+}
+
+// undecidedByRules reports whether a decision came from the bucket or the base, not a tag or a rule.
+func undecidedByRules[T any](d *gray.Decision[T]) bool {
+	return d.Reason != gray.ReasonTag && d.Reason != gray.ReasonMatch
 }

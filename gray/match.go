@@ -107,13 +107,20 @@ func compileValueMatch(vm ValueMatch) (valueMatcher, error) {
 }
 
 func (m *valueMatcher) matches(v string, ok bool) bool {
+	if m.op == opRegex {
+		return ok && m.re.matchString(v)
+	}
+	return m.matchesPlain(v, ok)
+}
+
+// matchesPlain is matches for every operation but opRegex: without the regular expression's call
+// it is small enough to be inlined where a loop checks many conditions.
+func (m *valueMatcher) matchesPlain(v string, ok bool) bool {
 	switch m.op {
 	case opExact:
 		return ok && v == m.s
 	case opPrefix:
 		return ok && strings.HasPrefix(v, m.s)
-	case opRegex:
-		return ok && m.re.matchString(v)
 	case opPresent:
 		return ok
 	default: // opAbsent

@@ -75,6 +75,10 @@ type Snapshot[T any] struct {
 
 	baseLanes []*lane[T]
 	problems  []error
+
+	// headersOnly: every match rule has header conditions only, so that DecideWithHeaders decides
+	// from the header map alone (headers.go).
+	headersOnly bool
 }
 
 type lane[T any] struct {
@@ -86,6 +90,8 @@ type lane[T any] struct {
 	match     []Rule // after conflicts
 	rules     ruleSet
 	gray      bool // some instance is a canary or asks for a weight or match rules
+	// headerRules are rules as their header conditions, when the snapshot is headersOnly.
+	headerRules [][]*headerCondition
 
 	// The decisions that send a request to this lane, prepared once.
 	tagged  Decision[T]   // by its tag
@@ -188,6 +194,7 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 		}
 	}
 
+	s.prepareHeaderRules()
 	var total int
 	for _, l := range s.lanes {
 		l.tagged = Decision[T]{Lane: l.name, Reason: ReasonTag, Instances: l.instances, Rule: -1}

@@ -20,11 +20,16 @@ func TestVectors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
 			snap := gray.NewSnapshot(c.Service, c.GrayInstances(), c.Options)
-			d := snap.Decide(c.Request.StaticRequest())
+			req := c.Request.StaticRequest()
+			d := snap.Decide(req)
 			for _, diff := range c.Check(d.Lane, d.Reason, d.Rule, d.Instances) {
 				t.Error(diff)
 			}
 			checkProblems(t, snap.Problems(), c.Problems)
+			// The same request with its headers in a map, as gRPC metadata holds them.
+			if dh := snap.DecideWithHeaders(headerMap(req.Headers), req); dh != d {
+				t.Errorf("DecideWithHeaders: %+v, Decide: %+v", *dh, *d)
+			}
 		})
 	}
 }
@@ -47,4 +52,13 @@ func checkProblems(t *testing.T, got []error, want []string) {
 			t.Errorf("no problem mentions %q; got %v", w, got)
 		}
 	}
+}
+
+// headerMap returns headers in gRPC metadata's form: lower-case names, each with its values.
+func headerMap(headers map[string]string) map[string][]string {
+	m := make(map[string][]string, len(headers))
+	for k, v := range headers {
+		m[k] = []string{v}
+	}
+	return m
 }

@@ -81,7 +81,11 @@ func (f *Filter) filter(ctx context.Context, nodes []kselector.Node) []kselector
 	if len(nodes) == 0 {
 		return nil
 	}
-	if d := decide(ctx, f.prepared(nodes).snap, &f.cfg, &f.warnInterceptors); d != nil {
+	st := f.current.Load()
+	if f.live() || !st.matches(nodes) { // inputs that can change, or a change of the node set
+		st = f.prepared(nodes)
+	}
+	if d := decide(ctx, st.snap, &f.cfg, &f.warnInterceptors); d != nil {
 		return d.Instances
 	}
 	return nil
@@ -117,7 +121,7 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	// metadata. The decision reads that one map, and a lane tag found there is on its way to the
 	// callee already.
 	cc.forgetPick()
-	d := snap.Decide(outgoingHeaders{&cc.call})
+	d := snap.DecideWithHeaders(cc.out.md, outgoingHeaders{&cc.call})
 	if (cfg.metrics != nil || cfg.strict) && !admit(ctx, cc, snap, cfg, d) {
 		return nil
 	}
