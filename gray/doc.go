@@ -64,5 +64,7 @@
 // Every decision a snapshot can make (each lane by tag, by each of its rules and by weight, and the
 // base) is prepared then too: Decide reads the immutable snapshot only and returns one of them. It
 // allocates nothing and its cost does not depend on the number of instances. A Snapshot is safe for
-// concurrent use.
+// concurrent use. A request whose headers are one map keyed by lower-case names (gRPC metadata) can
+// be decided with [Snapshot.DecideWithHeaders], which reads the map directly when every match rule
+// reads headers only.
 package gray
