@@ -118,10 +118,16 @@ func BenchmarkNewSnapshot(b *testing.B) {
 	}
 }
 
+// BenchmarkBucket: the sticky hash of a short user key and of a UUID (with the service's seed,
+// which a snapshot computes once).
 func BenchmarkBucket(b *testing.B) {
-	b.ReportAllocs()
-	for b.Loop() {
-		gray.Bucket("bservice", "user-1234567")
+	for _, key := range []string{"user-1234567", "3f2c7a9e-4b1d-4c8e-9a7f-2d5e6b8c1a0f"} {
+		b.Run(fmt.Sprintf("key=%d bytes", len(key)), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				gray.Bucket("bservice", key)
+			}
+		})
 	}
 }
 

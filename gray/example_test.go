@@ -51,9 +51,9 @@ func ExampleSnapshot_Decide() {
 	snap := gray.NewSnapshot("bservice", instances, gray.Options{StickyHeader: "x-user-id"})
 
 	for _, headers := range []map[string]string{
-		{"canary": "true"},      // test traffic
-		{"x-user-id": "user-2"}, // bucket 1144: inside the 12 %
-		{"x-user-id": "user-7"}, // bucket 1396: outside
+		{"canary": "true"},        // test traffic
+		{"x-user-id": "user-362"}, // bucket 1149: inside the 12 %
+		{"x-user-id": "user-24"},  // bucket 1424: outside
 	} {
 		d := snap.Decide(&gray.StaticRequest{Headers: headers, URLPath: "/api/user"})
 		fmt.Println(d.Lane, d.Reason, d.Instances)

@@ -70,8 +70,8 @@ func TestReleaseThroughTheCommand(t *testing.T) {
 	if explain.Lane != "canary" || explain.Reason != "match" || explain.Rule != 1 || explain.Instances[0].ID != "bservice-canary-1" {
 		t.Fatalf("explain matched: %s", out)
 	}
-	out = mustRun(t, a, "explain", "bservice", "--key", "user-2") // bucket 1144: outside 5 %
-	if !strings.Contains(out, "lane       stable") || !strings.Contains(out, "bucket     1144") {
+	out = mustRun(t, a, "explain", "bservice", "--key", "user-2") // bucket 4705: outside 5 %
+	if !strings.Contains(out, "lane       stable") || !strings.Contains(out, "bucket     4705") {
 		t.Fatalf("explain by key:\n%s", out)
 	}
 	out = mustRun(t, a, "explain", "bservice", "--lane", "canary")

@@ -54,8 +54,8 @@ func main() {
 	snap := gray.NewSnapshot("bservice", instances, options)
 	show(snap, "matching request", req("/api/user/7", "userid", "123", "cookie", "email=li@some-company-name.com", "x-user-id", "user-1"))
 	show(snap, "other path", req("/api/order/7", "userid", "123", "cookie", "email=li@some-company-name.com", "x-user-id", "user-1"))
-	show(snap, "user-29 (bucket 846)", req("/", "x-user-id", "user-29"))
-	show(snap, "user-2 (bucket 1144)", req("/", "x-user-id", "user-2"))
+	show(snap, "user-259 (bucket 687)", req("/", "x-user-id", "user-259"))
+	show(snap, "user-362 (bucket 1149)", req("/", "x-user-id", "user-362"))
 
 	section("3. Raising the canary's weight: users only ever move in")
 	canary := specs[2].Meta

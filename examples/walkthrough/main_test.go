@@ -16,8 +16,8 @@ func TestWalkthrough(t *testing.T) {
 
 	for _, want := range []string{
 		"matching request       -> lane canary  reason match",
-		"user-29 (bucket 846)   -> lane canary  reason weight",
-		"user-2 (bucket 1144)   -> lane stable  reason base",
+		"user-259 (bucket 687)  -> lane canary  reason weight",
+		"user-362 (bucket 1149) -> lane stable  reason base",
 		"switched     production -> green  (weight)",
 		"rolled back  production -> blue   (base)",
 		`meta key "weight": "10%" is not a percentage`,
