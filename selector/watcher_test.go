@@ -85,6 +85,9 @@ func TestWatcherMeta(t *testing.T) {
 		{"without", func(h ...string) (string, error) { return who(ctx, frozen, h...) }},
 	} {
 		waitFor(t, 10*time.Second, "the canary "+conn.name, func() bool { s, err := conn.who("userid", "123"); return err == nil && s == "c1" })
+		// Until gRPC has connected s1 the base lane has no instance, and the decision falls back
+		// to every instance: wait for it before counting.
+		waitFor(t, 10*time.Second, "stable "+conn.name, func() bool { s, err := conn.who(); return err == nil && s == "s1" })
 		if got := count(t, 100, func(int) (string, error) { return conn.who() }); got["s1"] != 100 {
 			t.Fatalf("%s, before the raise: %v, want every unmatched call on s1", conn.name, got)
 		}
