@@ -219,9 +219,9 @@ func TestBrokenMeta(t *testing.T) {
 	var problems atomic.Value
 	conn := e.dial("bservice", selector.WithProblems(func(err error) { problems.Store(err) }))
 	ctx := context.Background()
-	waitFor(t, 10*time.Second, "the canary", func() bool {
+	waitFor(t, 10*time.Second, "both lanes", func() bool {
 		got := count(t, 20, func(int) (string, error) { return who(ctx, conn) })
-		return got["c1"] > 0
+		return got["c1"] > 0 && got["s1"] > 0
 	})
 
 	e.setMetaByHand("c1", "weight", "lots")
