@@ -55,10 +55,8 @@ func (s *Snapshot[T]) TagKey() HeaderKey { return s.tagKey }
 // it.
 func (s *Snapshot[T]) Decide(r Request) *Decision[T] {
 	if tag, ok := r.Header(s.tagKey); ok && tag != "" {
-		for _, l := range s.lanes {
-			if l.name == tag {
-				return &l.tagged
-			}
+		if d := s.tagged(tag); d != nil {
+			return d
 		}
 	}
 	for _, l := range s.matchLanes {
@@ -67,11 +65,26 @@ func (s *Snapshot[T]) Decide(r Request) *Decision[T] {
 		}
 	}
 	if len(s.weighted) > 0 {
-		b := s.bucket(r)
-		for i := range s.weighted {
-			if w := &s.weighted[i]; b < w.upper {
-				return &w.decision
-			}
+		return s.byBucket(s.bucket(r))
+	}
+	return &s.base
+}
+
+// tagged returns the decision for a request tagged with tag, or nil when no lane has that name.
+func (s *Snapshot[T]) tagged(tag string) *Decision[T] {
+	for _, l := range s.lanes {
+		if l.name == tag {
+			return &l.tagged
+		}
+	}
+	return nil
+}
+
+// byBucket returns the decision for a bucket: the weighted lane whose range holds it, else the base.
+func (s *Snapshot[T]) byBucket(b uint32) *Decision[T] {
+	for i := range s.weighted {
+		if w := &s.weighted[i]; b < w.upper {
+			return &w.decision
 		}
 	}
 	return &s.base

@@ -15,10 +15,8 @@ func (s *Snapshot[T]) DecideWithHeaders(headers map[string][]string, r Request) 
 		return s.Decide(r)
 	}
 	if tag, _ := firstValue(headers[s.tagKey.lower]); tag != "" {
-		for _, l := range s.lanes {
-			if l.name == tag {
-				return &l.tagged
-			}
+		if d := s.tagged(tag); d != nil {
+			return d
 		}
 	}
 	for _, l := range s.matchLanes {
@@ -29,12 +27,7 @@ func (s *Snapshot[T]) DecideWithHeaders(headers map[string][]string, r Request) 
 		}
 	}
 	if len(s.weighted) > 0 {
-		b := s.bucketOfHeaders(headers)
-		for i := range s.weighted {
-			if w := &s.weighted[i]; b < w.upper {
-				return &w.decision
-			}
-		}
+		return s.byBucket(s.bucketOfHeaders(headers))
 	}
 	return &s.base
 }
