@@ -42,8 +42,8 @@ type call struct {
 	// into which Kratos copies what client middleware set.
 	streamMD bool
 	// clientOnly: the client transport's headers are all the call shows (a unary gRPC call made
-	// outside a handler); a header not there is nowhere. Such a call is decided through
-	// outgoingHeaders.
+	// outside a handler); a header not there is nowhere. Such a call is decided on that map
+	// (gray.Snapshot.DecideWithHeaders, with outgoingHeaders for the rest).
 	clientOnly bool
 }
 
@@ -172,7 +172,9 @@ func (c *call) Header(key gray.HeaderKey) (string, bool) {
 }
 
 // outgoingHeaders is the request view of a call whose headers are all in its outgoing gRPC
-// metadata (clientOnly): Header reads that map and nothing else.
+// metadata (clientOnly): Header reads that map and nothing else. DecideWithHeaders reads the map
+// itself and asks the view only for the rest (path, method), or for everything when a rule of the
+// service reads more than headers.
 type outgoingHeaders struct{ *call }
 
 func (v outgoingHeaders) Header(key gray.HeaderKey) (string, bool) {
