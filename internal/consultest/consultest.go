@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/graylane/graylane/internal/syncbuf"
+	"github.com/graylane/graylane/internal/testport"
 )
 
 // BinaryEnv names the environment variable that points at the consul binary.
@@ -66,9 +66,8 @@ type Agent struct {
 	// Token is the management token of an agent started with StartACL; empty otherwise.
 	Token string
 
-	binary string
-	args   []string
-	log    *syncbuf.Buffer
+	args []string
+	log  *syncbuf.Buffer
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -94,15 +93,20 @@ const ManagementToken = "9b1e3c57-0000-4000-8000-000000000001"
 // the test's cleanup. Agent.Token holds the management token, which creates the tokens a test needs.
 func StartACL(tb testing.TB) *Agent {
 	tb.Helper()
-	a, err := newAgent([]string{"-dev", "-hcl", `acl { enabled = true
-		default_policy = "deny"
-		enable_token_persistence = false
-		tokens { initial_management = "` + ManagementToken + `"
-			agent = "` + ManagementToken + `" } }`})
-	if err == nil {
+	var a *Agent
+	err := onFreshPorts(4, func(ports []int) error {
+		a = newAgent([]string{"-dev", "-hcl", `acl { enabled = true
+			default_policy = "deny"
+			enable_token_persistence = false
+			tokens { initial_management = "` + ManagementToken + `"
+				agent = "` + ManagementToken + `" } }`}, ports)
 		a.Token = ManagementToken
-		err = a.start()
-	}
+		if err := a.start(); err != nil {
+			a.Stop()
+			return err
+		}
+		return nil
+	})
 	if err != nil {
 		tb.Fatalf("consultest: %v", err)
 	}
@@ -138,76 +142,88 @@ func StartCluster(tb testing.TB, n int) []*Agent {
 
 // StartAgent runs a dev agent and waits until it has elected itself leader. The caller must Stop it.
 func StartAgent() (*Agent, error) {
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		a, err := newAgent([]string{"-dev"})
-		if err != nil {
-			return nil, err
+	var a *Agent
+	err := onFreshPorts(4, func(ports []int) error {
+		a = newAgent([]string{"-dev"}, ports)
+		if err := a.start(); err != nil {
+			a.Stop()
+			return err
 		}
-		if lastErr = a.start(); lastErr == nil {
-			return a, nil
-		}
-		a.Stop()
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, lastErr
+	return a, nil
 }
 
-// startServers runs n server agents with data directories under dir, joined to each other.
-func startServers(dir string, n int) ([]*Agent, error) {
-	agents := make([]*Agent, n)
-	for i := range agents {
-		a, err := newAgent(nil)
-		if err != nil {
-			return nil, err
+// onFreshPorts calls start with n new ports until it succeeds, fails for another reason than a port
+// taken between probe and bind, or has tried three times.
+func onFreshPorts(n int, start func(ports []int) error) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		ports, perr := testport.Take(n)
+		if perr != nil {
+			return perr
 		}
-		agents[i] = a
+		if err = start(ports); !testport.InUse(err) {
+			return err
+		}
 	}
-	for i, a := range agents {
-		a.args = append(a.args, "-server", "-bootstrap-expect", strconv.Itoa(n),
-			"-data-dir", filepath.Join(dir, a.NodeName),
-			"-hcl", "performance { raft_multiplier = 1 }")
-		for j, other := range agents {
-			if j != i {
-				a.args = append(a.args, "-retry-join", other.SerfLANAddr, "-retry-interval", "200ms")
+	return err
+}
+
+// startServers runs n server agents with data directories under dir, joined to each other. If any of
+// them loses a port, all of them start again on new ports.
+func startServers(dir string, n int) ([]*Agent, error) {
+	var agents []*Agent
+	err := onFreshPorts(4*n, func(ports []int) error {
+		agents = make([]*Agent, n)
+		for i := range agents {
+			agents[i] = newAgent(nil, ports[4*i:4*i+4])
+		}
+		for i, a := range agents {
+			a.args = append(a.args, "-server", "-bootstrap-expect", strconv.Itoa(n),
+				"-data-dir", filepath.Join(dir, a.NodeName),
+				"-hcl", "performance { raft_multiplier = 1 }")
+			for j, other := range agents {
+				if j != i {
+					a.args = append(a.args, "-retry-join", other.SerfLANAddr, "-retry-interval", "200ms")
+				}
 			}
 		}
-	}
-	errs := make(chan error, n)
-	for _, a := range agents {
-		go func() { errs <- a.start() }()
-	}
-	var firstErr error
-	for range agents {
-		if err := <-errs; err != nil && firstErr == nil {
-			firstErr = err
-		}
-	}
-	if firstErr != nil {
+		errs := make(chan error, n)
 		for _, a := range agents {
-			a.Stop()
+			go func() { errs <- a.start() }()
 		}
-		return nil, firstErr
+		var firstErr error
+		for range agents {
+			// A lost port is the reason to report: it is the one worth starting again for.
+			if err := <-errs; err != nil && (firstErr == nil || testport.InUse(err)) {
+				firstErr = err
+			}
+		}
+		if firstErr != nil {
+			for _, a := range agents {
+				a.Stop()
+			}
+		}
+		return firstErr
+	})
+	if err != nil {
+		return nil, err
 	}
 	return agents, nil
 }
 
-// newAgent prepares an agent on free loopback ports; mode holds the flags that make it a dev agent
-// or a server.
-func newAgent(mode []string) (*Agent, error) {
-	binary, err := Binary()
-	if err != nil {
-		return nil, err
-	}
-	ports, err := freePorts(4)
-	if err != nil {
-		return nil, err
-	}
+// newAgent prepares an agent on four free loopback ports (HTTP, serf LAN, serf WAN, server RPC); mode
+// holds the flags that make it a dev agent or a server.
+func newAgent(mode []string, ports []int) *Agent {
 	name := "graylane-test-" + strconv.Itoa(ports[0])
 	a := &Agent{
 		HTTPAddr:    "127.0.0.1:" + strconv.Itoa(ports[0]),
 		SerfLANAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
 		NodeName:    name,
-		binary:      binary,
 		log:         &syncbuf.Buffer{Max: 1 << 20}, // the most recent output only
 	}
 	a.args = append([]string{"agent"}, mode...)
@@ -220,17 +236,21 @@ func newAgent(mode []string) (*Agent, error) {
 		"-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 		"-node-meta", NodeMetaHTTPAddr+":"+a.HTTPAddr,
 		"-log-level", "warn")
-	return a, nil
+	return a
 }
 
 func (a *Agent) start() error {
+	binary, err := Binary()
+	if err != nil {
+		return err
+	}
 	a.mu.Lock()
-	cmd := exec.Command(a.binary, a.args...)
+	cmd := exec.Command(binary, a.args...)
 	cmd.Stdout, cmd.Stderr = a.log, a.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		a.mu.Unlock()
-		return fmt.Errorf("starting %s: %w", a.binary, err)
+		return fmt.Errorf("starting %s: %w", binary, err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -328,23 +348,3 @@ func (a *Agent) Restart() error {
 
 // Log returns the end of the agent's output, for failure messages.
 func (a *Agent) Log() string { return a.log.Tail(4000) }
-
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var listeners []net.Listener
-	defer func() {
-		for _, l := range listeners {
-			l.Close()
-		}
-	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("finding a free port: %w", err)
-		}
-		listeners = append(listeners, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graylane/graylane/internal/testport"
 	"github.com/graylane/graylane/rollout"
 )
 
@@ -67,10 +67,11 @@ func Start(tb testing.TB, targets ...string) *Server {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		port, err := freePort()
+		ports, err := testport.Take(1)
 		if err != nil {
 			tb.Fatal(err)
 		}
+		port := ports[0]
 		s := &Server{URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}, done: make(chan struct{})}
 		s.cmd = exec.Command(binary,
 			"--config.file="+filepath.Join(dir, "prometheus.yml"),
@@ -165,13 +166,4 @@ func quoteAll(targets []string) string {
 		q[i] = `"` + t + `"`
 	}
 	return strings.Join(q, ", ")
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
