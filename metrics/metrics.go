@@ -6,13 +6,23 @@
 //
 //	graylane_decisions_total{service, lane, reason}                      counter
 //	graylane_client_requests_total{service, lane, operation, code}       counter
+//	graylane_client_errors_total{service, lane, operation}               counter
 //	graylane_client_request_duration_seconds{service, lane, operation}   histogram
 //	graylane_server_requests_total{service, lane, operation, code}       counter
+//	graylane_server_errors_total{service, lane, operation}               counter
 //	graylane_server_request_duration_seconds{service, lane, operation}   histogram
 //
 // lane is the lane's name ("none" for a decision that found no lane); reason is the decision's
 // reason (tag, match, weight, base, fallback); code is the Kratos status code (HTTP-like: 200, 400,
-// 500, 503, ...), so errors are code=~"5..". Histograms use Prometheus' default buckets.
+// 500, 503, ...). Histograms use Prometheus' default buckets.
+//
+// Errors (5xx) also have a counter of their own. It is created at zero, together with the duration
+// histogram, by the first request of its service, lane and operation, whatever that request's
+// outcome. rate() and increase() need two samples of a series within their window and count nothing
+// before its first sample: a code="500" series born at a canary's first error is left out of every
+// window that holds only its first sample, and reads as no errors while the successes already count.
+// errors_total and the histogram's _count are born with the lane's first request and seen by the
+// same scrapes: they are the numbers to divide for an error ratio.
 //
 // Recording is safe for concurrent use. Once a label combination has been seen, recording it does
 // not allocate: the series are kept in a copy-on-write map read without locks.
@@ -75,18 +85,25 @@ var reasonLabels = func() []string {
 // Requests records request outcomes and latencies per service, lane and operation.
 type Requests struct {
 	total    *prometheus.CounterVec
+	errors   *prometheus.CounterVec
 	seconds  *prometheus.HistogramVec
 	counters seriesCache[prometheus.Counter]
-	timers   seriesCache[prometheus.Observer]
+	lanes    seriesCache[laneSeries]
 }
 
-// NewServerRequests registers graylane_server_requests_total and
+// laneSeries are the series of one service, lane and operation that every request records into.
+type laneSeries struct {
+	errors  prometheus.Counter
+	seconds prometheus.Observer
+}
+
+// NewServerRequests registers graylane_server_requests_total, graylane_server_errors_total and
 // graylane_server_request_duration_seconds on reg (nil: prometheus.DefaultRegisterer).
 func NewServerRequests(reg prometheus.Registerer) (*Requests, error) {
 	return newRequests(reg, "server", "Requests served, by the lane of the serving instance")
 }
 
-// NewClientRequests registers graylane_client_requests_total and
+// NewClientRequests registers graylane_client_requests_total, graylane_client_errors_total and
 // graylane_client_request_duration_seconds on reg (nil: prometheus.DefaultRegisterer).
 func NewClientRequests(reg prometheus.Registerer) (*Requests, error) {
 	return newRequests(reg, "client", "Calls made, by the lane graylane chose for the callee")
@@ -98,6 +115,10 @@ func newRequests(reg prometheus.Registerer, side, help string) (*Requests, error
 			Namespace: Namespace, Subsystem: side, Name: "requests_total",
 			Help: help + ", operation and status code.",
 		}, []string{"service", "lane", "operation", "code"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: side, Name: "errors_total",
+			Help: help + " and operation, that ended with a 5xx status code; zero from the first request on.",
+		}, []string{"service", "lane", "operation"}),
 		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Subsystem: side, Name: "request_duration_seconds",
 			Help: help + " and operation: duration in seconds.", Buckets: prometheus.DefBuckets,
@@ -105,6 +126,9 @@ func newRequests(reg prometheus.Registerer, side, help string) (*Requests, error
 	}
 	var err error
 	if r.total, err = register(reg, r.total); err != nil {
+		return nil, err
+	}
+	if r.errors, err = register(reg, r.errors); err != nil {
 		return nil, err
 	}
 	if r.seconds, err = register(reg, r.seconds); err != nil {
@@ -119,10 +143,19 @@ func (r *Requests) Observe(service, lane, operation string, code int, took time.
 	if lane == "" {
 		lane = NoLane
 	}
-	key := [4]string{service, lane, operation, codeLabel(code)}
+	key := [4]string{service, lane, operation}
+	ls := r.lanes.get(key, func() laneSeries {
+		return laneSeries{
+			errors:  r.errors.WithLabelValues(key[0], key[1], key[2]),
+			seconds: r.seconds.WithLabelValues(key[0], key[1], key[2]),
+		}
+	})
+	if code >= 500 && code <= 599 {
+		ls.errors.Inc()
+	}
+	ls.seconds.Observe(took.Seconds())
+	key[3] = codeLabel(code)
 	r.counters.get(key, func() prometheus.Counter { return r.total.WithLabelValues(key[0], key[1], key[2], key[3]) }).Inc()
-	key[3] = ""
-	r.timers.get(key, func() prometheus.Observer { return r.seconds.WithLabelValues(key[0], key[1], key[2]) }).Observe(took.Seconds())
 }
 
 // codeLabel formats common status codes without allocating.

@@ -76,6 +76,21 @@ graylane_server_requests_total{code="500",lane="canary",operation="",service="bs
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "graylane_server_requests_total"); err != nil {
 		t.Fatal(err)
 	}
+	// Errors have a series per lane from its first request on, at zero until the first error.
+	wantErrors := `
+# HELP graylane_server_errors_total Requests served, by the lane of the serving instance and operation, that ended with a 5xx status code; zero from the first request on.
+# TYPE graylane_server_errors_total counter
+graylane_server_errors_total{lane="canary",operation="",service="bservice"} 1
+graylane_server_errors_total{lane="stable",operation="",service="bservice"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantErrors), "graylane_server_errors_total"); err != nil {
+		t.Fatal(err)
+	}
+	req.Observe("bservice", "stable", "", 404, time.Millisecond) // a client's error
+	req.Observe("bservice", "stable", "", 503, time.Millisecond)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(strings.Replace(wantErrors, "} 0", "} 1", 1)), "graylane_server_errors_total"); err != nil {
+		t.Fatalf("after a 404 and a 503: %v", err)
+	}
 	if n := testutil.CollectAndCount(reg, "graylane_server_request_duration_seconds"); n != 2 {
 		t.Fatalf("%d duration series, want one per lane", n)
 	}

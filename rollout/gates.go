@@ -18,15 +18,26 @@ type Prometheus struct {
 	Client *http.Client // nil: a client with a 10 s timeout
 }
 
-// Query runs an instant query and returns the first sample's value, and whether there was one (an
-// empty result, or NaN, is no value).
+// Query runs an instant query at the server's current time and returns the first sample's value, and
+// whether there was one (an empty result, or NaN, is no value).
 func (p *Prometheus) Query(ctx context.Context, promql string) (float64, bool, error) {
+	return p.QueryAt(ctx, promql, time.Time{})
+}
+
+// QueryAt is Query evaluated at the instant at; the zero time is the server's current time. Queries
+// that are read together must be evaluated at one instant: a scrape between two of them would mix
+// two states of the targets.
+func (p *Prometheus) QueryAt(ctx context.Context, promql string, at time.Time) (float64, bool, error) {
 	client := p.Client
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
 	}
+	params := url.Values{"query": {promql}}
+	if !at.IsZero() {
+		params.Set("time", strconv.FormatFloat(float64(at.UnixMilli())/1000, 'f', 3, 64))
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
-		strings.TrimRight(p.URL, "/")+"/api/v1/query?query="+url.QueryEscape(promql), nil)
+		strings.TrimRight(p.URL, "/")+"/api/v1/query?"+params.Encode(), nil)
 	if err != nil {
 		return 0, false, err
 	}
@@ -168,9 +179,18 @@ func (g Gates) Judge(r Readings) (Verdict, string) {
 	return Pass, "gates passed: " + r.String()
 }
 
-// read queries the gates' numbers for the lane and its baseline.
+// read queries the gates' numbers for the lane and its baseline, all at one instant of the
+// Prometheus server's clock.
 func (p *Plan) read(ctx context.Context, prom *Prometheus) (Readings, error) {
-	r := Readings{Time: time.Now().UTC()}
+	var r Readings
+	now, ok, err := prom.Query(ctx, "time()")
+	if err == nil && !ok {
+		err = fmt.Errorf("prometheus at %s: time() has no value", prom.URL)
+	}
+	if err != nil {
+		return r, err
+	}
+	r.Time = time.UnixMilli(int64(math.Round(now * 1000))).UTC()
 	for _, target := range []struct {
 		lane string
 		out  *LaneReading
@@ -184,7 +204,7 @@ func (p *Plan) read(ctx context.Context, prom *Prometheus) (Readings, error) {
 			if err != nil {
 				return r, err
 			}
-			v, ok, err := prom.Query(ctx, promql)
+			v, ok, err := prom.QueryAt(ctx, promql, r.Time)
 			if err != nil {
 				return r, err
 			}

@@ -113,10 +113,12 @@ type Queries struct {
 	P99      string `yaml:"p99" json:"p99,omitempty"`
 }
 
-// Default queries read the per-lane server metrics of graylane's metrics.Server middleware.
+// Default queries read the per-lane server metrics of graylane's metrics.Server middleware. Requests
+// and errors are read from the two series that a lane's first request creates, errors at zero (see
+// package metrics): a per-code series born at the first error would read as no errors for a window.
 const (
-	DefaultRequestsQuery = `sum(increase(graylane_server_requests_total{service="{{.Service}}",lane="{{.Lane}}"}[{{.Window}}]))`
-	DefaultErrorsQuery   = `sum(increase(graylane_server_requests_total{service="{{.Service}}",lane="{{.Lane}}",code=~"5.."}[{{.Window}}]))`
+	DefaultRequestsQuery = `sum(increase(graylane_server_request_duration_seconds_count{service="{{.Service}}",lane="{{.Lane}}"}[{{.Window}}]))`
+	DefaultErrorsQuery   = `sum(increase(graylane_server_errors_total{service="{{.Service}}",lane="{{.Lane}}"}[{{.Window}}]))`
 	DefaultP99Query      = `histogram_quantile(0.99, sum by (le) (rate(graylane_server_request_duration_seconds_bucket{service="{{.Service}}",lane="{{.Lane}}"}[{{.Window}}])))`
 )
 

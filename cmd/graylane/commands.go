@@ -72,7 +72,7 @@ func drainFlags(fs *flag.FlagSet, o *opts) {
 
 // drainIdleQuery is the instance's request rate from graylane's server metrics, scraped from the
 // instance's own address (Prometheus' instance label).
-const drainIdleQuery = `sum(rate(graylane_server_requests_total{service="{{.Service}}",instance="{{.Address}}:{{.Port}}"}[30s]))`
+const drainIdleQuery = `sum(rate(graylane_server_request_duration_seconds_count{service="{{.Service}}",instance="{{.Address}}:{{.Port}}"}[30s]))`
 
 // waitIdle returns a DrainOptions.Idle that polls Prometheus until the instance's request rate has
 // been zero for idleFor. No data counts as not idle: a query that finds nothing must not let a busy
