@@ -101,7 +101,7 @@ func StartACL(tb testing.TB) *Agent {
 			tokens { initial_management = "` + ManagementToken + `"
 				agent = "` + ManagementToken + `" } }`}, ports)
 		a.Token = ManagementToken
-		if err := a.start(); err != nil {
+		if err := a.start(context.Background()); err != nil {
 			a.Stop()
 			return err
 		}
@@ -145,7 +145,7 @@ func StartAgent() (*Agent, error) {
 	var a *Agent
 	err := onFreshPorts(4, func(ports []int) error {
 		a = newAgent([]string{"-dev"}, ports)
-		if err := a.start(); err != nil {
+		if err := a.start(context.Background()); err != nil {
 			a.Stop()
 			return err
 		}
@@ -177,43 +177,57 @@ func onFreshPorts(n int, start func(ports []int) error) error {
 // them loses a port, all of them start again on new ports.
 func startServers(dir string, n int) ([]*Agent, error) {
 	var agents []*Agent
-	err := onFreshPorts(4*n, func(ports []int) error {
-		agents = make([]*Agent, n)
-		for i := range agents {
-			agents[i] = newAgent(nil, ports[4*i:4*i+4])
-		}
-		for i, a := range agents {
-			a.args = append(a.args, "-server", "-bootstrap-expect", strconv.Itoa(n),
-				"-data-dir", filepath.Join(dir, a.NodeName),
-				"-hcl", "performance { raft_multiplier = 1 }")
-			for j, other := range agents {
-				if j != i {
-					a.args = append(a.args, "-retry-join", other.SerfLANAddr, "-retry-interval", "200ms")
-				}
-			}
-		}
-		errs := make(chan error, n)
-		for _, a := range agents {
-			go func() { errs <- a.start() }()
-		}
-		var firstErr error
-		for range agents {
-			// A lost port is the reason to report: it is the one worth starting again for.
-			if err := <-errs; err != nil && (firstErr == nil || testport.InUse(err)) {
-				firstErr = err
-			}
-		}
-		if firstErr != nil {
-			for _, a := range agents {
-				a.Stop()
-			}
-		}
-		return firstErr
+	err := onFreshPorts(4*n, func(ports []int) (err error) {
+		agents, err = startServersOn(dir, ports)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	return agents, nil
+}
+
+// startServersOn runs one server agent per four ports. When one of them fails, the others are
+// stopped at once rather than left waiting for it until the start timeout; the agents are returned,
+// stopped, with the error.
+func startServersOn(dir string, ports []int) ([]*Agent, error) {
+	agents := make([]*Agent, len(ports)/4)
+	for i := range agents {
+		agents[i] = newAgent(nil, ports[4*i:4*i+4])
+	}
+	for i, a := range agents {
+		a.args = append(a.args, "-server", "-bootstrap-expect", strconv.Itoa(len(agents)),
+			"-data-dir", filepath.Join(dir, a.NodeName),
+			"-hcl", "performance { raft_multiplier = 1 }")
+		for j, other := range agents {
+			if j != i {
+				a.args = append(a.args, "-retry-join", other.SerfLANAddr, "-retry-interval", "200ms")
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, len(agents))
+	for _, a := range agents {
+		go func() { errs <- a.start(ctx) }()
+	}
+	var firstErr error
+	for range agents {
+		err := <-errs
+		if err != nil && firstErr == nil {
+			cancel()
+		}
+		// A lost port is the reason to report: it is the one worth starting again for.
+		if err != nil && (firstErr == nil || testport.InUse(err)) {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		for _, a := range agents {
+			a.Stop()
+		}
+	}
+	return agents, firstErr
 }
 
 // newAgent prepares an agent on four free loopback ports (HTTP, serf LAN, serf WAN, server RPC); mode
@@ -239,7 +253,8 @@ func newAgent(mode []string, ports []int) *Agent {
 	return a
 }
 
-func (a *Agent) start() error {
+// start runs the agent and waits until it is ready, the start timeout passes, or ctx is cancelled.
+func (a *Agent) start(ctx context.Context) error {
 	binary, err := Binary()
 	if err != nil {
 		return err
@@ -257,7 +272,7 @@ func (a *Agent) start() error {
 	a.cmd, a.done = cmd, done
 	a.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	if err := a.waitReady(ctx, done); err != nil {
 		return fmt.Errorf("consul agent on %s: %w\n--- agent output ---\n%s", a.HTTPAddr, err, a.log.Tail(4000))
@@ -306,6 +321,9 @@ func (a *Agent) waitReady(ctx context.Context, exited <-chan struct{}) error {
 		case <-exited:
 			return errors.New("the agent exited before it was ready")
 		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return fmt.Errorf("start cancelled: %v", lastErr)
+			}
 			return fmt.Errorf("not ready after %v: %v", startTimeout, lastErr)
 		case <-tick.C:
 		}
@@ -343,7 +361,7 @@ func (a *Agent) end(sig syscall.Signal, grace time.Duration) {
 // persistent or cluster agent comes back with its data.
 func (a *Agent) Restart() error {
 	a.Stop()
-	return a.start()
+	return a.start(context.Background())
 }
 
 // Log returns the end of the agent's output, for failure messages.
