@@ -275,8 +275,6 @@ func registerBlueGreen(t *testing.T, name string) string {
 		{Name: name, ID: name + "-blue-1", Address: "127.0.0.1", Port: 9201, Gray: gray.Meta{BlueGreen: gray.Blue}},
 		{Name: name, ID: name + "-green-1", Address: "127.0.0.1", Port: 9202, Gray: gray.Meta{BlueGreen: gray.Green, Weight: 3000}},
 	}
-	if _, err := newRegistrar(t, agent, "", "setup").Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	applyForTest(t, agent, "", specs)
 	return name
 }

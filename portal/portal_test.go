@@ -2,6 +2,7 @@ package portal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
@@ -57,11 +60,31 @@ func registerReleaseAs(t testing.TB, a *consultest.Agent, token, name string) st
 		specs[i].Name = name
 		specs[i].ID = strings.Replace(specs[i].ID, "checkout", name, 1)
 	}
+	applyForTest(t, a, token, specs)
+	return name
+}
+
+// applyForTest registers specs (instances of one service) and removes the service, its instances
+// and its recorded state, when the test ends: the tests share one agent, and a portal follows every
+// service on it, two blocking queries each, against Consul's limit on one address's connections.
+func applyForTest(t testing.TB, a *consultest.Agent, token string, specs []registrar.Spec) {
+	t.Helper()
 	r := newRegistrar(t, a, token, "setup")
+	t.Cleanup(func() {
+		c := r.Client()
+		for _, s := range specs {
+			var gone api.StatusError // removed by the test itself
+			if err := c.Agent().ServiceDeregister(s.ID); err != nil && !(errors.As(err, &gone) && gone.Code == http.StatusNotFound) {
+				t.Errorf("removing %s: %v", s.ID, err)
+			}
+		}
+		if _, err := c.KV().DeleteTree(registrar.DefaultKVPrefix+"/services/"+specs[0].Name+"/", nil); err != nil {
+			t.Errorf("removing the recorded state of %s: %v", specs[0].Name, err)
+		}
+	})
 	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return name
 }
 
 func newRegistrar(t testing.TB, a *consultest.Agent, token, who string) *registrar.Registrar {
