@@ -93,20 +93,11 @@ const ManagementToken = "9b1e3c57-0000-4000-8000-000000000001"
 // the test's cleanup. Agent.Token holds the management token, which creates the tokens a test needs.
 func StartACL(tb testing.TB) *Agent {
 	tb.Helper()
-	var a *Agent
-	err := onFreshPorts(4, func(ports []int) error {
-		a = newAgent([]string{"-dev", "-hcl", `acl { enabled = true
-			default_policy = "deny"
-			enable_token_persistence = false
-			tokens { initial_management = "` + ManagementToken + `"
-				agent = "` + ManagementToken + `" } }`}, ports)
-		a.Token = ManagementToken
-		if err := a.start(context.Background()); err != nil {
-			a.Stop()
-			return err
-		}
-		return nil
-	})
+	a, err := startDev(ManagementToken, "-hcl", `acl { enabled = true
+		default_policy = "deny"
+		enable_token_persistence = false
+		tokens { initial_management = "`+ManagementToken+`"
+			agent = "`+ManagementToken+`" } }`)
 	if err != nil {
 		tb.Fatalf("consultest: %v", err)
 	}
@@ -141,10 +132,15 @@ func StartCluster(tb testing.TB, n int) []*Agent {
 }
 
 // StartAgent runs a dev agent and waits until it has elected itself leader. The caller must Stop it.
-func StartAgent() (*Agent, error) {
+func StartAgent() (*Agent, error) { return startDev("") }
+
+// startDev runs a dev agent with the extra flags, on new ports until none was lost between probe and
+// bind. token is the agent's management token, if its flags make one.
+func startDev(token string, flags ...string) (*Agent, error) {
 	var a *Agent
-	err := onFreshPorts(4, func(ports []int) error {
-		a = newAgent([]string{"-dev"}, ports)
+	err := testport.OnFreshPorts(4, func(ports []int) error {
+		a = newAgent(append([]string{"-dev"}, flags...), ports)
+		a.Token = token
 		if err := a.start(context.Background()); err != nil {
 			a.Stop()
 			return err
@@ -157,27 +153,11 @@ func StartAgent() (*Agent, error) {
 	return a, nil
 }
 
-// onFreshPorts calls start with n new ports until it succeeds, fails for another reason than a port
-// taken between probe and bind, or has tried three times.
-func onFreshPorts(n int, start func(ports []int) error) error {
-	var err error
-	for attempt := 0; attempt < 3; attempt++ {
-		ports, perr := testport.Take(n)
-		if perr != nil {
-			return perr
-		}
-		if err = start(ports); !testport.InUse(err) {
-			return err
-		}
-	}
-	return err
-}
-
 // startServers runs n server agents with data directories under dir, joined to each other. If any of
 // them loses a port, all of them start again on new ports.
 func startServers(dir string, n int) ([]*Agent, error) {
 	var agents []*Agent
-	err := onFreshPorts(4*n, func(ports []int) (err error) {
+	err := testport.OnFreshPorts(4*n, func(ports []int) (err error) {
 		agents, err = startServersOn(dir, ports)
 		return err
 	})

@@ -25,7 +25,7 @@ func TestAgentStartsAgainWhenAPortIsTaken(t *testing.T) {
 
 	var a *Agent
 	var errs []error
-	err = onFreshPorts(4, func(ports []int) error {
+	err = testport.OnFreshPorts(4, func(ports []int) error {
 		if len(errs) == 0 {
 			ports = taken // the first try gets the ports another process has since bound
 		}

@@ -65,33 +65,33 @@ func Start(tb testing.TB, targets ...string) *Server {
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg.String()), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		ports, err := testport.Take(1)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		port := ports[0]
-		s := &Server{URL: fmt.Sprintf("http://127.0.0.1:%d", port), log: &bytes.Buffer{}, done: make(chan struct{})}
+	var s *Server
+	attempt := 0
+	err = testport.OnFreshPorts(1, func(ports []int) error {
+		attempt++
+		s = &Server{URL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]), log: &bytes.Buffer{}, done: make(chan struct{})}
 		s.cmd = exec.Command(binary,
 			"--config.file="+filepath.Join(dir, "prometheus.yml"),
 			"--storage.tsdb.path="+filepath.Join(dir, fmt.Sprintf("data-%d", attempt)),
-			fmt.Sprintf("--web.listen-address=127.0.0.1:%d", port),
+			fmt.Sprintf("--web.listen-address=127.0.0.1:%d", ports[0]),
 			"--log.level=warn")
 		s.cmd.Stdout, s.cmd.Stderr = &lockedWriter{s}, &lockedWriter{s}
 		s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := s.cmd.Start(); err != nil {
-			tb.Fatalf("promtest: starting %s: %v", binary, err)
+			return fmt.Errorf("starting %s: %w", binary, err)
 		}
 		go func() { _ = s.cmd.Wait(); close(s.done) }()
-		if lastErr = s.waitReady(); lastErr == nil {
-			tb.Cleanup(s.stop)
-			return s
+		if err := s.waitReady(); err != nil {
+			s.stop()
+			return err
 		}
-		s.stop()
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("promtest: %v", err)
 	}
-	tb.Fatalf("promtest: %v", lastErr)
-	return nil
+	tb.Cleanup(s.stop)
+	return s
 }
 
 func (s *Server) waitReady() error {

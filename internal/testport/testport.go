@@ -5,7 +5,7 @@
 // kernel, to ":0" listeners and to every outgoing connection of every process, come from the ephemeral
 // range, so a probe inside that range races the whole machine. Take chooses ports below that range,
 // where only another process that also binds by number can collide; InUse tells the caller that this
-// happened, and the caller starts again on new ports.
+// happened, and OnFreshPorts starts the server again on new ones.
 package testport
 
 import (
@@ -112,6 +112,23 @@ func ephemeralStart() int {
 		return linuxDefault
 	}
 	return low
+}
+
+// OnFreshPorts calls start with n new ports from Take until it succeeds, fails for another reason
+// than a port taken between probe and bind (InUse), or has tried three times. start must stop what it
+// started before it returns an error.
+func OnFreshPorts(n int, start func(ports []int) error) error {
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		ports, perr := Take(n)
+		if perr != nil {
+			return perr
+		}
+		if err = start(ports); !InUse(err) {
+			return err
+		}
+	}
+	return err
 }
 
 // InUse reports whether err says that an address was already in use, directly or in the server output
