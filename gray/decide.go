@@ -14,8 +14,8 @@ const (
 	ReasonMatch
 	// ReasonWeight: the request's bucket fell into the lane's weight range.
 	ReasonWeight
-	// ReasonFallback: the service has no base instances; the request goes to every instance that
-	// can take it (see the package documentation for the order).
+	// ReasonFallback: the service has no registered base instance; the request goes where the
+	// service's Fallback policy says (see the package documentation), or nowhere.
 	ReasonFallback
 )
 
@@ -37,6 +37,10 @@ type Decision[T any] struct {
 	Instances []T
 	// Rule is the index of the matched rule for ReasonMatch, else -1.
 	Rule int
+	// Wait is set when the chosen lane has registered instances but none that can take the request
+	// now (Instance.Pending): Instances is empty, and the enforcer holds the request until one is
+	// ready, within the request's deadline, rather than sending it to another lane.
+	Wait bool
 }
 
 // Propagate reports whether the decision should travel to the next hop as a lane tag: it chose a

@@ -52,8 +52,20 @@
 //  4. base: the base lane.
 //
 // Lane order: lanes with canary instances first, then the other gray lanes, then the base lane
-// "stable"; lanes of the same rank by name. When the base has no instances the decision falls back
-// (reason [ReasonFallback]): to every active instance with valid meta, then to draining ones. An
+// "stable"; lanes of the same rank by name.
+//
+// Lanes exist by registration, not by connection. An enforcer marks an instance that is registered
+// but that it cannot reach yet (a client's connection still being made) as [Instance.Pending]: the
+// instance keeps its lane in being, and a request for a lane whose instances are all pending gets a
+// decision with Wait set and no instances. The enforcer holds such a request until the lane can take
+// it, within the request's deadline, and never sends it to another lane: a weight-0 canary whose
+// connection is ready first takes no production traffic.
+//
+// Only a base lane with no registered instance falls back (reason [ReasonFallback]), as the
+// service's [Fallback] policy says. The default, [FallbackWeighted], sends the base's traffic to the
+// lanes that take production traffic already (a weight above 0), then to draining instances that
+// took production traffic; never to a lane that takes only matched or tagged traffic.
+// [FallbackNone] sends it nowhere; [FallbackAny] to every active instance, then draining ones. An
 // instance whose meta does not decode is never chosen, not even on fallback: a broken canary must not
 // take production traffic. With no instance left the decision has no instances, and the enforcer
 // fails the request with its own error.

@@ -17,8 +17,8 @@ func TestOptionsOverride(t *testing.T) {
 		{"nothing set keeps the service's", gray.Options{}, service},
 		{"one field replaces only that field", gray.Options{StickyHeader: "x-user"},
 			gray.Options{TagKey: "x-md-global-lane", StickyHeader: "x-user", StickyCookie: "uid"}},
-		{"every field", gray.Options{TagKey: "t", StickyHeader: "h", StickyCookie: "c"},
-			gray.Options{TagKey: "t", StickyHeader: "h", StickyCookie: "c"}},
+		{"every field", gray.Options{TagKey: "t", StickyHeader: "h", StickyCookie: "c", Fallback: gray.FallbackNone},
+			gray.Options{TagKey: "t", StickyHeader: "h", StickyCookie: "c", Fallback: gray.FallbackNone}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := service.Override(tc.with); got != tc.want {
@@ -32,6 +32,11 @@ func TestOptionsValidate(t *testing.T) {
 	if err := (gray.Options{TagKey: "x-md-global-gray-lane", StickyHeader: "userid", StickyCookie: "uid"}).Validate(); err != nil {
 		t.Fatalf("valid options refused: %v", err)
 	}
+	for _, f := range gray.Fallbacks {
+		if err := (gray.Options{Fallback: f}).Validate(); err != nil {
+			t.Fatalf("fallback %s refused: %v", f, err)
+		}
+	}
 	for _, tc := range []struct {
 		opts  gray.Options
 		field string
@@ -39,6 +44,7 @@ func TestOptionsValidate(t *testing.T) {
 		{gray.Options{TagKey: "x lane"}, "tag_key"},
 		{gray.Options{StickyHeader: "user:id"}, "sticky_header"},
 		{gray.Options{StickyCookie: "uid;"}, "sticky_cookie"},
+		{gray.Options{Fallback: "everywhere"}, "fallback"},
 	} {
 		err := tc.opts.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.field) {

@@ -21,7 +21,37 @@ type Options struct {
 	StickyHeader string `json:"sticky_header,omitempty" yaml:"sticky_header,omitempty"`
 	// StickyCookie names a cookie used the same way when the sticky header is absent.
 	StickyCookie string `json:"sticky_cookie,omitempty" yaml:"sticky_cookie,omitempty"`
+	// Fallback says where the traffic of the base lane goes when the base lane has no registered
+	// instance. Default: FallbackWeighted.
+	Fallback Fallback `json:"fallback,omitempty" yaml:"fallback,omitempty"`
 }
+
+// Fallback is a policy for the traffic of a base lane that has no registered instance: the
+// requests no tag, rule or weight sends elsewhere. Lanes whose instances are registered but not yet
+// reachable are not empty (see Instance.Pending): their requests wait, whatever the policy.
+type Fallback string
+
+const (
+	// FallbackWeighted, the default, sends it to the lanes that take production traffic already
+	// (a weight above 0), then to draining instances of such lanes or of the base, and never to a
+	// lane that takes only matched or tagged traffic: a canary at weight 0 stays test-only when
+	// stable is gone. With nothing left the decision has no instances and the request fails.
+	FallbackWeighted Fallback = "weighted"
+	// FallbackNone fails the request: the base is the only place for production traffic.
+	FallbackNone Fallback = "none"
+	// FallbackAny sends it to every active instance with valid meta, test-only lanes included,
+	// then to draining ones: availability before isolation.
+	FallbackAny Fallback = "any"
+)
+
+// Fallbacks lists the policies, the default first.
+var Fallbacks = []Fallback{FallbackWeighted, FallbackNone, FallbackAny}
+
+// Valid reports whether f is a known policy or empty (the default).
+func (f Fallback) Valid() bool { return f == "" || slices.Contains(Fallbacks, f) }
+
+// OrDefault returns f, or FallbackWeighted when f is empty.
+func (f Fallback) OrDefault() Fallback { return cmp.Or(f, FallbackWeighted) }
 
 // Override returns o with every field that is set in with replacing o's. A service keeps its options
 // in Consul; an enforcer's own configuration overrides them field by field.
@@ -35,6 +65,9 @@ func (o Options) Override(with Options) Options {
 	if with.StickyCookie != "" {
 		o.StickyCookie = with.StickyCookie
 	}
+	if with.Fallback != "" {
+		o.Fallback = with.Fallback
+	}
 	return o
 }
 
@@ -47,7 +80,18 @@ func (o Options) Validate() error {
 			return fmt.Errorf("gray: option %s: %q is not a valid header or cookie name", f.name, f.value)
 		}
 	}
+	if !o.Fallback.Valid() {
+		return fmt.Errorf("gray: option fallback: %q is not a policy (%s)", o.Fallback, fallbackNames())
+	}
 	return nil
+}
+
+func fallbackNames() string {
+	names := make([]string, len(Fallbacks))
+	for i, f := range Fallbacks {
+		names[i] = string(f)
+	}
+	return strings.Join(names, ", ")
 }
 
 // Instance is one instance of a service as an enforcer sees it: its ID, its Consul meta and the
@@ -56,6 +100,12 @@ type Instance[T any] struct {
 	ID    string
 	Meta  map[string]string
 	Value T
+	// Pending marks an instance that is registered and passing but that the enforcer cannot send
+	// to yet: its connection is not ready (a client that has just started, a reconnect). It counts
+	// for its lane, so the lane is not taken for empty and its traffic does not fall back
+	// elsewhere, but it is never among a decision's instances: a lane whose instances are all
+	// pending yields a decision with Wait set.
+	Pending bool
 }
 
 // Snapshot is the prepared, immutable routing state of one service: its instances grouped into lanes
@@ -67,6 +117,8 @@ type Snapshot[T any] struct {
 	stickyHeader HeaderKey
 	stickyCookie string
 	seed         uint64
+
+	fallback Fallback
 
 	lanes      []*lane[T] // every lane, in lane order
 	matchLanes []*lane[T] // lanes with match rules, in lane order
@@ -84,10 +136,10 @@ type Snapshot[T any] struct {
 type lane[T any] struct {
 	name      string
 	rank      int
-	instances []T
-	ids       []string
-	weight    Weight // after conflicts and scaling
-	match     []Rule // after conflicts
+	instances []T      // the instances a request can be sent to now
+	ids       []string // every registered instance, pending ones included
+	weight    Weight   // after conflicts and scaling
+	match     []Rule   // after conflicts
 	rules     ruleSet
 	gray      bool // some instance is a canary or asks for a weight or match rules
 	// headerRules are rules as their header conditions, when the snapshot is headersOnly.
@@ -130,6 +182,7 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 		tagKey:       NewHeaderKey(opts.TagKey),
 		stickyCookie: opts.StickyCookie,
 		seed:         bucketSeed(service),
+		fallback:     opts.Fallback.OrDefault(),
 	}
 	if opts.StickyHeader != "" {
 		s.stickyHeader = NewHeaderKey(opts.StickyHeader)
@@ -138,7 +191,7 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 	cache := make(map[string]*decoded)
 	byName := make(map[string]*lane[T])
 	laneInstances := make(map[*lane[T]][]*decoded)
-	var draining []T
+	var draining, drainingProduction []T
 	for _, inst := range instances {
 		d := decodeCached(cache, inst.Meta)
 		if d.err != nil {
@@ -146,7 +199,12 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 			continue
 		}
 		if d.meta.Drain {
-			draining = append(draining, inst.Value)
+			if !inst.Pending {
+				draining = append(draining, inst.Value)
+				if d.takesProduction() {
+					drainingProduction = append(drainingProduction, inst.Value)
+				}
+			}
 			continue
 		}
 		name := d.meta.LaneName()
@@ -155,12 +213,13 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 			l = &lane[T]{name: name, rank: rankGray}
 			byName[name] = l
 		}
-		l.instances = append(l.instances, inst.Value)
+		if !inst.Pending {
+			l.instances = append(l.instances, inst.Value)
+		}
 		l.ids = append(l.ids, inst.ID)
 		laneInstances[l] = append(laneInstances[l], d)
 	}
 
-	var active []T
 	for _, l := range byName {
 		s.resolvePolicy(l, laneInstances[l])
 		s.lanes = append(s.lanes, l)
@@ -168,9 +227,6 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 	slices.SortFunc(s.lanes, func(a, b *lane[T]) int {
 		return cmp.Or(cmp.Compare(a.rank, b.rank), strings.Compare(a.name, b.name))
 	})
-	for _, l := range s.lanes {
-		active = append(active, l.instances...)
-	}
 
 	// The base: the stable lane, else (pure blue/green) the lanes that ask for nothing. When blue is
 	// one of several such lanes, blue alone is the base: a colour deployed beside a live blue takes
@@ -197,9 +253,9 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 	s.prepareHeaderRules()
 	var total int
 	for _, l := range s.lanes {
-		l.tagged = Decision[T]{Lane: l.name, Reason: ReasonTag, Instances: l.instances, Rule: -1}
+		l.tagged = l.decision(ReasonTag, -1)
 		for i := range l.rules {
-			l.matched = append(l.matched, Decision[T]{Lane: l.name, Reason: ReasonMatch, Instances: l.instances, Rule: i})
+			l.matched = append(l.matched, l.decision(ReasonMatch, i))
 		}
 		if len(l.rules) > 0 {
 			s.matchLanes = append(s.matchLanes, l)
@@ -220,12 +276,24 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 			l.weight = Weight(int(l.weight) * int(MaxWeight) / total)
 		}
 		upper += uint32(l.weight)
-		s.weighted = append(s.weighted, weightRange[T]{upper: upper,
-			decision: Decision[T]{Lane: l.name, Reason: ReasonWeight, Instances: l.instances, Rule: -1}})
+		s.weighted = append(s.weighted, weightRange[T]{upper: upper, decision: l.decision(ReasonWeight, -1)})
 	}
 
-	s.base = s.baseDecision(active, draining)
+	s.base = s.baseDecision(draining, drainingProduction)
 	return s
+}
+
+// decision returns the decision that sends a request to the lane: to its instances that can take it
+// now, or, when all of them are pending, to wait for one.
+func (l *lane[T]) decision(reason Reason, rule int) Decision[T] {
+	return Decision[T]{Lane: l.name, Reason: reason, Instances: l.instances, Rule: rule, Wait: len(l.instances) == 0}
+}
+
+// takesProduction reports whether an instance's meta lets it take unmatched production traffic: it
+// asks for a weight, or it asks for nothing (a stable or base-colour instance). A canary or a lane
+// with match rules and no weight takes test traffic only.
+func (d *decoded) takesProduction() bool {
+	return d.meta.Weight > 0 || !(d.meta.Canary || d.match != "")
 }
 
 // resolvePolicy sets a lane's rank and policy from its instances: the smallest weight, and the match
@@ -263,25 +331,48 @@ func (s *Snapshot[T]) resolvePolicy(l *lane[T], ds []*decoded) {
 	}
 }
 
-// baseDecision prepares the decision for requests that no tag, rule or weight sends elsewhere, with
-// its fallbacks: every active instance, then draining ones. Instances whose meta did not decode are
-// never chosen: with nothing else, the decision has no instances.
-func (s *Snapshot[T]) baseDecision(active, draining []T) Decision[T] {
+// baseDecision prepares the decision for requests that no tag, rule or weight sends elsewhere. A base
+// lane with registered instances is the answer even when none of them can take the request yet (the
+// request waits). Only a base without registered instances falls back, as the snapshot's Fallback
+// policy says: weighted lanes then draining production instances, nothing, or every active
+// instance then every draining one. Instances whose meta did not decode are never chosen: with
+// nothing else, the decision has no instances.
+func (s *Snapshot[T]) baseDecision(draining, drainingProduction []T) Decision[T] {
 	var names []string
 	var base []T
 	for _, l := range s.baseLanes {
 		names = append(names, l.name)
 		base = append(base, l.instances...)
 	}
-	switch {
-	case len(base) > 0:
-		return Decision[T]{Lane: strings.Join(names, "+"), Reason: ReasonBase, Instances: base, Rule: -1}
-	case len(active) > 0:
-		return Decision[T]{Reason: ReasonFallback, Instances: active, Rule: -1}
-	case len(draining) > 0:
-		return Decision[T]{Reason: ReasonFallback, Instances: draining, Rule: -1}
+	if len(s.baseLanes) > 0 {
+		return Decision[T]{Lane: strings.Join(names, "+"), Reason: ReasonBase, Instances: base, Rule: -1, Wait: len(base) == 0}
 	}
-	return Decision[T]{Reason: ReasonFallback, Rule: -1}
+	fallback := Decision[T]{Reason: ReasonFallback, Rule: -1}
+	var candidates []*lane[T]
+	switch s.fallback {
+	case FallbackNone:
+		return fallback
+	case FallbackAny:
+		candidates = s.lanes
+	default: // FallbackWeighted
+		for _, l := range s.lanes {
+			if l.weight > 0 {
+				candidates = append(candidates, l)
+			}
+		}
+		draining = drainingProduction
+	}
+	for _, l := range candidates {
+		fallback.Instances = append(fallback.Instances, l.instances...)
+	}
+	switch {
+	case len(fallback.Instances) > 0:
+	case len(candidates) > 0: // registered, none reachable yet
+		fallback.Wait = true
+	default:
+		fallback.Instances = draining
+	}
+	return fallback
 }
 
 func decodeCached(cache map[string]*decoded, meta map[string]string) *decoded {
