@@ -147,11 +147,12 @@ func (s *graySelector) filtered(ctx context.Context, all []kselector.WeightedNod
 }
 
 // Propagation returns the gRPC client option for clients whose selector comes from a Builder:
-// subsetting off, and the interceptors and per-RPC metadata that carry the lane tag on. It installs
-// no node filter.
+// subsetting off, graylane's gRPC balancer (a call waits for its lane's connections, see GRPC), and
+// the interceptors and per-RPC metadata that carry the lane tag on. It installs no node filter.
 func Propagation() kgrpc.ClientOption {
 	f := New()
 	return chain(kgrpc.WithSubset(0), kgrpc.WithOptions(
+		balancerOption(),
 		grpc.WithChainUnaryInterceptor(f.unaryInterceptor),
 		grpc.WithChainStreamInterceptor(f.streamInterceptor),
 		grpc.WithPerRPCCredentials(tagCredentials{}),

@@ -38,8 +38,22 @@
 //
 // The filter returns elements of its input only (the prepared lane's nodes, a slice owned by the
 // snapshot that the default selector copies), never writes into the input, and returns an empty set
-// only when no instance with valid meta may take the call: the core falls back to every valid
-// instance when the chosen lane is empty. Options: WithNeverLanes (lanes a client must never enter),
+// only when no instance may take the call (the service's fallback policy, gray.Fallback, says where
+// the base's calls go when the base has no registered instance) or when the call must wait.
+//
+// # Lanes by registration, not by connection
+//
+// Kratos' own gRPC balancer hands its selector the instances whose connections are ready, so at a
+// client's start, or while stable's connections come back, a weight-0 canary that connected first
+// looked like the only instance. GRPC and Propagation select graylane's gRPC balancer instead
+// (BalancerName): the same picker, given every instance the resolver names, those without a ready
+// connection marked pending. A call whose lane has registered instances but none connected waits
+// for them, as gRPC waits when no connection at all is ready, and fails at its deadline with
+// *LaneUnavailableError (gRPC code Unavailable); it never goes to another lane. Kratos' unary calls
+// have a 2 s deadline unless the client sets one (grpc.WithTimeout). HTTP clients need nothing: Kratos'
+// HTTP selector is given every registered instance.
+//
+// Options: WithNeverLanes (lanes a client must never enter),
 // WithStrict (no fallback: a call fails with *StrictError; an HTTP call needs the StrictErrors
 // middleware for that, else it fails with Kratos' 503),
 // WithTagKey, WithStickyHeader, WithStickyCookie, and WithServiceOptions (or WithWatcher) for the

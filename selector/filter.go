@@ -23,7 +23,8 @@ import (
 //
 // A Filter is safe for concurrent use. Its NodeFilter returns elements of its input only, never
 // writes into the input's backing array, and returns an empty set only when no instance with valid
-// meta may take the call (or, in strict mode, when the decision would fall back).
+// meta may take the call, when the call must wait for its lane's instances to connect (see
+// GRPC), or, in strict mode, when the decision would fall back.
 type Filter struct {
 	cfg config
 
@@ -122,6 +123,10 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	// callee already.
 	cc.forgetPick()
 	d := snap.DecideWithHeaders(cc.out.md, outgoingHeaders{&cc.call})
+	if d.Wait {
+		cc.waitFor(snap.Service(), d.Lane)
+		return nil
+	}
 	if (cfg.metrics != nil || cfg.strict) && !admit(ctx, cc, snap, cfg, d) {
 		return nil
 	}
@@ -155,6 +160,12 @@ func decideView[T any](ctx context.Context, cc *callCtx, snap *gray.Snapshot[T],
 	tagKey := snap.TagKey()
 	tag, where := c.tag(tagKey)
 	d := snap.Decide(c)
+	if d.Wait {
+		if cc != nil {
+			cc.waitFor(snap.Service(), d.Lane)
+		}
+		return nil
+	}
 	if (cfg.metrics != nil || cfg.strict) && !admit(ctx, cc, snap, cfg, d) {
 		return nil
 	}

@@ -1,6 +1,7 @@
 package selector
 
 import (
+	"cmp"
 	"context"
 
 	kselector "github.com/go-kratos/kratos/v2/selector"
@@ -28,6 +29,7 @@ func GRPC(opts ...Option) kgrpc.ClientOption { return New(opts...).GRPC() }
 func (f *Filter) GRPC() kgrpc.ClientOption {
 	filters := append(append([]kselector.NodeFilter(nil), f.cfg.filters...), f.filter)
 	dial := append(append([]grpc.DialOption(nil), f.cfg.dial...),
+		balancerOption(),
 		grpc.WithChainUnaryInterceptor(f.unaryInterceptor),
 		grpc.WithChainStreamInterceptor(f.streamInterceptor),
 		grpc.WithPerRPCCredentials(tagCredentials{}),
@@ -62,13 +64,33 @@ type callCtx struct {
 	sendKey string
 	sendTag string
 	refused *StrictError
+	// waitLane and waitService name the lane the last pick waits for: its instances are registered
+	// but none is connected. The picker then tells gRPC to hold the call for the next picker.
+	waitLane, waitService string
 }
 
 // forgetPick forgets what an earlier pick of the call decided: a retried pick decides again.
 func (c *callCtx) forgetPick() {
-	if c.sendTag != "" || c.refused != nil { // written only when set: most picks are the first
-		c.sendTag, c.refused = "", nil
+	if c.sendTag != "" || c.refused != nil || c.waitLane != "" { // written only when set: most picks are the first
+		c.sendTag, c.refused, c.waitLane = "", nil, ""
 	}
+}
+
+// waitFor records that the call waits for a lane of service ("" for the fallback's lanes).
+func (c *callCtx) waitFor(service, lane string) {
+	c.waitLane, c.waitService = cmp.Or(lane, "(fallback)"), service
+}
+
+// failed returns the error a call ends with: a strict refusal, or, for a call that was still
+// waiting for its lane when gRPC gave up (its deadline), a *LaneUnavailableError.
+func (c *callCtx) failed(err error) error {
+	switch {
+	case c.refused != nil:
+		return c.refused
+	case c.waitLane != "":
+		return &LaneUnavailableError{Service: c.waitService, Lane: c.waitLane, Err: err}
+	}
+	return err
 }
 
 func (c *callCtx) Value(key any) any {
@@ -81,21 +103,20 @@ func (c *callCtx) Value(key any) any {
 func (f *Filter) unaryInterceptor(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	c := &callCtx{Context: ctx}
 	c.begin(ctx, false)
-	err := invoker(c, method, req, reply, cc, opts...)
-	if err != nil && c.refused != nil {
-		return c.refused
+	if err := invoker(c, method, req, reply, cc, opts...); err != nil {
+		return c.failed(err)
 	}
-	return err
+	return nil
 }
 
 func (f *Filter) streamInterceptor(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	c := &callCtx{Context: ctx}
 	c.begin(ctx, true)
 	s, err := streamer(c, desc, cc, method, opts...)
-	if err != nil && c.refused != nil {
-		return nil, c.refused
+	if err != nil {
+		return nil, c.failed(err)
 	}
-	return s, err
+	return s, nil
 }
 
 // tagCredentials adds the lane tag the filter decided to the call's metadata. gRPC asks for it

@@ -152,10 +152,18 @@ type server struct {
 	h    *khttp.Server
 	reg  *kconsul.Registry
 	once sync.Once
+	gmu  sync.Mutex // guards g across a restart
 }
 
 // start runs an instance of service with gray meta m; next, if set, is its next hop.
 func (e *env) start(service, id string, m gray.Meta, next func(ctx context.Context) (string, error)) *server {
+	e.t.Helper()
+	return e.startVia(service, id, m, next, nil)
+}
+
+// startVia is start with the gRPC endpoint that is registered made by via from the server's own
+// host:port (a proxy in front of it, say); nil registers the server's own.
+func (e *env) startVia(service, id string, m gray.Meta, next func(ctx context.Context) (string, error), via func(hostport string) string) *server {
 	e.t.Helper()
 	meta, err := m.Encode()
 	if err != nil {
@@ -182,6 +190,9 @@ func (e *env) start(service, id string, m gray.Meta, next func(ctx context.Conte
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	if via != nil {
+		gu.Host = via(gu.Host)
+	}
 	go func() { _ = g.Start(context.Background()) }()
 	go func() { _ = h.Start(context.Background()) }()
 	// One registry per instance, as one per Kratos app: the registry's Deregister cancels every
@@ -202,9 +213,28 @@ func (e *env) start(service, id string, m gray.Meta, next func(ctx context.Conte
 func (s *server) stop() {
 	s.once.Do(func() {
 		_ = s.reg.Deregister(context.Background(), s.svc)
+		s.gmu.Lock()
 		_ = s.g.Stop(context.Background())
+		s.gmu.Unlock()
 		_ = s.h.Stop(context.Background())
 	})
+}
+
+// restartGRPC stops the instance's gRPC server, leaving its registration in Consul as a crashed
+// process does, and after down starts a new one on the same address.
+func (s *server) restartGRPC(t testing.TB, hostport string, down time.Duration) {
+	t.Helper()
+	s.gmu.Lock()
+	defer s.gmu.Unlock()
+	_ = s.g.Stop(context.Background())
+	time.Sleep(down)
+	g := kgrpc.NewServer(kgrpc.Address(hostport), kgrpc.Middleware(mmd.Server()))
+	g.RegisterService(&echoDesc, s.inst)
+	if _, err := g.Endpoint(); err != nil { // listens
+		t.Fatalf("restart on %s: %v", hostport, err)
+	}
+	go func() { _ = g.Start(context.Background()) }()
+	s.g = g
 }
 
 // dial returns a Kratos gRPC client of service with the graylane option.
@@ -213,16 +243,17 @@ func (e *env) dial(service string, opts ...selector.Option) *grpc.ClientConn {
 	return e.dialFilter(service, selector.New(opts...))
 }
 
-// dialFilter returns a Kratos gRPC client of service with f's option.
-func (e *env) dialFilter(service string, f *selector.Filter) *grpc.ClientConn {
+// dialFilter returns a Kratos gRPC client of service with f's option, and the Kratos options in
+// extra after the test's own.
+func (e *env) dialFilter(service string, f *selector.Filter, extra ...kgrpc.ClientOption) *grpc.ClientConn {
 	e.t.Helper()
-	conn, err := kgrpc.DialInsecure(context.Background(),
-		kgrpc.WithEndpoint("discovery:///"+service),
+	conn, err := kgrpc.DialInsecure(context.Background(), append([]kgrpc.ClientOption{
+		kgrpc.WithEndpoint("discovery:///" + service),
 		kgrpc.WithDiscovery(e.discovery()),
 		kgrpc.WithMiddleware(mmd.Client()),
 		kgrpc.WithPrintDiscoveryDebugLog(false),
 		f.GRPC(),
-	)
+	}, extra...)...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

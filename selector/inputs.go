@@ -80,7 +80,8 @@ func (f *Filter) watch(service string) bool {
 }
 
 // instancesOf turns nodes into the core's instances: each with the watcher's meta for its address
-// when the watcher knows it, else its own, and without the lanes the client must never enter.
+// when the watcher knows it, else its own, and without the lanes the client must never enter. A
+// node of graylane's balancer whose connection is not ready is a pending instance.
 func instancesOf[N kselector.Node](nodes []N, cfg *config, fresh *registrar.Instances) []gray.Instance[N] {
 	byAddress := metaByAddress(fresh)
 	instances := make([]gray.Instance[N], 0, len(nodes))
@@ -94,7 +95,7 @@ func instancesOf[N kselector.Node](nodes []N, cfg *config, fresh *registrar.Inst
 				continue
 			}
 		}
-		instances = append(instances, gray.Instance[N]{ID: n.Address(), Meta: meta, Value: n})
+		instances = append(instances, gray.Instance[N]{ID: n.Address(), Meta: meta, Value: n, Pending: isPending(n)})
 	}
 	return instances
 }
