@@ -430,28 +430,3 @@ func stableUser(n int) string {
 		}
 	}
 }
-
-// TestRunnerWithoutConsul: Consul unreachable from the start. Requests are answered at once, all in
-// the base lane: the plugin never waits for Consul, and a client's lane header is still removed.
-func TestRunnerWithoutConsul(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "runner.sock")
-	r := apisixtest.StartRunner(t, sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR=127.0.0.1:1")
-	c := apisixtest.Dial(t, sock)
-	token, err := c.PrepareConf("route-1", [2]string{"graylane", testConf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 100 {
-		rw, err := c.Call(&apisixtest.Request{Token: token, ID: uint32(i), IP: untrusted, Path: "/api/user",
-			Headers: [][2]string{{"userid", "123"}, {laneHeader, "canary"}}})
-		if err != nil {
-			t.Fatalf("call %d: %v\n%s", i, err, r.Output())
-		}
-		if _, removed, _ := rw.Header(laneHeader); !removed {
-			t.Fatalf("call %d: spoofed lane header kept without Consul: %v", i, rw.Headers)
-		}
-	}
-	if err := r.Stop(); err != nil {
-		t.Errorf("runner exit after SIGTERM: %v\n%s", err, r.Output())
-	}
-}

@@ -59,6 +59,10 @@ type staticView struct {
 
 func (v staticView) Snapshot() *gray.Snapshot[registrar.Endpoint] { return v.snap }
 func (v staticView) Changed() <-chan struct{}                     { return nil }
+func (staticView) Ready() <-chan struct{}                         { return answered }
+
+// answered is a closed channel: a static view has its answer from the start.
+var answered = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 var methods = map[string]A6.Method{"": A6.MethodGET}
 

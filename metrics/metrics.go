@@ -13,7 +13,8 @@
 //	graylane_server_request_duration_seconds{service, lane, operation}   histogram
 //
 // lane is the lane's name ("none" for a decision that found no lane); reason is the decision's
-// reason (tag, match, weight, base, fallback); code is the Kratos status code (HTTP-like: 200, 400,
+// reason (tag, match, weight, base, fallback, or unknown_state for a request the gateway answered
+// before Consul's first answer on its service); code is the Kratos status code (HTTP-like: 200, 400,
 // 500, 503, ...). Histograms use Prometheus' default buckets.
 //
 // Errors (5xx) also have a counter of their own. It is created at zero, together with the duration
@@ -71,6 +72,17 @@ func (d *Decisions) Observe(service, lane string, reason gray.Reason) {
 		lane = NoLane
 	}
 	key := [4]string{service, lane, reasonLabels[min(int(reason), len(reasonLabels)-1)]}
+	d.series.get(key, func() prometheus.Counter { return d.vec.WithLabelValues(key[0], key[1], key[2]) }).Inc()
+}
+
+// UnknownReason is the reason label of a request that came before Consul's first answer for its
+// service and was answered without a decision, after waiting for it (lane "none").
+const UnknownReason = "unknown_state"
+
+// ObserveUnknown counts one request answered without a decision because its service's state was
+// not known yet.
+func (d *Decisions) ObserveUnknown(service string) {
+	key := [4]string{service, NoLane, UnknownReason}
 	d.series.get(key, func() prometheus.Counter { return d.vec.WithLabelValues(key[0], key[1], key[2]) }).Inc()
 }
 

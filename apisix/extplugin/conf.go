@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/graylane/graylane/gray"
 )
@@ -33,6 +34,35 @@ type Conf struct {
 	TrustedCIDRs []string `json:"trusted_cidrs,omitempty"`
 	// EchoHeader, when set, names a response header that tells the client its lane.
 	EchoHeader string `json:"echo_header,omitempty"`
+	// UnknownWaitMS is how long a request may wait for Consul's first answer on the service, in
+	// milliseconds, when the runner has not heard from Consul about it yet (the runner has just
+	// started, or the route is the first for a new service). Default DefaultUnknownWait; at most
+	// MaxUnknownWait.
+	UnknownWaitMS int `json:"unknown_wait_ms,omitempty"`
+	// OnUnknown is what such a request gets when the wait passes: "reject" (the default) answers
+	// 503 with Retry-After; "base" sends it to the route's own upstream, the base, without a lane
+	// header from an untrusted client. Either way the runner counts it and logs the service once.
+	OnUnknown string `json:"on_unknown,omitempty"`
+}
+
+// Answers to a request whose service's state is not known yet (Conf.OnUnknown).
+const (
+	OnUnknownReject = "reject"
+	OnUnknownBase   = "base"
+)
+
+// DefaultUnknownWait and MaxUnknownWait bound how long a request waits for Consul's first answer.
+const (
+	DefaultUnknownWait = 2 * time.Second
+	MaxUnknownWait     = 30 * time.Second
+)
+
+// unknownWait returns the conf's wait for Consul's first answer.
+func (c *Conf) unknownWait() time.Duration {
+	if c.UnknownWaitMS == 0 {
+		return DefaultUnknownWait
+	}
+	return time.Duration(c.UnknownWaitMS) * time.Millisecond
 }
 
 // ConfError is a conf that cannot be used. Field is the JSON name of the offending field.
@@ -82,7 +112,7 @@ func jsonError(err error) error {
 		return &ConfError{Field: typeErr.Field, Err: fmt.Errorf("expected %s, got JSON %s", typeErr.Type, typeErr.Value)}
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return &ConfError{Field: strings.Trim(name, `"`), Err: errors.New("unknown field (known: service, tag_key, sticky_header, sticky_cookie, trusted_cidrs, echo_header)")}
+		return &ConfError{Field: strings.Trim(name, `"`), Err: errors.New("unknown field (known: service, tag_key, sticky_header, sticky_cookie, fallback, trusted_cidrs, echo_header, unknown_wait_ms, on_unknown)")}
 	}
 	return &ConfError{Err: fmt.Errorf("not a JSON object: %w", err)}
 }
@@ -101,6 +131,18 @@ func (c *Conf) Validate() error {
 		if f.value != "" && !headerName.MatchString(f.value) {
 			return &ConfError{Field: f.name, Err: fmt.Errorf("%q is not a header or cookie name (letters, digits, '-' and '_')", f.value)}
 		}
+	}
+	if !c.Fallback.Valid() {
+		return &ConfError{Field: "fallback", Err: fmt.Errorf("%q is not a fallback policy (weighted, none or any)", c.Fallback)}
+	}
+	if c.UnknownWaitMS < 0 || time.Duration(c.UnknownWaitMS)*time.Millisecond > MaxUnknownWait {
+		return &ConfError{Field: "unknown_wait_ms", Err: fmt.Errorf("%d: give 1 to %d milliseconds, or leave it out for %d",
+			c.UnknownWaitMS, MaxUnknownWait.Milliseconds(), DefaultUnknownWait.Milliseconds())}
+	}
+	switch c.OnUnknown {
+	case "", OnUnknownReject, OnUnknownBase:
+	default:
+		return &ConfError{Field: "on_unknown", Err: fmt.Errorf("%q: give %q or %q", c.OnUnknown, OnUnknownReject, OnUnknownBase)}
 	}
 	if _, err := c.trusted(); err != nil {
 		return err

@@ -1,6 +1,7 @@
 package extplugin
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 
@@ -30,13 +32,16 @@ type Source interface {
 	Close() error
 }
 
-// View is the live state of one service; *registrar.ServiceView is one. Both methods are called
+// View is the live state of one service; *registrar.ServiceView is one. Its methods are called
 // concurrently and must not block.
 type View interface {
 	// Snapshot returns the current snapshot, never nil.
 	Snapshot() *gray.Snapshot[registrar.Endpoint]
 	// Changed returns a channel closed at the next change.
 	Changed() <-chan struct{}
+	// Ready returns a channel closed once the snapshot is built from Consul's answer: before, the
+	// snapshot is empty and must not decide a request.
+	Ready() <-chan struct{}
 }
 
 // Option configures a Plugin.
@@ -81,8 +86,15 @@ type serviceKey struct {
 
 // service is the state shared by every conf naming one service with the same overrides.
 type service struct {
+	name  string
 	view  View
 	table atomic.Pointer[laneTable]
+
+	// known is set once the view is ready; until then requests wait for it, up to their conf's
+	// wait counted from watched, the moment the runner began to watch the service.
+	known       atomic.Bool
+	watched     time.Time
+	unknownOnce sync.Once
 }
 
 // laneTable holds, for one snapshot, the header value of each lane as a one-element slice, so that
@@ -98,6 +110,7 @@ type conf struct {
 	svc     *service
 	trusted []netip.Prefix
 	echo    string // canonical response header name, or ""
+	wait    time.Duration
 }
 
 // New returns the plugin.
@@ -121,7 +134,7 @@ func (p *Plugin) Name() string { return Name }
 var ErrClosed = errors.New("graylane plugin: closed")
 
 // ParseConf implements the runner's plugin.Plugin: it checks the conf and starts watching its
-// service if no other conf does yet. It never waits for Consul. A bad conf returns a *ConfError
+// service if no other conf does yet. It never waits for Consul: the first requests do. A bad conf returns a *ConfError
 // naming the field; the runner then leaves the plugin out of the route's chain and logs why.
 func (p *Plugin) ParseConf(in []byte) (any, error) {
 	c, err := ParseConf(in)
@@ -133,7 +146,7 @@ func (p *Plugin) ParseConf(in []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := &conf{Conf: c, svc: svc, trusted: trusted}
+	out := &conf{Conf: c, svc: svc, trusted: trusted, wait: c.unknownWait()}
 	if c.EchoHeader != "" {
 		out.echo = textproto.CanonicalMIMEHeaderKey(c.EchoHeader)
 	}
@@ -157,7 +170,7 @@ func (p *Plugin) service(name string, opts gray.Options) (*service, error) {
 		}
 		p.src = src
 	}
-	s := &service{view: p.src.View(name, opts)}
+	s := &service{name: name, view: p.src.View(name, opts), watched: time.Now()}
 	p.services[key] = s
 	p.wg.Add(1)
 	go p.report(name, s.view)
@@ -208,11 +221,17 @@ func (p *Plugin) Close() error {
 }
 
 // RequestFilter implements the runner's plugin.Plugin: it decides the request's lane and sets or
-// removes the lane header. It never writes to w (that would answer the client instead of
-// proxying), never blocks, and allocates nothing of its own.
-func (p *Plugin) RequestFilter(c any, _ http.ResponseWriter, r pkgHTTP.Request) {
+// removes the lane header. Once the runner has Consul's answer for the service it never writes to w
+// (that would answer the client instead of proxying), never blocks, and allocates nothing of its
+// own. Before that answer the request waits for it, up to the conf's unknown_wait_ms counted from
+// when the runner began to watch the service, and past that gets what on_unknown says.
+func (p *Plugin) RequestFilter(c any, w http.ResponseWriter, r pkgHTTP.Request) {
 	cf, ok := c.(*conf)
 	if !ok {
+		return
+	}
+	if !cf.svc.known.Load() && !p.await(cf) {
+		p.unknown(cf, w, r)
 		return
 	}
 	snap := cf.svc.view.Snapshot()
@@ -244,6 +263,73 @@ func (p *Plugin) RequestFilter(c any, _ http.ResponseWriter, r pkgHTTP.Request) 
 	if cf.echo != "" && d.Lane != "" {
 		r.RespHeader()[cf.echo] = table.value(d.Lane)
 	}
+}
+
+// await waits until the conf's service has Consul's answer, or its wait has passed since the
+// runner began to watch the service, or the plugin closes. It reports whether the answer is there.
+func (p *Plugin) await(cf *conf) bool {
+	s := cf.svc
+	ready := s.view.Ready()
+	select {
+	case <-ready:
+		s.known.Store(true)
+		return true
+	default:
+	}
+	left := time.Until(s.watched.Add(cf.wait))
+	if left <= 0 {
+		return false
+	}
+	t := time.NewTimer(left)
+	defer t.Stop()
+	select {
+	case <-ready:
+		s.known.Store(true)
+		return true
+	case <-t.C:
+	case <-p.done:
+	}
+	return false
+}
+
+// unknown answers a request whose service's lanes are still unknown after its wait: a 503 the
+// client may retry, or, with on_unknown "base", the route's own upstream without an untrusted lane
+// header. It is counted and logged once per service.
+func (p *Plugin) unknown(cf *conf, w http.ResponseWriter, r pkgHTTP.Request) {
+	answer := cmp.Or(cf.OnUnknown, OnUnknownReject)
+	if p.decisions != nil {
+		p.decisions.ObserveUnknown(cf.Service)
+	}
+	cf.svc.unknownOnce.Do(func() {
+		p.logf("graylane: service %s: Consul has not answered for it within %v of the runner watching it; "+
+			"requests get on_unknown %q until it does%s", cf.Service, cf.wait, answer, lastError(cf.svc.view))
+	})
+	if answer == OnUnknownBase {
+		key := cf.svc.view.Snapshot().TagKey()
+		q := requestPool.Get().(*request)
+		q.bind(r)
+		sent, copies := q.header(key)
+		trusted := copies > 0 && cf.trusts(q.ClientIP())
+		q.release()
+		if copies > 0 && !trusted {
+			setHeader(r, key.Canonical(), nil, sent, true)
+		}
+		return
+	}
+	w.Header().Set("Retry-After", "1")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	fmt.Fprintf(w, "graylane: the lanes of %s are not known yet: Consul has not answered\n", cf.Service)
+}
+
+// lastError describes why a view has no answer yet, when it can say.
+func lastError(v View) string {
+	if s, ok := v.(interface{ State() registrar.WatchState }); ok {
+		if err := s.State().LastError; err != nil {
+			return " (last error: " + err.Error() + ")"
+		}
+	}
+	return ""
 }
 
 // ResponseFilter implements the runner's plugin.Plugin; graylane does nothing after the upstream.

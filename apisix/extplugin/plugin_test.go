@@ -53,6 +53,10 @@ type staticView struct {
 
 func (v staticView) Snapshot() *gray.Snapshot[registrar.Endpoint] { return v.snap }
 func (staticView) Changed() <-chan struct{}                       { return nil }
+func (staticView) Ready() <-chan struct{}                         { return answered }
+
+// answered is a closed channel: a static view has its answer from the start.
+var answered = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func testPlugin(t testing.TB, conf string) (*Plugin, any) {
 	t.Helper()
@@ -160,6 +164,10 @@ func TestParseConfNamesTheField(t *testing.T) {
 		`{"service":"s","trusted_cidrs":"10.0.0.0/8"}`:    "trusted_cidrs",
 		`{"service":"s","trusted":["10.0.0.0/8"]}`:        "trusted",
 		`{"service":1}`:                                   "service",
+		`{"service":"s","fallback":"anywhere"}`:           "fallback",
+		`{"service":"s","unknown_wait_ms":-1}`:            "unknown_wait_ms",
+		`{"service":"s","unknown_wait_ms":60000}`:         "unknown_wait_ms",
+		`{"service":"s","on_unknown":"stable"}`:           "on_unknown",
 		`[]`:                                              "",
 		`{"service":"s"} {}`:                              "",
 	} {

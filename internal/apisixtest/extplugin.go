@@ -64,7 +64,6 @@ func StartRunner(tb testing.TB, sock string, argv []string, env ...string) *Runn
 	}
 }
 
-// stop sends SIGTERM and returns the process's exit error; it kills the process after 10 s.
 // Stop sends SIGTERM and returns the process's exit error; it kills the process after 10 s.
 func (r *Runner) Stop() error {
 	select {
@@ -82,6 +81,9 @@ func (r *Runner) Stop() error {
 	}
 	return r.err
 }
+
+// Socket returns the path of the runner's socket.
+func (r *Runner) Socket() string { return r.sock }
 
 // Output returns what the runner has written (its log).
 func (r *Runner) Output() string { return r.out.String() }

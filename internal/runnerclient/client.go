@@ -6,7 +6,6 @@ package runnerclient
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -115,11 +114,14 @@ type Request struct {
 	Args    [][2]string
 }
 
-// Answer is a decoded answer: header changes (a nil value removes the header) and response headers.
+// Answer is a decoded answer: header changes (a nil value removes the header) and response headers;
+// for a Stop, the status, headers and body the client gets instead.
 type Answer struct {
 	Action      hrc.Action
 	Headers     map[string]*string // a nil value removes the header
 	RespHeaders map[string]string
+	Status      int    // Stop only
+	Body        string // Stop only
 }
 
 // Header returns the value the answer sets for header, whether it removes it, and whether it touches
@@ -216,16 +218,27 @@ func (c *Conn) Call(r *Request) (*Answer, error) {
 		return nil, fmt.Errorf("answer for request %d, want %d", resp.Id(), r.ID)
 	}
 	out := &Answer{Action: resp.ActionType(), Headers: map[string]*string{}, RespHeaders: map[string]string{}}
-	if out.Action != hrc.ActionRewrite {
+	if out.Action != hrc.ActionRewrite && out.Action != hrc.ActionStop {
 		return out, nil
 	}
 	var tbl flatbuffers.Table
 	if !resp.Action(&tbl) {
-		return nil, errors.New("rewrite answer without its table")
+		return nil, fmt.Errorf("%s answer without its table", hrc.EnumNamesAction[out.Action])
+	}
+	var te A6.TextEntry
+	if out.Action == hrc.ActionStop {
+		st := new(hrc.Stop)
+		st.Init(tbl.Bytes, tbl.Pos)
+		out.Status, out.Body = int(st.Status()), string(st.BodyBytes())
+		for i := 0; i < st.HeadersLength(); i++ {
+			if st.Headers(&te, i) {
+				out.RespHeaders[string(te.Name())] = string(te.Value())
+			}
+		}
+		return out, nil
 	}
 	rw := new(hrc.Rewrite)
 	rw.Init(tbl.Bytes, tbl.Pos)
-	var te A6.TextEntry
 	for i := 0; i < rw.HeadersLength(); i++ {
 		if rw.Headers(&te, i) {
 			if v := te.Value(); v != nil {
