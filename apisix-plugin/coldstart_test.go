@@ -2,12 +2,7 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"log"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,25 +12,8 @@ import (
 	hrc "github.com/api7/ext-plugin-proto/go/A6/HTTPReqCall"
 
 	"github.com/graylane/graylane/internal/apisixtest"
+	"github.com/graylane/graylane/internal/consultest"
 )
-
-// slowConsul is a reverse proxy in front of a Consul agent that holds every request for delay
-// before passing it on: a Consul that answers slowly, as one across a network or under load does.
-func slowConsul(t testing.TB, agentAddr string, delay time.Duration) string {
-	t.Helper()
-	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: agentAddr})
-	proxy.ErrorLog = log.New(io.Discard, "", 0) // blocking queries cut when a runner stops
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-time.After(delay):
-		case <-r.Context().Done():
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
 
 // TestRunnerColdStartDecidesOnConsulsAnswer: the runner is started 30 times against a Consul that
 // takes 100 ms to answer, and a matched user's request is sent the moment it listens. Before the
@@ -45,7 +23,7 @@ func slowConsul(t testing.TB, agentAddr string, delay time.Duration) string {
 // request mis-routed.
 func TestRunnerColdStartDecidesOnConsulsAnswer(t *testing.T) {
 	env := startGrayEnv(t)
-	consul := slowConsul(t, env.agent.HTTPAddr, 100*time.Millisecond)
+	consul := consultest.Slow(t, env.agent.HTTPAddr, 100*time.Millisecond)
 	env.runner.Stop()
 
 	matched := func(token, id uint32) *apisixtest.Request {

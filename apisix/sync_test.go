@@ -1,6 +1,7 @@
 package apisix
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -363,4 +364,67 @@ func clone(m map[string]any) map[string]any {
 	var out map[string]any
 	json.Unmarshal(b, &out)
 	return out
+}
+
+// TestSyncWritesNothingBeforeConsulAnswers: a sync restarted against a Consul that takes a second
+// to answer finds the gateway as the last sync left it. Until Consul has answered for the service
+// it writes nothing (no empty or partial upstream, no pruned lane), however often it resyncs; then
+// it writes the lanes Consul holds.
+func TestSyncWritesNothingBeforeConsulAnswers(t *testing.T) {
+	agent := consultest.Start(t)
+	client, err := api.NewClient(&api.Config{Address: agent.HTTPAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &consulEnv{client: client}
+	env.register(t, "s1", 9001, nil)
+	env.register(t, "s2", 9004, nil)
+	env.register(t, "c1", 9002, map[string]string{"canary": "true", "weight": "10"})
+
+	s := apisixtest.NewAdminAPI(t)
+	admin := newAdmin(t, s)
+	ctx := context.Background()
+	// What the last sync wrote, before s2 was registered.
+	for _, u := range []Upstream{
+		{ID: "graylane-bservice", Nodes: map[string]int{"127.0.0.1:9001": 1}},
+		{ID: "graylane-bservice-stable", Nodes: map[string]int{"127.0.0.1:9001": 1}},
+		{ID: "graylane-bservice-canary", Nodes: map[string]int{"127.0.0.1:9002": 1}},
+	} {
+		lane := strings.TrimPrefix(strings.TrimPrefix(u.ID, "graylane-bservice"), "-")
+		u.Name, u.Type = u.ID, "roundrobin"
+		u.Labels = map[string]string{LabelManagedBy: "graylane", LabelService: "bservice", LabelLane: cmp.Or(lane, BaseLabel)}
+		if err := admin.PutUpstream(ctx, &u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, before := s.State()
+
+	slow := consultest.Slow(t, agent.HTTPAddr, time.Second)
+	w, err := registrar.NewWatcher(&api.Config{Address: slow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	sync := NewSync(&AdminTarget{Admin: admin}, w, []string{"bservice"},
+		WithSyncBackoff(5*time.Millisecond, 50*time.Millisecond), WithResync(10*time.Millisecond))
+	go func() { done <- sync.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	time.Sleep(800 * time.Millisecond) // about 80 resyncs, none with Consul's answer
+	if _, _, after := s.State(); after != before {
+		ups, _, _ := s.State()
+		t.Fatalf("%d writes before Consul answered; upstreams now %v", after-before, ups)
+	}
+	eventually(t, "the lanes Consul holds", wantUpstreams(s, map[string][]string{
+		"graylane-bservice":        {"127.0.0.1:9001", "127.0.0.1:9004"},
+		"graylane-bservice-stable": {"127.0.0.1:9001", "127.0.0.1:9004"},
+		"graylane-bservice-canary": {"127.0.0.1:9002"},
+	}))
 }
