@@ -282,6 +282,7 @@ func describeOptions(o gray.Options) string {
 	if o.StickyHeader == "" && o.StickyCookie == "" {
 		parts = append(parts, "no sticky key")
 	}
+	parts = append(parts, "fallback "+string(o.Fallback.OrDefault()))
 	return strings.Join(parts, " · ")
 }
 

@@ -165,7 +165,7 @@ func (r *Registrar) SetServiceOptions(ctx context.Context, service string, o gra
 
 func describeOptions(o gray.Options) string {
 	var parts []string
-	for _, f := range [][2]string{{"tag_key", o.TagKey}, {"sticky_header", o.StickyHeader}, {"sticky_cookie", o.StickyCookie}} {
+	for _, f := range [][2]string{{"tag_key", o.TagKey}, {"sticky_header", o.StickyHeader}, {"sticky_cookie", o.StickyCookie}, {"fallback", string(o.Fallback)}} {
 		if f[1] != "" {
 			parts = append(parts, f[0]+"="+f[1])
 		}

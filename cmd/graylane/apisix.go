@@ -90,7 +90,7 @@ func runAPISIXSync(ctx context.Context, e *env, args []string) error {
 			return &usageError{fmt.Sprintf("--route %q: use SERVICE=URI", r)}
 		}
 		spec := apisix.RouteSpec{URI: uri, Conf: extplugin.Conf{Service: svc, TrustedCIDRs: a.trusted, EchoHeader: a.echo,
-			Options: gray.Options{TagKey: e.o.tagKey, StickyHeader: e.o.stickyHeader, StickyCookie: e.o.stickyCookie}}}
+			Options: e.grayOptions()}}
 		if err := spec.Validate(); err != nil {
 			return &usageError{err.Error()}
 		}
@@ -133,7 +133,7 @@ func runAPISIXRoute(ctx context.Context, e *env, args []string) error {
 		return &usageError{"name one service: graylane apisix route --service SERVICE --uri /api/*"}
 	}
 	spec := apisix.RouteSpec{ID: a.routeID, URI: a.uri, Conf: extplugin.Conf{Service: services[0], TrustedCIDRs: a.trusted,
-		EchoHeader: a.echo, Options: gray.Options{TagKey: e.o.tagKey, StickyHeader: e.o.stickyHeader, StickyCookie: e.o.stickyCookie}}}
+		EchoHeader: a.echo, Options: e.grayOptions()}}
 	if a.hosts != "" {
 		spec.Hosts = strings.Split(a.hosts, ",")
 	}

@@ -30,6 +30,8 @@ func optionFlags(fs *flag.FlagSet, o *opts) {
 	fs.StringVar(&o.tagKey, "tag-key", "", "header carrying the propagated lane tag (default: the service's option, else "+gray.DefaultTagKey+")")
 	fs.StringVar(&o.stickyHeader, "sticky-header", "", "header holding the sticky key (default: the service's option)")
 	fs.StringVar(&o.stickyCookie, "sticky-cookie", "", "cookie holding the sticky key (default: the service's option)")
+	fs.StringVar(&o.fallback, "fallback", "", "where the base's traffic goes when the base has no registered instance: "+
+		"weighted (lanes with a weight, never a test-only lane; the default), none, or any (every instance)")
 }
 
 func serviceOptionFlags(fs *flag.FlagSet, o *opts) {
@@ -158,7 +160,7 @@ func (e *env) writeJSON(v any) error {
 }
 
 func (e *env) grayOptions() gray.Options {
-	return gray.Options{TagKey: e.o.tagKey, StickyHeader: e.o.stickyHeader, StickyCookie: e.o.stickyCookie}
+	return gray.Options{TagKey: e.o.tagKey, StickyHeader: e.o.stickyHeader, StickyCookie: e.o.stickyCookie, Fallback: gray.Fallback(e.o.fallback)}
 }
 
 func runApply(ctx context.Context, e *env, _ []string) error {
@@ -344,6 +346,7 @@ func describeOptions(o gray.Options) string {
 	if o.StickyHeader == "" && o.StickyCookie == "" {
 		parts = append(parts, "no sticky key (weights pick at random per request)")
 	}
+	parts = append(parts, "fallback "+string(o.Fallback.OrDefault()))
 	return strings.Join(parts, ", ")
 }
 
@@ -533,7 +536,7 @@ func runOptions(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	set := gray.Options{TagKey: e.o.tagKey, StickyHeader: e.o.stickyHeader, StickyCookie: e.o.stickyCookie}
+	set := e.grayOptions()
 	if !e.o.none && set == (gray.Options{}) {
 		o, err := r.ServiceOptions(ctx, args[0])
 		if err != nil {
@@ -612,7 +615,7 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 	case lane == "" && len(out.Instances) == 0:
 		lane = "(none: no instance with valid meta can serve; the data planes fail this request)"
 	case lane == "":
-		lane = "(none: fallback to every instance with valid meta)"
+		lane = "(none: the base has no registered instance; fallback " + string(options.Fallback.OrDefault()) + ")"
 	}
 	fmt.Fprintf(e.stdout, "lane       %s\n", lane)
 	reason := out.Reason

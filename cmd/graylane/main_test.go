@@ -187,6 +187,7 @@ func TestHostileInput(t *testing.T) {
 		{[]string{"match", "bservice", "canary", "[]"}, 2, "use --none"},
 		{[]string{"drain", "no-such-instance"}, 1, "no service has an instance no-such-instance"},
 		{[]string{"options", "bservice", "--sticky-header", "user id"}, 2, "sticky_header"},
+		{[]string{"options", "bservice", "--fallback", "anywhere"}, 2, "fallback"},
 	}
 	for _, c := range cases {
 		out, errOut, code := graylane(t, a, c.args...)
@@ -234,7 +235,7 @@ func TestOptionsAndReconcileCommands(t *testing.T) {
 		t.Fatalf("options before any were set: %q", out)
 	}
 	mustRun(t, a, "options", "bservice", "--sticky-header", "userid")
-	if out := mustRun(t, a, "status", "bservice"); !strings.Contains(out, "options sticky header userid") {
+	if out := mustRun(t, a, "status", "bservice"); !strings.Contains(out, "options sticky header userid") || !strings.Contains(out, "fallback weighted") {
 		t.Fatalf("status does not show the options:\n%s", out)
 	}
 	if out := mustRun(t, a, "history", "bservice"); !strings.Contains(out, "options sticky_header=userid") || !strings.Contains(out, "applied") {
