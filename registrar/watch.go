@@ -3,10 +3,11 @@ package registrar
 // The watcher. One goroutine per watched service runs blocking queries on the service's passing
 // instances. Each answer whose content differs from the last (the index alone proves nothing) is
 // decoded into an immutable gray.Snapshot and published with an atomic pointer swap, so readers never
-// see a half-updated view and never block. When the index goes backwards (a restarted or replaced
-// server) it is reset to 0, and so it is after an error, so that the first answer after an outage
-// comes at once. Errors back off exponentially with full jitter; meanwhile the last good
-// snapshot stays in force and the view reports itself stale. A second blocking query per service
+// see a half-updated view and never block. After an error the index is reset to 0, so that the first
+// answer after an outage comes at once. An answer older than the one the watch holds (a server that
+// restarted and is still replaying its log, with instances missing) is set aside, and the server
+// asked again, until it has caught up (see behindServer). Errors back off exponentially with full
+// jitter; meanwhile the last good snapshot stays in force and the view reports itself stale. A second blocking query per service
 // follows its recorded state in KV for the decision options the service keeps there (sticky key,
 // tag key); a change of options rebuilds the snapshots too. All services share one Consul client,
 // whose transport keeps enough idle connections for two blocking queries per service.
@@ -344,6 +345,8 @@ func (sw *serviceWatch) setState(st WatchState, updated bool) {
 func (w *Watcher) runInstances(sw *serviceWatch) {
 	defer w.wg.Done()
 	var index, hash uint64
+	var held uint64 // the index of the answer the snapshots are built from
+	var behind behindServer
 	failures := 0
 	for {
 		entries, meta, err := w.client.Health().Service(sw.name, "", true,
@@ -377,11 +380,19 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 			continue
 		}
 		failures = 0
+		if behind.older(meta.LastIndex, held) {
+			index = 0 // ask again, without waiting, after a pause
+			if !retry.Sleep(w.ctx, behindPause) {
+				return
+			}
+			continue
+		}
 		if meta.LastIndex < index {
-			index = 0 // the index went backwards (a restarted or new server): start over
+			index = 0 // the index went backwards (a cluster that started over): start over
 		} else {
 			index = max(meta.LastIndex, 1) // an index below 1 would never block
 		}
+		held = meta.LastIndex
 		sw.mu.Lock()
 		h := contentHash(entries)
 		changed := h != hash || !sw.haveEntries
@@ -398,6 +409,37 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 		sw.setState(WatchState{Index: meta.LastIndex}, changed)
 		sw.mu.Unlock()
 	}
+}
+
+// behindPause is how long a watch waits before it asks again a server whose answer was older than
+// the one it holds; behindGrace is how long such answers may go on before the watch takes them.
+const (
+	behindPause = 100 * time.Millisecond
+	behindGrace = 10 * time.Second
+)
+
+// behindServer recognises answers older than the one a watch holds. A Consul server that has just
+// restarted answers while it is still replaying its raft log: its index is below the one the watch
+// holds, and its content is the catalog of a moment ago, with instances missing or their checks not
+// yet passing. Taken as the truth, that answer would empty lanes that never went away. Consul's rule
+// to reset the index when it goes backwards stays for the blocking, but the content of an older
+// answer is set aside, and the server asked again, until it has caught up. Only when older answers
+// go on for behindGrace (a cluster that really started over, with a new raft log) are they taken.
+type behindServer struct {
+	since time.Time // when the first older answer of the current run came; zero when none
+}
+
+// older reports whether an answer with index got is to be set aside: it is older than held, the
+// index of the answer the watch holds, and older answers have not gone on for behindGrace.
+func (b *behindServer) older(got, held uint64) bool {
+	if held == 0 || got >= held {
+		b.since = time.Time{}
+		return false
+	}
+	if b.since.IsZero() {
+		b.since = time.Now()
+	}
+	return time.Since(b.since) < behindGrace
 }
 
 // dropsAny reports whether an answer lacks an instance of the previous one.
@@ -424,7 +466,8 @@ func dropsAny(prev *Instances, entries []*api.ServiceEntry) bool {
 func (w *Watcher) runOptions(sw *serviceWatch) {
 	defer w.wg.Done()
 	key := w.prefix + "/services/" + sw.name + "/state"
-	var index uint64
+	var index, held uint64
+	var behind behindServer
 	failures := 0
 	for {
 		pair, meta, err := w.client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: w.waitTime}).WithContext(w.ctx))
@@ -454,6 +497,14 @@ func (w *Watcher) runOptions(sw *serviceWatch) {
 		}
 		failures = 0
 		sw.opts.err.Store(nil)
+		if behind.older(meta.LastIndex, held) {
+			index = 0
+			if !retry.Sleep(w.ctx, behindPause) {
+				return
+			}
+			continue
+		}
+		held = meta.LastIndex
 		if meta.LastIndex < index {
 			index = 0
 		} else {

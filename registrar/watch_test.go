@@ -4,8 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"maps"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -527,5 +533,139 @@ func TestWatcherHiddenInstances(t *testing.T) {
 	eventually.Wait(t, 10*time.Second, "the watcher that lost node read to report the hidden instances", func() bool { return hidden(v) })
 	if n := len(v.Instances().Endpoints); n != len(passing) {
 		t.Fatalf("after losing node read the watcher keeps %d instances, want its last complete answer (%d)", n, len(passing))
+	}
+}
+
+// replayProxy stands between a watcher and Consul. Armed with an answer it recorded earlier, it
+// serves that answer, with its older index, to the next queries of the service's instances instead
+// of passing them on: what a Consul server that has just restarted and is still replaying its raft
+// log answers.
+type replayProxy struct {
+	srv      *httptest.Server
+	mu       sync.Mutex
+	recorded *httptest.ResponseRecorder
+	replays  int
+	served   int
+}
+
+func newReplayProxy(t *testing.T, agentAddr string) *replayProxy {
+	p := &replayProxy{}
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: agentAddr})
+	rp.ErrorLog = log.New(io.Discard, "", 0)
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/v1/health/service/") {
+			p.mu.Lock()
+			if p.replays > 0 && p.recorded != nil {
+				p.replays--
+				p.served++
+				rec := p.recorded
+				p.mu.Unlock()
+				maps.Copy(w.Header(), rec.Header())
+				w.WriteHeader(rec.Code)
+				w.Write(rec.Body.Bytes())
+				return
+			}
+			p.mu.Unlock()
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+// record keeps Consul's current answer on the service's instances.
+func (p *replayProxy) record(t *testing.T, service string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/v1/health/service/"+service+"?passing=1", nil)
+	p.srv.Config.Handler.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		t.Fatalf("recording %s: %d %s", service, rec.Code, rec.Body)
+	}
+	p.mu.Lock()
+	p.recorded = rec
+	p.mu.Unlock()
+}
+
+func (p *replayProxy) replay(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.replays = n
+}
+
+// TestWatcherSetsAsideAnOlderAnswer: a server that has just restarted answers from the catalog of a
+// moment ago, with an index below the one the watcher holds. The watcher must not take that answer
+// for a change (it would empty a lane that never went away): it keeps its snapshot and asks again
+// until the server has caught up, then follows the server as before.
+func TestWatcherSetsAsideAnOlderAnswer(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	proxy := newReplayProxy(t, a.HTTPAddr)
+	proxy.record(t, "bservice") // bservice-1, -2 and the canary
+
+	// bservice-3 joins: the watcher holds an answer newer than the recorded one.
+	client, err := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := func(id string, port int) {
+		if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: "bservice", Address: "127.0.0.1", Port: port}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg("bservice-3", 9004)
+	w, err := registrar.NewWatcher(registrar.NewConfig(strings.TrimPrefix(proxy.srv.URL, "http://")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	v := w.Service("bservice")
+	<-v.Ready()
+	ids := func() []string {
+		var out []string
+		for _, ep := range v.Instances().Endpoints {
+			out = append(out, ep.ID)
+		}
+		return out
+	}
+	if got := ids(); !slices.Contains(got, "bservice-3") {
+		t.Fatalf("instances %v, want bservice-3 among them", got)
+	}
+
+	// From now on every published snapshot is checked; the next answers are the recorded one.
+	var published []string
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			ch := v.Changed()
+			select {
+			case <-ch:
+			case <-time.After(3 * time.Second):
+				return
+			}
+			mu.Lock()
+			published = append(published, strings.Join(ids(), ","))
+			mu.Unlock()
+		}
+	}()
+	proxy.replay(5)
+	reg("bservice-4", 9005) // wakes the watcher's blocking query; its answer is replaced
+	waitFor(t, 10*time.Second, "bservice-4", func() bool { return slices.Contains(ids(), "bservice-4") })
+	<-done
+	proxy.mu.Lock()
+	served := proxy.served
+	proxy.mu.Unlock()
+	if served == 0 {
+		t.Fatal("the proxy served no older answer: the test tested nothing")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, snap := range published {
+		if !strings.Contains(snap, "bservice-3") {
+			t.Fatalf("after %d older answers the watcher published %q, without bservice-3 (all: %q)", served, snap, published)
+		}
 	}
 }
