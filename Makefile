@@ -13,7 +13,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo consul prometheus chromium screenshot clean compose e2e-apisix
+.PHONY: test check unit fuzz bench demo soak consul prometheus chromium screenshot clean compose e2e-apisix
 
 ## test: format and vet checks, the race-enabled test suite (real Consul), short fuzz runs and the
 ## compose file's validation
@@ -48,6 +48,14 @@ bench: consul
 ## and through a Kratos client with the selector (examples/release)
 demo: consul
 	$(GO) run ./examples/release
+
+## soak: both data planes under traffic for $(SOAK) while a schedule restarts and kills service
+## processes, pauses one past its health check, restarts the plugin runner and the Consul agent,
+## starts fresh Kratos clients and walks releases; prints the lane-safety table (make test runs one
+## minute of it, as TestSoak in examples/release)
+SOAK ?= 10m
+soak: consul
+	$(GO) run ./examples/release -soak $(SOAK)
 
 ## compose: validate docker-compose.yml offline (installs Debian's docker-compose when missing)
 compose:

@@ -131,7 +131,7 @@ func TestGatewayAndServicesDecideAlike(t *testing.T) {
 	if err := s.build(ctx, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.startConsul(); err != nil {
+	if err := s.startConsul(false); err != nil {
 		t.Fatal(err)
 	}
 	specs, err := registrar.ParseSpecs("consistency.yaml", []byte(consistencySpecs))

@@ -56,11 +56,17 @@ const (
 
 func main() {
 	dir := flag.String("dir", "", "where to put binaries, sockets and logs (default: a temporary directory, removed at the end)")
+	soakFor := flag.Duration("soak", 0, "instead of the demo, soak both planes under churn this long (whole minutes; make soak)")
 	flag.Parse()
 	klog.SetLogger(klog.NewStdLogger(io.Discard))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := run(ctx, os.Stdout, *dir)
+	var err error
+	if *soakFor > 0 {
+		err = soakMain(ctx, os.Stdout, *dir, *soakFor)
+	} else {
+		err = run(ctx, os.Stdout, *dir)
+	}
 	if ctx.Err() != nil {
 		fmt.Println("\ninterrupted: everything the demo started is stopped")
 		os.Exit(130)
@@ -85,7 +91,7 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 	if err := s.build(ctx, out); err != nil {
 		return err
 	}
-	if err := s.startConsul(); err != nil {
+	if err := s.startConsul(false); err != nil {
 		return err
 	}
 	bspecs, err := registrar.ParseSpecs("bservice.yaml", bserviceSpec)

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -113,7 +115,33 @@ func conf(service string) string {
 }
 
 // decide sends the request to the runner and returns the lane header the upstream would receive.
+// When the runner fails the request (it restarted: its connections and conf tokens are gone), the
+// gateway forgets its connections and tokens and tries once more, as APISIX does.
 func (g *gateway) decide(service string, r *request) (string, error) {
+	lane, err := g.decideOnce(service, r)
+	if err != nil {
+		g.reset()
+		lane, err = g.decideOnce(service, r)
+	}
+	return lane, err
+}
+
+// reset forgets the runner's connections and conf tokens.
+func (g *gateway) reset() {
+	g.mu.Lock()
+	clear(g.tokens)
+	g.mu.Unlock()
+	for {
+		select {
+		case c := <-g.conns:
+			c.Close()
+		default:
+			return
+		}
+	}
+}
+
+func (g *gateway) decideOnce(service string, r *request) (string, error) {
 	var c *runnerclient.Conn
 	select {
 	case c = <-g.conns:
@@ -198,11 +226,31 @@ func (g *gateway) Do(ctx context.Context, service string, r *request) (*reply, e
 	if err != nil {
 		return nil, fmt.Errorf("plugin runner: %w", err)
 	}
+	return g.forward(ctx, service, r, lane)
+}
+
+// forward sends the request to a node of the upstream traffic-split picks for the lane header,
+// round robin; when a node refuses the connection, to the next one, as APISIX retries an upstream's
+// other nodes on a connection error.
+func (g *gateway) forward(ctx context.Context, service string, r *request, lane string) (*reply, error) {
 	nodes := g.upstream(service, lane)
 	if len(nodes) == 0 {
 		return nil, fmt.Errorf("%s: upstream for lane %q has no nodes", service, lane)
 	}
-	node := nodes[g.rr.Add(1)%uint64(len(nodes))]
+	first := g.rr.Add(1)
+	var err error
+	for i := range uint64(len(nodes)) {
+		var rep *reply
+		var refused bool
+		if rep, refused, err = g.send(ctx, nodes[(first+i)%uint64(len(nodes))], r, lane); !refused {
+			return rep, err
+		}
+	}
+	return nil, err
+}
+
+// send sends the request to one node; refused reports a connection that was never made.
+func (g *gateway) send(ctx context.Context, node string, r *request, lane string) (_ *reply, refused bool, _ error) {
 	path := r.Path
 	if path == "" {
 		path = "/api/order"
@@ -217,7 +265,7 @@ func (g *gateway) Do(ctx context.Context, service string, r *request) (*reply, e
 	}
 	hr, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	for _, h := range r.headers() {
 		hr.Header.Add(h[0], h[1])
@@ -230,14 +278,15 @@ func (g *gateway) Do(ctx context.Context, service string, r *request) (*reply, e
 	}
 	resp, err := g.http.Do(hr)
 	if err != nil {
-		return nil, err
+		var op *net.OpError
+		return nil, errors.As(err, &op) && op.Op == "dial", err
 	}
 	defer resp.Body.Close()
 	out := new(reply)
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil || resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s answered %d: %v", node, resp.StatusCode, err)
+		return nil, false, fmt.Errorf("%s answered %d: %v", node, resp.StatusCode, err)
 	}
-	return out, nil
+	return out, false, nil
 }
 
 // kratosClient is a Kratos gRPC client per service with the selector option: the client a Go

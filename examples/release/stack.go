@@ -98,9 +98,16 @@ func (s *stack) build(ctx context.Context, progress io.Writer) error {
 	return nil
 }
 
-// startConsul starts a dev agent and the registrar and watcher on it.
-func (s *stack) startConsul() error {
-	a, err := consultest.StartAgent()
+// startConsul starts a dev agent, or with persistent a server that keeps its state across a
+// restart, and the registrar and watcher on it.
+func (s *stack) startConsul(persistent bool) error {
+	var a *consultest.Agent
+	var err error
+	if persistent {
+		a, err = consultest.StartServer(filepath.Join(s.dir, "consul"))
+	} else {
+		a, err = consultest.StartAgent()
+	}
 	if err != nil {
 		return err
 	}
@@ -115,6 +122,23 @@ func (s *stack) startConsul() error {
 	}
 	s.w, err = registrar.NewWatcher(cfg)
 	return err
+}
+
+// proc returns the running process of that name, or nil.
+func (s *stack) proc(name string) *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := len(s.procs) - 1; i >= 0; i-- {
+		if p := s.procs[i]; p.name == name {
+			select {
+			case <-p.done:
+				return nil
+			default:
+				return p
+			}
+		}
+	}
+	return nil
 }
 
 // startInstance starts an instance of the example service from a spec and waits until Consul has it

@@ -109,12 +109,22 @@ func StartACL(tb testing.TB) *Agent {
 // comes back with its services after Restart.
 func StartPersistent(tb testing.TB) *Agent {
 	tb.Helper()
-	agents, err := startServers(tb.TempDir(), 1)
+	a, err := StartServer(tb.TempDir())
 	if err != nil {
 		tb.Fatalf("consultest: %v", err)
 	}
-	tb.Cleanup(agents[0].Stop)
-	return agents[0]
+	tb.Cleanup(a.Stop)
+	return a
+}
+
+// StartServer runs a single server agent that keeps its state in a data directory under dir, as
+// StartPersistent does, for programs (the soak) rather than tests. The caller must Stop it.
+func StartServer(dir string) (*Agent, error) {
+	agents, err := startServers(dir, 1)
+	if err != nil {
+		return nil, err
+	}
+	return agents[0], nil
 }
 
 // StartCluster runs n server agents that form one cluster, and waits until every one of them knows
