@@ -146,9 +146,13 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 			filters = gtr.NodeFilters()
 		}
 	}
+	cc, _ := info.Ctx.Value(callKey).(*callCtx)
+	if cc != nil {
+		cc.waitLane = "" // this pick decides anew: an earlier node filter may leave graylane's nothing to decide over
+	}
 	n, done, err := p.selector.Select(info.Ctx, kselector.WithNodeFilter(filters...))
 	if err != nil {
-		if cc, _ := info.Ctx.Value(callKey).(*callCtx); cc != nil && cc.waitLane != "" {
+		if cc != nil && cc.waitLane != "" {
 			return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 		}
 		return balancer.PickResult{}, err
