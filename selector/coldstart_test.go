@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/go-kratos/kratos/v2/registry"
+	kselector "github.com/go-kratos/kratos/v2/selector"
+	"github.com/go-kratos/kratos/v2/selector/node/direct"
+	"github.com/go-kratos/kratos/v2/selector/wrr"
 	kgrpc "github.com/go-kratos/kratos/v2/transport/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -255,4 +258,23 @@ func grpcHostport(t testing.TB, svc *registry.ServiceInstance) string {
 	}
 	t.Fatalf("no grpc endpoint in %v", svc.Endpoints)
 	return ""
+}
+
+// TestBuilderFreshClientsWaitForStable is the cold start with the selector as Kratos' global
+// selector (NewBuilder) and Propagation on the client: the same balancer, so the same wait.
+func TestBuilderFreshClientsWaitForStable(t *testing.T) {
+	kselector.SetGlobalSelector(selector.NewBuilder(&wrr.Builder{}, &direct.Builder{}))
+	defer kselector.SetGlobalSelector(wrr.NewBuilder())
+	e := newEnv(t)
+	proxy := newSlowProxy(t, 200*time.Millisecond)
+	e.startVia("coldbuilder", "s1", gray.Meta{}, nil, proxy.front)
+	e.start("coldbuilder", "c1", gray.Meta{Canary: true}, nil)
+	e.waitRegistered("coldbuilder", 2)
+	for i := range 10 {
+		conn := e.dialPlain("coldbuilder", selector.Propagation())
+		if got, err := who(context.Background(), conn); err != nil || got != "s1" {
+			t.Fatalf("client %d: %q, %v; want stable's s1", i, got, err)
+		}
+		conn.Close()
+	}
 }
