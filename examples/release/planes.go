@@ -198,9 +198,16 @@ func (g *gateway) decideOnce(service string, r *request) (string, error) {
 
 var methods = map[string]A6.Method{"GET": A6.MethodGET, "POST": A6.MethodPOST, "PUT": A6.MethodPUT, "DELETE": A6.MethodDELETE}
 
-// upstream returns the nodes of the upstream traffic-split picks for the lane header.
+// upstream returns the nodes of the upstream traffic-split picks for the lane header; none before
+// Consul has answered for the service, as `graylane apisix sync` writes none before that.
 func (g *gateway) upstream(service, lane string) []string {
-	snap := g.w.Service(service).Snapshot()
+	v := g.w.Service(service)
+	select {
+	case <-v.Ready():
+	default:
+		return nil
+	}
+	snap := v.Snapshot()
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	c := g.ups[service]

@@ -206,6 +206,19 @@ func runSoak(ctx context.Context, out io.Writer, dir string, d time.Duration) (*
 	defer k.gw.close()
 	k.freshClient()
 	defer func() { k.mesh.Load().close() }()
+	// Traffic starts once both planes serve both services, as users come once a release is deployed.
+	for _, svc := range k.services {
+		for p := range 2 {
+			for deadline := time.Now().Add(30 * time.Second); ; {
+				if _, _, err := k.send(ctx, p, svc.name, &request{User: "warm-up"}); err == nil {
+					break
+				} else if time.Now().After(deadline) {
+					return nil, fmt.Errorf("soak: %s does not serve %s: %w", planeNames[p], svc.name, err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
 	k.start = time.Now()
 	k.setWeight("bservice", 0)
 	k.setWeight("pay", 0)
