@@ -69,6 +69,9 @@ func FuzzPasswordLine(f *testing.F) {
 func TestSafeNext(t *testing.T) {
 	for in, want := range map[string]string{
 		"/s/checkout": "/s/checkout", "//evil.example/x": "/", "https://evil.example": "/", "/\\evil": "/", "": "/", "/events?service=x": "/",
+		"/\t/evil.example/": "/", "/\n/evil.example": "/", "/\r//evil.example": "/", "/ /evil.example": "/", "/%09/evil.example/": "/%09/evil.example/",
+		"\t//evil.example": "/", "/s/a?x=1#top": "/s/a?x=1#top", "/s/%2F%2Fevil": "/s/%2F%2Fevil", "javascript:alert(1)": "/",
+		"/\u00a0/evil.example": "/", "/\u2028/evil.example": "/",
 	} {
 		if got := safeNext(in); got != want {
 			t.Errorf("safeNext(%q) = %q, want %q", in, got, want)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"unicode"
 	"time"
 
 	"github.com/graylane/graylane/gray"
@@ -122,7 +123,14 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, data any
 
 // safeNext keeps a post-sign-in redirect on this site.
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") || strings.HasPrefix(next, "/events") {
+	// Browsers drop tabs and newlines from a URL and read '\' as '/': "/\t/evil.example/" and
+	// "/\\evil.example" are other hosts to them. Only a plain path on the portal itself passes.
+	if strings.ContainsFunc(next, func(r rune) bool { return r < 0x20 || r == 0x7f || r == '\\' || unicode.IsSpace(r) }) {
+		return "/"
+	}
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.User != nil || u.Host != "" || u.Opaque != "" ||
+		!strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(u.Path, "/events") {
 		return "/"
 	}
 	return next

@@ -594,3 +594,33 @@ func TestNextStepLeadsToTheConfirmation(t *testing.T) {
 	waitFor(t, 5*time.Second, "the switch offered", func() bool { return strings.Contains(b.get("/s/"+bg).body, "Switch: promote green") })
 	mustNotContain(t, b.get("/s/"+bg).body, "Switch: promote blue")
 }
+
+// TestNoRedirectOffThePortal: a next parameter that a browser would read as another host (a tab or
+// a newline it drops, a backslash it reads as a slash) sends the operator to the portal's own front
+// page: for a signed-in operator, after a sign-in, and on a portal without sign-in.
+func TestNoRedirectOffThePortal(t *testing.T) {
+	registerRelease(t, agent, "")
+	_, ts := startPortal(t, nil, Config{})
+	b := newBrowser(t, ts)
+	hostile := []string{"/\t/evil.example/", "/\n/evil.example/", "/\\/evil.example/", "//evil.example/", "/\u00a0/evil.example/", "https://evil.example/"}
+	for _, next := range hostile {
+		p := b.post("/login", url.Values{"name": {"alice"}, "password": {testPassword}, "next": {next}})
+		if p.status != http.StatusSeeOther || p.location != "/" {
+			t.Fatalf("sign-in with next %q: %d to %q, want 303 to /", next, p.status, p.location)
+		}
+	}
+	for _, next := range hostile {
+		if p := b.get("/login?next=" + url.QueryEscape(next)); p.status != http.StatusSeeOther || p.location != "/" {
+			t.Fatalf("signed in, /login?next=%q: %d to %q, want 303 to /", next, p.status, p.location)
+		}
+	}
+	if p := b.get("/login?next=" + url.QueryEscape("/s/x?tab=history")); p.location != "/s/x?tab=history" {
+		t.Fatalf("a path on the portal: redirected to %q", p.location)
+	}
+	_, open := startPortal(t, nil, Config{Open: true, ReadOnly: true})
+	for _, next := range hostile {
+		if p := newBrowser(t, open).get("/login?next=" + url.QueryEscape(next)); p.location != "/" {
+			t.Fatalf("open portal, /login?next=%q: redirected to %q", next, p.location)
+		}
+	}
+}

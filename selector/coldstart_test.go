@@ -177,31 +177,19 @@ func TestStableRestartWhileCallsRun(t *testing.T) {
 	stop := make(chan struct{})
 	var calls, onCanary, failed atomic.Int64
 	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				got, err := who(ctx, conn)
-				cancel()
-				calls.Add(1)
-				switch {
-				case err != nil:
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				case got != "s1":
-					onCanary.Add(1)
-				}
-			}
-		}()
-	}
+	wg := callers(4, stop, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		got, err := who(ctx, conn)
+		cancel()
+		calls.Add(1)
+		switch {
+		case err != nil:
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, err.Error())
+		case got != "s1":
+			onCanary.Add(1)
+		}
+	})
 	for range 2 {
 		time.Sleep(300 * time.Millisecond)
 		stable.restartGRPC(t, hostport, 500*time.Millisecond)

@@ -346,6 +346,26 @@ func getWho(ctx context.Context, c *httpClient, headers ...string) (string, erro
 	return out.GetValue(), err
 }
 
+// callers runs call on n goroutines, over and over, until stop is closed; Wait on the result.
+func callers(n int, stop <-chan struct{}, call func()) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				call()
+			}
+		}()
+	}
+	return &wg
+}
+
 // waitFor polls cond until it holds or the timeout passes.
 var waitFor = eventually.Wait
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -177,26 +176,14 @@ func TestCanariesStopped(t *testing.T) {
 	var calls, failed atomic.Int64
 	var lastErr atomic.Value
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_, err := who(ctx, conn, "userid", "123")
-				calls.Add(1)
-				if err != nil {
-					failed.Add(1)
-					lastErr.Store(err)
-				}
-			}
-		}()
-	}
+	wg := callers(4, stop, func() {
+		_, err := who(ctx, conn, "userid", "123")
+		calls.Add(1)
+		if err != nil {
+			failed.Add(1)
+			lastErr.Store(err)
+		}
+	})
 	time.Sleep(200 * time.Millisecond)
 	c1.stop()
 	c2.stop()
