@@ -8,9 +8,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
-	"unicode"
 	"time"
+	"unicode"
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/explain"
@@ -151,6 +152,10 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name, password, next := strings.TrimSpace(r.PostFormValue("name")), r.PostFormValue("password"), safeNext(r.PostFormValue("next"))
+	addr := clientAddr(r)
+	if s.refuseSignin(w, name, addr, next) {
+		return
+	}
 	// Password checks are slow on purpose; at most two run at once, so that a flood of sign-in
 	// attempts cannot take the portal's CPU.
 	select {
@@ -158,15 +163,36 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	case <-r.Context().Done():
 		return
 	}
+	if s.refuseSignin(w, name, addr, next) { // blocked while this attempt waited for its turn
+		<-s.signins
+		return
+	}
 	ok := s.cfg.Passwords.check(name, password)
 	<-s.signins
 	if !ok {
+		s.throttle.failed(name, addr)
+		s.logf("portal: failed sign-in as %q from %s", name, addr)
 		s.render(w, http.StatusUnauthorized, "login", pageData{Next: next, LoginErr: "Unknown operator or wrong password."})
 		return
 	}
+	s.throttle.succeeded(name, addr)
 	sess := s.sess.create(name)
 	setSessionCookie(w, r, sess.id, int(SessionTTL/time.Second))
 	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+// refuseSignin answers 429 to a sign-in as name from addr while the throttle blocks either, and
+// reports whether it did.
+func (s *Server) refuseSignin(w http.ResponseWriter, name, addr, next string) bool {
+	wait := s.throttle.wait(name, addr)
+	if wait <= 0 {
+		return false
+	}
+	secs := int((wait + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	s.render(w, http.StatusTooManyRequests, "login", pageData{Next: next,
+		LoginErr: fmt.Sprintf("Too many failed sign-ins for this operator or from this address: try again in %d s.", secs)})
+	return true
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request, sess *session) {

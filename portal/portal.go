@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"html/template"
 	"io/fs"
+	"log"
 	"net/http"
 	"slices"
 	"strings"
@@ -54,19 +55,23 @@ type Config struct {
 	// rollouts of `graylane rollout` and their gate readings).
 	Rollouts RolloutSource
 	Rates    RateSource
+	// Logf reports what operators should see in the portal's log: failed sign-ins (the operator
+	// name and the client address, never the password). Default: the standard logger.
+	Logf func(format string, args ...any)
 }
 
 // Server is a running portal: its watches on Consul and its sessions. It is safe for concurrent use;
 // Close stops every goroutine it started.
 type Server struct {
-	cfg     Config
-	reader  *registrar.Registrar
-	watcher *registrar.Watcher
-	tmpl    *template.Template
-	mux     *http.ServeMux
-	sess    sessions
-	signins chan struct{} // bounds concurrent password checks
-	anon    *session      // the session of every viewer of an open portal
+	cfg      Config
+	reader   *registrar.Registrar
+	watcher  *registrar.Watcher
+	tmpl     *template.Template
+	mux      *http.ServeMux
+	sess     sessions
+	signins  chan struct{} // bounds concurrent password checks
+	throttle *signinThrottle
+	anon     *session // the session of every viewer of an open portal
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -120,6 +125,8 @@ func (ws *watched) read(ctx context.Context, s *Server) bool {
 	}
 }
 
+func (s *Server) logf(format string, args ...any) { s.cfg.Logf(format, args...) }
+
 // New starts a portal: it begins to follow the catalog and every service in it.
 func New(cfg Config) (*Server, error) {
 	if cfg.Open && !cfg.ReadOnly {
@@ -137,8 +144,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DrainGrace == 0 {
 		cfg.DrainGrace = registrar.DefaultDrainGrace
 	}
+	if cfg.Logf == nil {
+		cfg.Logf = log.Printf
+	}
 	s := &Server{cfg: cfg, regs: map[string]*registrar.Registrar{}, services: map[string]*watched{},
-		changed: make(chan struct{}), ready: make(chan struct{}), signins: make(chan struct{}, 2), sess: sessions{byID: map[string]*session{}}}
+		changed: make(chan struct{}), ready: make(chan struct{}), signins: make(chan struct{}, 2), throttle: newSigninThrottle(), sess: sessions{byID: map[string]*session{}}}
 	if cfg.Open {
 		s.anon = &session{id: randomID(), operator: "viewer", csrf: randomID(), expires: time.Now().Add(100 * 365 * 24 * time.Hour), plans: map[string]*pending{}}
 	}
