@@ -17,6 +17,7 @@ import (
 	"html/template"
 	"io/fs"
 	"log"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -58,6 +59,26 @@ type Config struct {
 	// Logf reports what operators should see in the portal's log: failed sign-ins (the operator
 	// name and the client address, never the password). Default: the standard logger.
 	Logf func(format string, args ...any)
+	// Hosts are the host names (a port, if given, is ignored) an Open portal answers to; a request
+	// naming another host gets 421, so that a page on another site cannot read the portal through
+	// DNS rebinding. Empty: every host (for a portal behind a proxy that checks it).
+	Hosts []string
+}
+
+// httpTimeouts bound how long a connection may hold the portal: the request's headers, the whole
+// request with its body, and an idle keep-alive connection. They bound reading a request, not
+// writing an answer, so a page's event stream goes on (TestConnectionsAreBounded).
+type httpTimeouts struct {
+	header, read, idle time.Duration
+}
+
+var defaultTimeouts = httpTimeouts{header: 10 * time.Second, read: 30 * time.Second, idle: 2 * time.Minute}
+
+// HTTPServer returns an http.Server that serves the portal with its timeouts: 10 s for a
+// request's headers, 30 s for the whole request, 2 minutes for an idle connection. Serve it on the
+// listener of your choice; call Close on the portal after the server has shut down.
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{Handler: s, ReadHeaderTimeout: s.timeouts.header, ReadTimeout: s.timeouts.read, IdleTimeout: s.timeouts.idle}
 }
 
 // Server is a running portal: its watches on Consul and its sessions. It is safe for concurrent use;
@@ -71,6 +92,7 @@ type Server struct {
 	sess     sessions
 	signins  chan struct{} // bounds concurrent password checks
 	throttle *signinThrottle
+	timeouts httpTimeouts
 	anon     *session // the session of every viewer of an open portal
 
 	ctx    context.Context
@@ -148,7 +170,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logf = log.Printf
 	}
 	s := &Server{cfg: cfg, regs: map[string]*registrar.Registrar{}, services: map[string]*watched{},
-		changed: make(chan struct{}), ready: make(chan struct{}), signins: make(chan struct{}, 2), throttle: newSigninThrottle(), sess: sessions{byID: map[string]*session{}}}
+		changed: make(chan struct{}), ready: make(chan struct{}), signins: make(chan struct{}, 2), throttle: newSigninThrottle(), timeouts: defaultTimeouts, sess: sessions{byID: map[string]*session{}}}
 	if cfg.Open {
 		s.anon = &session{id: randomID(), operator: "viewer", csrf: randomID(), expires: time.Now().Add(100 * 365 * 24 * time.Hour), plans: map[string]*pending{}}
 	}
@@ -194,11 +216,33 @@ func (s *Server) Close() error {
 
 // ServeHTTP serves the portal.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Open && len(s.cfg.Hosts) > 0 && !hostAllowed(r.Host, s.cfg.Hosts) {
+		http.Error(w, "this portal does not answer to host "+r.Host, http.StatusMisdirectedRequest)
+		return
+	}
 	w.Header().Set("X-Frame-Options", "DENY")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Referrer-Policy", "same-origin")
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; style-src-attr 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 	s.mux.ServeHTTP(w, r)
+}
+
+// hostAllowed reports whether the request's host, without its port, is one of hosts.
+func hostAllowed(host string, hosts []string) bool {
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
+	}
+	name = strings.Trim(name, "[]")
+	for _, allowed := range hosts {
+		if h, _, err := net.SplitHostPort(allowed); err == nil {
+			allowed = h
+		}
+		if strings.EqualFold(name, strings.Trim(allowed, "[]")) {
+			return true
+		}
+	}
+	return false
 }
 
 // Notify tells the portal that a service's rollout or rates changed, so that open pages update.

@@ -1,7 +1,11 @@
 package portal
 
 import (
+	"bufio"
+	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -10,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/graylane/graylane/registrar"
 )
 
 // TestSignInThrottle: guesses of one operator's password, and guesses from one address, are
@@ -101,5 +107,63 @@ func TestSignInThrottle(t *testing.T) {
 	}
 	if want := freeFailuresPerName + 1 + 1 + 1 + int(ran); failures != want || !strings.Contains(strings.Join(logs, "\n"), `failed sign-in as "alice" from 192.0.2.1`) {
 		t.Fatalf("%d failures logged, want %d:\n%s", failures, want, strings.Join(logs, "\n"))
+	}
+}
+
+// TestConnectionsAreBounded: a request whose body never completes loses its connection when the
+// read timeout passes, while a page's event stream goes on past it.
+func TestConnectionsAreBounded(t *testing.T) {
+	registerRelease(t, agent, "")
+	p, err := New(Config{Consul: registrar.NewConfig(agent.HTTPAddr), Open: true, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.timeouts = httpTimeouts{header: 300 * time.Millisecond, read: 500 * time.Millisecond, idle: time.Second}
+	srv := p.HTTPServer()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer func() { p.Close(); srv.Close() }()
+
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /login HTTP/1.1\r\nHost: %s\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nname=al", ln.Addr())
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(conn); err != nil {
+		t.Fatalf("a request with a body that never completes kept its connection: %v", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ln.Addr().String()+"/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	deadline := time.After(1500 * time.Millisecond) // three read timeouts
+	for {
+		select {
+		case _, ok := <-lines:
+			if !ok {
+				t.Fatal("the event stream ended when the read timeout passed")
+			}
+			continue
+		case <-deadline:
+		}
+		break
 	}
 }

@@ -22,6 +22,7 @@ import (
 type portalOptions struct {
 	listen, passwords, hashFor string
 	tlsCert, tlsKey            string
+	hosts                      string
 	readOnly, open             bool
 }
 
@@ -42,6 +43,8 @@ func portalFlags(fs *flag.FlagSet, o *opts) {
 	fs.StringVar(&p.hashFor, "hash-password", "", "print a password file line for this operator, reading the password from stdin, and exit")
 	fs.StringVar(&p.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM)")
 	fs.StringVar(&p.tlsKey, "tls-key", "", "the certificate's key (PEM)")
+	fs.StringVar(&p.hosts, "host", "", "with --no-sign-in: further host names the portal answers to, comma-separated "+
+		"(default: the listen address's own names; others get 421, against DNS rebinding)")
 }
 
 func runPortal(ctx context.Context, e *env, _ []string) error {
@@ -75,16 +78,20 @@ func runPortal(ctx context.Context, e *env, _ []string) error {
 			return err
 		}
 	}
-	srvPortal, err := portal.New(cfg)
-	if err != nil {
-		return err
-	}
-	defer srvPortal.Close()
 	ln, err := net.Listen("tcp", p.listen)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: srvPortal, ReadHeaderTimeout: 10 * time.Second}
+	if p.open {
+		cfg.Hosts = append(listenHostNames(ln.Addr().(*net.TCPAddr)), splitList(p.hosts)...)
+	}
+	srvPortal, err := portal.New(cfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer srvPortal.Close()
+	srv := srvPortal.HTTPServer()
 	scheme := "http"
 	if p.tlsCert != "" {
 		cert, err := tls.LoadX509KeyPair(p.tlsCert, p.tlsKey)
@@ -121,4 +128,38 @@ func runPortal(ctx context.Context, e *env, _ []string) error {
 		err = serr
 	}
 	return err
+}
+
+// listenHostNames returns the names a browser on this machine or the network may use for a
+// listener: for loopback, localhost and the loopback addresses; for every address, the machine's
+// name and the addresses of its interfaces too; else the address itself.
+func listenHostNames(addr *net.TCPAddr) []string {
+	names := []string{addr.IP.String()}
+	if addr.IP.IsLoopback() || addr.IP.IsUnspecified() {
+		names = append(names, "localhost", "127.0.0.1", "::1")
+	}
+	if addr.IP.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil {
+			names = append(names, h)
+		}
+		if addrs, err := net.InterfaceAddrs(); err == nil {
+			for _, a := range addrs {
+				if n, ok := a.(*net.IPNet); ok {
+					names = append(names, n.IP.String())
+				}
+			}
+		}
+	}
+	return names
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

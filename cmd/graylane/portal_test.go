@@ -137,3 +137,52 @@ func TestPortalFlags(t *testing.T) {
 		t.Fatalf("world-readable password file: exit %d, %q", code, errOut)
 	}
 }
+
+// TestOpenPortalAnswersOnlyItsOwnHostNames: a portal without sign-in refuses a request naming
+// another host (a page on another site that rebinds its name to the portal's address), and
+// answers its listen address's names and those given with --host.
+func TestOpenPortalAnswersOnlyItsOwnHostNames(t *testing.T) {
+	a := consultest.Start(t)
+	ctx, stop := context.WithCancel(context.Background())
+	outR, outW := io.Pipe()
+	done := make(chan int, 1)
+	var errOut strings.Builder
+	go func() {
+		done <- run(ctx, []string{"portal", "--consul", a.HTTPAddr, "--listen", "127.0.0.1:0", "--read-only", "--no-sign-in",
+			"--host", "portal.example.internal"}, outW, &errOut)
+		outW.Close()
+	}()
+	line, err := bufio.NewReader(outR).ReadString('\n')
+	if err != nil {
+		t.Fatalf("portal did not start: %v %s", err, errOut.String())
+	}
+	go io.Copy(io.Discard, outR)
+	m := regexp.MustCompile(`serving (http://127\.0\.0\.1:(\d+))`).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("start line %q", line)
+	}
+	get := func(host string) int {
+		req, _ := http.NewRequest(http.MethodGet, m[1]+"/", nil)
+		req.Host = host
+		resp, err := (&http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, host := range []string{"evil.example", "evil.example:" + m[2], "127.0.0.2:" + m[2]} {
+		if code := get(host); code != http.StatusMisdirectedRequest {
+			t.Errorf("Host %s: %d, want 421", host, code)
+		}
+	}
+	for _, host := range []string{"127.0.0.1:" + m[2], "localhost:" + m[2], "portal.example.internal"} {
+		if code := get(host); code == http.StatusMisdirectedRequest {
+			t.Errorf("Host %s: refused", host)
+		}
+	}
+	stop()
+	if code := <-done; code != 0 {
+		t.Fatalf("portal exit %d: %s", code, errOut.String())
+	}
+}
