@@ -94,9 +94,16 @@ func newClient(cfg *api.Config) (*api.Client, *api.Config, error) {
 	if cfg == nil {
 		cfg = NewConfig("")
 	}
-	client, err := api.NewClient(cfg)
+	timed, err := withAnswerTimeout(cfg, answerTimeoutFor)
+	if err != nil {
+		return nil, cfg, redact(err, cfg.Token)
+	}
+	client, err := api.NewClient(timed)
 	return client, cfg, redact(err, cfg.Token)
 }
+
+// answerTimeoutFor is AnswerTimeout; the tests shorten it.
+var answerTimeoutFor = AnswerTimeout
 
 // New returns a Registrar for the Consul agent in cfg (nil: NewConfig("")).
 func New(cfg *api.Config, opts ...Option) (*Registrar, error) {
@@ -243,7 +250,7 @@ func (r *Registrar) agentFor(ctx context.Context, inst *Instance) (*api.Client, 
 	}
 	cfg := r.cfg
 	cfg.Address = addr
-	c, err := api.NewClient(&cfg)
+	c, _, err := newClient(&cfg)
 	if err != nil {
 		return nil, redact(err, cfg.Token)
 	}

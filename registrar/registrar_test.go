@@ -3,10 +3,13 @@ package registrar_test
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"gopkg.in/yaml.v3"
@@ -314,5 +317,62 @@ func TestApplyRefusesOverbookedWeights(t *testing.T) {
 	}
 	if instances, _, _ := r.Instances(context.Background(), "ow"); len(instances) != 0 {
 		t.Fatalf("%d instances registered", len(instances))
+	}
+}
+
+// TestConsulThatNeverAnswers: an address that accepts connections and never answers fails a
+// command's request with a NoAnswerError naming the address, instead of hanging it; a blocking
+// query is not cut short by the same timeout.
+func TestConsulThatNeverAnswers(t *testing.T) {
+	defer registrar.SetAnswerTimeout(300 * time.Millisecond)()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	r, err := registrar.New(registrar.NewConfig(ln.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _, err = r.Instances(ctx, "bservice")
+	var na *registrar.NoAnswerError
+	if !errors.As(err, &na) || na.Address != ln.Addr().String() || !strings.Contains(err.Error(), ln.Addr().String()) {
+		t.Fatalf("Instances against a Consul that never answers: %v (%T), want a NoAnswerError naming %s", err, err, ln.Addr())
+	}
+
+	// A blocking query through the same client waits past the timeout.
+	a := consultest.Start(t)
+	w, err := registrar.NewWatcher(registrar.NewConfig(a.HTTPAddr), registrar.WithWaitTime(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	v := w.Service("bservice")
+	<-v.Ready()
+	time.Sleep(1500 * time.Millisecond) // a blocking query of 1 s, longer than the 300 ms timeout
+	if st := v.State(); st.Stale || st.LastError != nil {
+		t.Fatalf("a blocking query was cut short by the answer timeout: %+v", st)
 	}
 }

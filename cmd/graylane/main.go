@@ -19,14 +19,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/graylane/graylane/registrar"
 )
 
 func main() {
@@ -158,6 +162,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	fmt.Fprintf(stderr, "graylane %s: %s\n", cmd.name, oneLine(err))
+	if hint := consulHint(err, registrar.NewConfig(o.consul).Address); hint != "" {
+		fmt.Fprintln(stderr, hint)
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "run graylane %s --help for usage\n", cmd.name)
@@ -247,3 +254,17 @@ type headerList []string
 
 func (h *headerList) String() string     { return strings.Join(*h, ", ") }
 func (h *headerList) Set(v string) error { *h = append(*h, v); return nil }
+
+// consulHint says what to check when an error came from not reaching Consul at addr, or from
+// something at addr that is not Consul; "" for any other error.
+func consulHint(err error, addr string) string {
+	var syntax *json.SyntaxError
+	var op *net.OpError
+	switch {
+	case errors.As(err, &syntax):
+		return fmt.Sprintf("hint: what answers at %s is not Consul's HTTP API (its answer is not JSON); point --consul or CONSUL_HTTP_ADDR at the agent (usually port 8500)", addr)
+	case errors.As(err, &op) && op.Op == "dial":
+		return fmt.Sprintf("hint: no Consul agent answers at %s; start one, or point --consul or CONSUL_HTTP_ADDR at yours", addr)
+	}
+	return ""
+}

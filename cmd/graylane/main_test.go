@@ -4,6 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -243,5 +247,35 @@ func TestOptionsAndReconcileCommands(t *testing.T) {
 	}
 	if out := mustRun(t, a, "reconcile", "bservice"); !strings.Contains(out, "0 rewritten") {
 		t.Fatalf("reconcile of a service in sync: %q", out)
+	}
+}
+
+// TestConsulAddressMistakes: a command pointed at no Consul, at a web server that is not Consul, or
+// at an address that accepts and never answers says so, naming the address, instead of a raw
+// dial or JSON error or a hang.
+func TestConsulAddressMistakes(t *testing.T) {
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprint(w, "<html>not consul</html>")
+	}))
+	defer web.Close()
+	webAddr := strings.TrimPrefix(web.URL, "http://")
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAddr := closed.Addr().String()
+	closed.Close()
+	for _, tc := range []struct {
+		addr, says string
+	}{
+		{webAddr, "what answers at " + webAddr + " is not Consul's HTTP API"},
+		{closedAddr, "no Consul agent answers at " + closedAddr},
+	} {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), []string{"status", "bservice", "--consul", tc.addr}, &out, &errOut)
+		if code != 1 || !strings.Contains(errOut.String(), tc.says) {
+			t.Errorf("status with --consul %s: exit %d, %q; want it to say %q", tc.addr, code, errOut.String(), tc.says)
+		}
 	}
 }

@@ -1,0 +1,85 @@
+package registrar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// AnswerTimeout bounds how long a request to Consul that is not a blocking query may wait for the
+// first byte of its answer. A Consul address that accepts connections and never answers (a
+// stopped process, a wrong port held by something else) would otherwise hang every command.
+// Blocking queries wait as long as they asked to.
+const AnswerTimeout = 10 * time.Second
+
+// NoAnswerError is returned when Consul at Address accepted a request and did not answer it within
+// After.
+type NoAnswerError struct {
+	Address string
+	After   time.Duration
+}
+
+func (e *NoAnswerError) Error() string {
+	return fmt.Sprintf("registrar: Consul at %s accepted the connection but did not answer within %v "+
+		"(is CONSUL_HTTP_ADDR the agent's HTTP API, and is the agent running?)", e.Address, e.After)
+}
+
+// answerTimeout is the RoundTripper of graylane's Consul clients: it cancels a request that is not
+// a blocking query when its answer has not begun within after.
+type answerTimeout struct {
+	base    http.RoundTripper
+	address string
+	after   time.Duration
+}
+
+// withAnswerTimeout returns a copy of cfg whose HTTP client cancels non-blocking requests that get
+// no answer within after. A configuration that brings its own HTTP client is left alone.
+func withAnswerTimeout(cfg *api.Config, after time.Duration) (*api.Config, error) {
+	c := *cfg
+	if c.HttpClient != nil {
+		return &c, nil
+	}
+	hc, err := api.NewHttpClient(c.Transport, c.TLSConfig)
+	if err != nil {
+		return nil, err
+	}
+	hc.Transport = &answerTimeout{base: hc.Transport, address: c.Address, after: after}
+	c.HttpClient = hc
+	return &c, nil
+}
+
+func (t *answerTimeout) RoundTrip(req *http.Request) (*http.Response, error) {
+	if q := req.URL.Query(); q.Has("index") || q.Has("hash") { // a blocking query
+		return t.base.RoundTrip(req)
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	timer := time.AfterFunc(t.after, cancel)
+	resp, err := t.base.RoundTrip(req.WithContext(ctx))
+	fired := !timer.Stop()
+	if err != nil {
+		cancel()
+		if fired && req.Context().Err() == nil && errors.Is(err, context.Canceled) {
+			return nil, &NoAnswerError{Address: t.address, After: t.after}
+		}
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
+}
+
+// cancelOnClose releases a request's context when its answer's body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
