@@ -46,7 +46,22 @@ type AdminError struct {
 }
 
 func (e *AdminError) Error() string {
-	return fmt.Sprintf("apisix admin: %s %s: %d %s", e.Method, e.Path, e.Status, e.Message)
+	msg := fmt.Sprintf("apisix admin: %s %s: %d %s", e.Method, e.Path, e.Status, e.Message)
+	if e.Refused() {
+		msg += " (the Admin API refused the key: give the right one with --admin-key or APISIX_ADMIN_KEY)"
+	}
+	return msg
+}
+
+// Refused reports whether the Admin API refused the key (401 or 403): retrying cannot help.
+func (e *AdminError) Refused() bool {
+	return e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden
+}
+
+// keyRefused reports whether err is, or wraps, an Admin API answer that refused the key.
+func keyRefused(err error) bool {
+	var ae *AdminError
+	return errors.As(err, &ae) && ae.Refused()
 }
 
 // Temporary reports whether retrying may succeed: a 5xx or a 429.

@@ -127,7 +127,8 @@ func (s *Sync) State() (*State, error) {
 }
 
 // Once waits until Consul has answered for every service (or ctx ends), then applies the state
-// once, retrying temporary failures with backoff until ctx ends.
+// once, retrying failures with backoff until ctx ends; an Admin API that refuses the key (401,
+// 403) fails it at once.
 func (s *Sync) Once(ctx context.Context) (Changes, error) {
 	for _, name := range s.services {
 		select {
@@ -141,7 +142,7 @@ func (s *Sync) Once(ctx context.Context) (Changes, error) {
 		if err == nil {
 			return ch, nil
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || keyRefused(err) {
 			return ch, err
 		}
 		d := retry.Backoff(s.backoffFirst, s.backoffMax, failures)
@@ -170,7 +171,7 @@ func (s *Sync) apply(ctx context.Context) (Changes, error) {
 // Run applies the state whenever a service changes in Consul, and every resync interval, until ctx
 // ends. A failed Apply is retried with exponential backoff and jitter; changes that arrive
 // meanwhile are folded into the next attempt, which starts from the latest snapshots. Run returns
-// nil when ctx ends.
+// nil when ctx ends, and the error at once when the Admin API refuses the key (401, 403).
 func (s *Sync) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	kick := make(chan struct{}, 1)
@@ -224,6 +225,9 @@ func (s *Sync) Run(ctx context.Context) error {
 		if _, err := s.apply(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if keyRefused(err) {
+				return err // no retry can fix a wrong admin key
 			}
 			failures++
 			d := retry.Backoff(s.backoffFirst, s.backoffMax, failures)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -427,4 +428,29 @@ func TestSyncWritesNothingBeforeConsulAnswers(t *testing.T) {
 		"graylane-bservice-stable": {"127.0.0.1:9001", "127.0.0.1:9004"},
 		"graylane-bservice-canary": {"127.0.0.1:9002"},
 	}))
+}
+
+// TestWrongAdminKeyFailsAtOnce: an Admin API that refuses the key is not retried like a 5xx: Once
+// and Run return the refusal at once, naming the flag and the variable that set the key.
+func TestWrongAdminKeyFailsAtOnce(t *testing.T) {
+	env := startConsul(t)
+	env.register(t, "s1", 9001, nil)
+	s := apisixtest.NewAdminAPI(t)
+	admin, err := NewAdmin(s.URL, "not-the-key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sync := NewSync(&AdminTarget{Admin: admin}, env.watcher, []string{"bservice"}, WithSyncBackoff(time.Second, time.Minute))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for name, f := range map[string]func() error{
+		"Once": func() error { _, err := sync.Once(ctx); return err },
+		"Run":  func() error { return sync.Run(ctx) },
+	} {
+		err := f()
+		var ae *AdminError
+		if !errors.As(err, &ae) || ae.Status != 401 || !strings.Contains(err.Error(), "APISIX_ADMIN_KEY") || ctx.Err() != nil {
+			t.Fatalf("%s with a wrong key: %v; want the 401 at once, naming APISIX_ADMIN_KEY", name, err)
+		}
+	}
 }

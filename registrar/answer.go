@@ -44,6 +44,13 @@ func withAnswerTimeout(cfg *api.Config, after time.Duration) (*api.Config, error
 	if c.HttpClient != nil {
 		return &c, nil
 	}
+	def := api.DefaultConfig()
+	if c.Transport == nil { // a bare api.Config: api.NewClient would take the defaults too
+		c.Transport = def.Transport
+	}
+	if c.Address == "" {
+		c.Address = def.Address
+	}
 	hc, err := api.NewHttpClient(c.Transport, c.TLSConfig)
 	if err != nil {
 		return nil, err
