@@ -45,6 +45,8 @@ func TestOptionsValidate(t *testing.T) {
 		{gray.Options{StickyHeader: "user:id"}, "sticky_header"},
 		{gray.Options{StickyCookie: "uid;"}, "sticky_cookie"},
 		{gray.Options{Fallback: "everywhere"}, "fallback"},
+		{gray.Options{StickyHeader: "X-Md-Global-Gray-Lane"}, "sticky_header"},
+		{gray.Options{TagKey: "x-md-global-lane", StickyHeader: "x-md-global-lane"}, "sticky_header"},
 	} {
 		err := tc.opts.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.field) {

@@ -25,6 +25,9 @@ func TestPendingBaseWaitsAndNeverFallsBack(t *testing.T) {
 	for _, f := range gray.Fallbacks {
 		snap := gray.NewSnapshot("bservice", pendingCase([]bool{true}, map[string]string{"canary": "true"}, false),
 			gray.Options{StickyHeader: "x-user-id", Fallback: f})
+		if lanes := snap.Lanes(); len(lanes) != 2 || lanes[1].Name != gray.StableLane || lanes[1].Share != gray.MaxWeight {
+			t.Fatalf("Lanes() = %+v, want the pending stable listed as the base with the whole share", lanes)
+		}
 		for _, user := range []string{"user-1", "user-362", ""} {
 			req := userRequest(user)
 			headers := map[string][]string{"x-user-id": {user}}

@@ -80,6 +80,9 @@ func (o Options) Validate() error {
 			return fmt.Errorf("gray: option %s: %q is not a valid header or cookie name", f.name, f.value)
 		}
 	}
+	if tag := cmp.Or(o.TagKey, DefaultTagKey); o.StickyHeader != "" && strings.EqualFold(o.StickyHeader, tag) {
+		return fmt.Errorf("gray: option sticky_header: %q is the lane tag's header: a user key there would be read as a lane name", o.StickyHeader)
+	}
 	if !o.Fallback.Valid() {
 		return fmt.Errorf("gray: option fallback: %q is not a policy (%s)", o.Fallback, fallbackNames())
 	}
@@ -442,14 +445,14 @@ func (s *Snapshot[T]) Lanes() []LaneInfo {
 	rest := uint32(MaxWeight) - weighted
 	baseCount := 0
 	for _, l := range s.baseLanes {
-		baseCount += len(l.instances)
+		baseCount += len(l.ids) // registered instances: a lane's pending ones count for its share
 	}
 	var out []LaneInfo
 	add := func(l *lane[T], base bool) {
 		info := LaneInfo{Name: l.name, Base: base, Weight: l.weight, Match: l.match, Instances: slices.Clone(l.ids)}
 		switch {
 		case base:
-			info.Share = Weight(rest * uint32(len(l.instances)) / uint32(baseCount))
+			info.Share = Weight(rest * uint32(len(l.ids)) / uint32(baseCount))
 		case l.name != StableLane:
 			info.Share = l.weight
 		}
