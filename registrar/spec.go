@@ -203,10 +203,10 @@ func parseSpec(file string, node *yaml.Node, n int) (Spec, error) {
 	switch {
 	case s.Name == "":
 		return fail(body.Line, s.ID, "name", errors.New("missing"))
-	case !validName(s.Name):
-		return fail(lineOf("name"), s.ID, "name", fmt.Errorf("%q: use letters, digits, '-' and '_'", s.Name))
-	case !validName(s.ID):
-		return fail(lineOf("id"), s.ID, "id", fmt.Errorf("%q: use letters, digits, '-', '_' and '.'", s.ID))
+	case CheckName(s.Name) != nil:
+		return fail(lineOf("name"), s.ID, "name", CheckName(s.Name))
+	case CheckName(s.ID) != nil:
+		return fail(lineOf("id"), s.ID, "id", CheckName(s.ID))
 	case s.Port < 0 || s.Port > 65535:
 		return fail(lineOf("port"), s.ID, "port", fmt.Errorf("%d is not a port", s.Port))
 	}
@@ -347,16 +347,24 @@ func idOf(n *yaml.Node) string {
 	return ""
 }
 
-func validName(s string) bool {
-	if s == "" || len(s) > 256 {
-		return false
+// MaxNameLength is the longest service name or instance ID graylane registers.
+const MaxNameLength = 256
+
+// CheckName reports what is wrong with a service name or instance ID, or nil: it must have 1 to
+// MaxNameLength characters, each a letter, a digit, '-', '_' or '.'.
+func CheckName(s string) error {
+	switch {
+	case s == "":
+		return errors.New("empty")
+	case len(s) > MaxNameLength:
+		return fmt.Errorf("%q...: %d characters, at most %d", s[:20], len(s), MaxNameLength)
 	}
 	for _, c := range s {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
+			return fmt.Errorf("%q: use letters, digits, '-', '_' and '.'", s)
 		}
 	}
-	return true
+	return nil
 }
 
 func (c *CheckSpec) validate() error {

@@ -578,7 +578,13 @@ func runReconcile(ctx context.Context, e *env, args []string) error {
 		for _, id := range res.Rewritten {
 			fmt.Fprintf(e.stdout, "rewrote %s with its recorded state\n", id)
 		}
-		fmt.Fprintf(e.stdout, "%s: %d rewritten, %d in sync, %d failed\n", args[0], len(res.Rewritten), len(res.InSync), len(res.Failed))
+		if err == nil && len(res.Rewritten)+len(res.InSync)+len(res.Failed) == 0 {
+			fmt.Fprintf(e.stdout, "%s: no instance has recorded gray state (graylane changed none of them): nothing to reconcile\n", args[0])
+			return nil
+		}
+		if err == nil || len(res.Rewritten)+len(res.InSync)+len(res.Failed) > 0 {
+			fmt.Fprintf(e.stdout, "%s: %d rewritten, %d in sync, %d failed\n", args[0], len(res.Rewritten), len(res.InSync), len(res.Failed))
+		}
 	}
 	return err
 }

@@ -217,6 +217,9 @@ func checkNames(cmd *command, positional []string) error {
 		if arg == "" || strings.ContainsAny(arg, "/?#% \t\n") {
 			return &usageError{fmt.Sprintf("%s %q: give a %s name (no spaces or /?#%%)", what, arg, strings.ToLower(what))}
 		}
+		if len(arg) > registrar.MaxNameLength {
+			return &usageError{fmt.Sprintf("%s %q...: %d characters, at most %d", what, arg[:20], len(arg), registrar.MaxNameLength)}
+		}
 	}
 	return nil
 }

@@ -192,6 +192,9 @@ func TestHostileInput(t *testing.T) {
 		{[]string{"drain", "no-such-instance"}, 1, "no service has an instance no-such-instance"},
 		{[]string{"options", "bservice", "--sticky-header", "user id"}, 2, "sticky_header"},
 		{[]string{"options", "bservice", "--fallback", "anywhere"}, 2, "fallback"},
+		{[]string{"options", "bservice", "--sticky-header", "x-md-global-gray-lane"}, 2, "is the lane tag's header"},
+		{[]string{"status", strings.Repeat("a", 300)}, 2, "300 characters, at most 256"},
+		{[]string{"reconcile", "no-such-service"}, 1, "service no-such-service has no instances"},
 	}
 	for _, c := range cases {
 		out, errOut, code := graylane(t, a, c.args...)
@@ -245,7 +248,11 @@ func TestOptionsAndReconcileCommands(t *testing.T) {
 	if out := mustRun(t, a, "history", "bservice"); !strings.Contains(out, "options sticky_header=userid") || !strings.Contains(out, "applied") {
 		t.Fatalf("history:\n%s", out)
 	}
-	if out := mustRun(t, a, "reconcile", "bservice"); !strings.Contains(out, "0 rewritten") {
+	if out := mustRun(t, a, "reconcile", "bservice"); !strings.Contains(out, "nothing to reconcile") {
+		t.Fatalf("reconcile of a service whose instances graylane never changed: %q", out)
+	}
+	mustRun(t, a, "weight", "bservice", "canary", "20")
+	if out := mustRun(t, a, "reconcile", "bservice"); !strings.Contains(out, "0 rewritten, 1 in sync, 0 failed") {
 		t.Fatalf("reconcile of a service in sync: %q", out)
 	}
 }
