@@ -543,9 +543,6 @@ func (r *Registrar) Reconcile(ctx context.Context, service string) (*ReconcileRe
 		if err != nil {
 			return res, err
 		}
-		if len(instances) == 0 {
-			return res, fmt.Errorf("%w: service %s has no instances", ErrNotFound, service)
-		}
 		res.Rewritten, res.InSync, res.Failed = nil, nil, map[string]error{}
 		for i := range instances {
 			inst := &instances[i]

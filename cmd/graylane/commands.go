@@ -573,6 +573,11 @@ func runReconcile(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if instances, _, err := r.Instances(ctx, args[0]); err != nil {
+		return err
+	} else if len(instances) == 0 {
+		return fmt.Errorf("%w: service %s has no instances", registrar.ErrNotFound, args[0])
+	}
 	res, err := r.Reconcile(ctx, args[0])
 	if res != nil {
 		for _, id := range res.Rewritten {
