@@ -7,12 +7,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/term"
 
 	"github.com/graylane/graylane/portal"
 	"github.com/graylane/graylane/registrar"
@@ -53,8 +56,11 @@ func runPortal(ctx context.Context, e *env, _ []string) error {
 	delete(portalOpts, e.o)
 	portalMu.Unlock()
 	if p.hashFor != "" {
-		line, _ := bufio.NewReader(os.Stdin).ReadString('\n')
-		entry, err := portal.HashPassword(p.hashFor, strings.TrimRight(line, "\r\n"))
+		password, err := readPassword(os.Stdin, e.stderr, p.hashFor)
+		if err != nil {
+			return err
+		}
+		entry, err := portal.HashPassword(p.hashFor, password)
 		if err != nil {
 			return &usageError{"--hash-password: " + err.Error()}
 		}
@@ -162,4 +168,20 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// readPassword reads one line from in: at a terminal after a prompt on prompt, without echo; from
+// a pipe or a file as it is.
+func readPassword(in *os.File, prompt io.Writer, operator string) (string, error) {
+	if fd := int(in.Fd()); term.IsTerminal(fd) {
+		fmt.Fprintf(prompt, "password for %s (not shown): ", operator)
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(prompt)
+		if err != nil {
+			return "", fmt.Errorf("--hash-password: reading the password: %w", err)
+		}
+		return string(b), nil
+	}
+	line, _ := bufio.NewReader(in).ReadString('\n')
+	return strings.TrimRight(line, "\r\n"), nil
 }

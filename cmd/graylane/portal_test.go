@@ -11,6 +11,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -184,5 +185,55 @@ func TestOpenPortalAnswersOnlyItsOwnHostNames(t *testing.T) {
 	stop()
 	if code := <-done; code != 0 {
 		t.Fatalf("portal exit %d: %s", code, errOut.String())
+	}
+}
+
+// TestHashPasswordAtATerminal: at a terminal, --hash-password prompts for the password and does not
+// echo it. The terminal is util-linux's script(1), a real pseudo-terminal.
+func TestHashPasswordAtATerminal(t *testing.T) {
+	scriptBin, err := exec.LookPath("script")
+	if err != nil {
+		t.Fatalf("script(1) from util-linux is needed for a terminal: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "graylane")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	const password = "a-password-nobody-may-see"
+	cmd := exec.Command(scriptBin, "-qec", bin+" portal --hash-password alice", "/dev/null")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Type only after the prompt: what is typed before it, the terminal itself would echo.
+	var out strings.Builder
+	buf := make([]byte, 256)
+	for !strings.Contains(out.String(), "(not shown): ") {
+		n, err := pipe.Read(buf)
+		out.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("no prompt: %v: %q", err, out.String())
+		}
+	}
+	// term.ReadPassword turns echo off right after the prompt is written; leave it that moment.
+	time.Sleep(300 * time.Millisecond)
+	io.WriteString(stdin, password+"\n")
+	rest, _ := io.ReadAll(pipe)
+	out.Write(rest)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "password for alice (not shown):") || !strings.Contains(out.String(), "alice:pbkdf2-sha256:") {
+		t.Fatalf("no prompt or no password line: %q", out.String())
+	}
+	if strings.Contains(out.String(), password) {
+		t.Fatalf("the password was echoed: %q", out.String())
 	}
 }
