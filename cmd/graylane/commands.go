@@ -634,8 +634,12 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 		reason += fmt.Sprintf(" (rule %d)", *out.Rule)
 	}
 	fmt.Fprintf(e.stdout, "reason     %s\n", reason)
-	if out.Bucket != nil {
+	switch {
+	case out.Bucket != nil:
 		fmt.Fprintf(e.stdout, "bucket     %d of 10000 for key %q\n", *out.Bucket, e.o.key)
+	case out.Random:
+		fmt.Fprintf(e.stdout, "bucket     random: the request has no sticky key (%s), so the same request may land in another lane; give --key USER\n",
+			stickyKeyName(options))
 	}
 	if out.Propagate {
 		fmt.Fprintf(e.stdout, "propagate  %s: %s\n", options.TagKey, out.Lane)
@@ -679,4 +683,17 @@ func describeMap(meta map[string]string) string {
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// stickyKeyName names where the data planes look for the sticky key.
+func stickyKeyName(o gray.Options) string {
+	switch {
+	case o.StickyHeader != "" && o.StickyCookie != "":
+		return "header " + o.StickyHeader + " or cookie " + o.StickyCookie
+	case o.StickyHeader != "":
+		return "header " + o.StickyHeader
+	case o.StickyCookie != "":
+		return "cookie " + o.StickyCookie
+	}
+	return "the service has none: graylane options --sticky-header sets one"
 }

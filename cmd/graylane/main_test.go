@@ -82,6 +82,13 @@ func TestReleaseThroughTheCommand(t *testing.T) {
 	if !strings.Contains(out, "reason     tag") {
 		t.Fatalf("explain with a lane tag:\n%s", out)
 	}
+	out = mustRun(t, a, "explain", "bservice", "-H", "x-env=green") // no sticky key: a random bucket, and it says so
+	if !strings.Contains(out, "bucket     random: the request has no sticky key") {
+		t.Fatalf("explain without a sticky key:\n%s", out)
+	}
+	if out = mustRun(t, a, "explain", "bservice", "-H", "userid=123", "--cookie", "email=li@some-company-name.com", "--path", "/api/user/1"); !strings.Contains(out, "reason     match") || strings.Contains(out, "random") {
+		t.Fatalf("explain with -H name=value:\n%s", out)
+	}
 
 	out = mustRun(t, a, "promote", "bservice", "canary", "--dry-run")
 	if !strings.Contains(out, "would change bservice-canary-1") {
@@ -129,7 +136,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{[]string{"weight", "bservice", "canary"}, 2, "expected SERVICE LANE PERCENT"},
 		{[]string{"weight", "bservice", "canary", "abc"}, 2, `PERCENT: "abc" is not a percentage`},
 		{[]string{"status", "x", "-o", "yaml"}, 2, `-o "yaml": use table or json`},
-		{[]string{"explain", "x", "-H", "nocolon"}, 2, "write 'Name: value'"},
+		{[]string{"explain", "x", "-H", "nocolon"}, 2, "write 'Name: value' or name=value"},
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 	}
 	for _, c := range cases {

@@ -31,12 +31,14 @@ import (
 type headers []string
 
 func (h *headers) String() string { return strings.Join(*h, ",") }
+// Set takes "name=value" or "Name: value", split at the first '=' or ':' (a header name has
+// neither), as graylane explain does.
 func (h *headers) Set(v string) error {
-	k, val, ok := strings.Cut(v, "=")
-	if !ok || k == "" {
-		return fmt.Errorf("%q: want name=value", v)
+	i := strings.IndexAny(v, "=:")
+	if i <= 0 || strings.TrimSpace(v[:i]) == "" {
+		return fmt.Errorf("%q: want name=value or 'Name: value'", v)
 	}
-	*h = append(*h, strings.ToLower(k), val)
+	*h = append(*h, strings.ToLower(strings.TrimSpace(v[:i])), strings.TrimSpace(v[i+1:]))
 	return nil
 }
 
@@ -45,7 +47,7 @@ func main() {
 	var hs headers
 	service := flag.String("service", "bservice", "the service to call")
 	n := flag.Int("n", 1000, "calls, one user (x-user-id: user-N) each")
-	flag.Var(&hs, "H", "a header name=value sent with every call (repeatable)")
+	flag.Var(&hs, "H", "a header name=value or 'Name: value' sent with every call (repeatable)")
 	flag.Parse()
 	if err := run(context.Background(), os.Stdout, *service, *n, hs); err != nil {
 		log.Fatal(err)

@@ -54,7 +54,10 @@ type Result struct {
 	// Rule is the 1-based number of the matched rule, for reason "match".
 	Rule *int `json:"rule,omitempty"`
 	// Bucket is the sticky key's bucket in [0, 10000), when Input.Key was given.
-	Bucket    *int     `json:"bucket,omitempty"`
+	Bucket *int `json:"bucket,omitempty"`
+	// Random is set when the decision drew a random bucket: the service has a weighted lane and the
+	// request has no sticky key, so the same request may land in another lane next time.
+	Random    bool     `json:"random,omitempty"`
 	Propagate bool     `json:"propagate"`
 	Instances []Target `json:"instances"`
 	// Problems are the service's conflicts and invalid meta, as status shows them.
@@ -63,18 +66,20 @@ type Result struct {
 	Options gray.Options `json:"-"`
 }
 
-// ParseHeaders turns "Name: value" lines into a header map; blank lines are skipped.
+// ParseHeaders turns "Name: value" or "name=value" lines into a header map; blank lines are
+// skipped. A line is split at its first ':' or '=', whichever comes first: a header name has
+// neither, a value may have both ("cookie: a=b").
 func ParseHeaders(lines []string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, h := range lines {
 		if strings.TrimSpace(h) == "" {
 			continue
 		}
-		name, value, ok := strings.Cut(h, ":")
-		if !ok || strings.TrimSpace(name) == "" {
-			return nil, &InputError{fmt.Sprintf("header %q: write 'Name: value'", h)}
+		i := strings.IndexAny(h, ":=")
+		if i < 0 || strings.TrimSpace(h[:i]) == "" {
+			return nil, &InputError{fmt.Sprintf("header %q: write 'Name: value' or name=value", h)}
 		}
-		out[strings.TrimSpace(name)] = strings.TrimSpace(value)
+		out[strings.TrimSpace(h[:i])] = strings.TrimSpace(h[i+1:])
 	}
 	return out, nil
 }
@@ -139,6 +144,8 @@ func Explain(ctx context.Context, r *registrar.Registrar, service string, in Inp
 	if in.Key != "" {
 		b := gray.Bucket(service, in.Key)
 		out.Bucket = &b
+	} else if d.Reason == gray.ReasonWeight || d.Reason == gray.ReasonBase {
+		out.Random = !hasStickyKey(req, options) && hasWeightedLane(st.Snapshot.Lanes())
 	}
 	for _, id := range d.Instances {
 		inst := byID[id]
@@ -148,4 +155,29 @@ func Explain(ctx context.Context, r *registrar.Registrar, service string, in Inp
 		out.Problems = append(out.Problems, p.Error())
 	}
 	return out, nil
+}
+
+// hasStickyKey reports whether the request carries the sticky header or cookie options name.
+func hasStickyKey(req *gray.StaticRequest, options gray.Options) bool {
+	if options.StickyHeader != "" && req.Headers[strings.ToLower(options.StickyHeader)] != "" {
+		return true
+	}
+	if options.StickyCookie != "" {
+		for _, c := range strings.Split(req.Headers["cookie"], ";") {
+			if name, value, _ := strings.Cut(strings.TrimSpace(c), "="); name == options.StickyCookie && value != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasWeightedLane reports whether a lane other than the base takes a share of unmatched traffic.
+func hasWeightedLane(lanes []gray.LaneInfo) bool {
+	for _, l := range lanes {
+		if !l.Base && l.Share > 0 {
+			return true
+		}
+	}
+	return false
 }
