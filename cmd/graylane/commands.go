@@ -384,6 +384,10 @@ func printPlan(e *env, plan *registrar.Plan, verb string) {
 	fmt.Fprintf(e.stdout, "%s on %s:\n", plan.Action, plan.Service)
 	for _, c := range plan.Changes {
 		fmt.Fprintf(e.stdout, "  %s %s: %s -> %s\n", verb, c.ID, describe(c.Before), describe(c.After))
+		// The rules themselves, when they changed: "1 rule(s) -> 1 rule(s)" says nothing.
+		if before, after := gray.RulesJSON(c.Before.Match), gray.RulesJSON(c.After.Match); before != after {
+			fmt.Fprintf(e.stdout, "    match before: %s\n    match after:  %s\n", orNone(before), orNone(after))
+		}
 	}
 	for _, n := range plan.Notes {
 		fmt.Fprintf(e.stdout, "  note: %s\n", n)
@@ -696,4 +700,12 @@ func stickyKeyName(o gray.Options) string {
 		return "cookie " + o.StickyCookie
 	}
 	return "the service has none: graylane options --sticky-header sets one"
+}
+
+// orNone returns s, or "(none)" for the JSON of no rules.
+func orNone(s string) string {
+	if s == "" || s == "null" || s == "[]" {
+		return "(none)"
+	}
+	return s
 }

@@ -231,7 +231,10 @@ func TestHostileInput(t *testing.T) {
 	}
 
 	// status -o json never prints null meta; the table cuts long multi-byte rules on characters.
-	mustRun(t, a, "match", "bservice", "canary", `{"header":{"key":"userid","value_match":"用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户"}}`)
+	out := mustRun(t, a, "match", "bservice", "canary", `{"header":{"key":"userid","value_match":"用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户用户"}}`)
+	if !strings.Contains(out, `match before: [{"header":[{"key":"userid","value_match":"123"}]`) || !strings.Contains(out, `match after:  [{"header":[{"key":"userid","value_match":"用户`) {
+		t.Fatalf("match does not show the rules before and after:\n%s", out)
+	}
 	if out := mustRun(t, a, "status", "bservice", "-o", "json"); strings.Contains(out, `"meta": null`) {
 		t.Fatalf("status -o json: %s", out)
 	}
