@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"maps"
 	"net/netip"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"text/template"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/term"
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/explain"
@@ -500,39 +503,38 @@ func runHistory(ctx context.Context, e *env, args []string) error {
 		}
 		return e.writeJSON(hist)
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tWHO\tACTION\tOUTCOME\tINSTANCE\tBEFORE\tAFTER")
+	// One entry a block: its time, operator, action and outcome on a line, then what it changed,
+	// an instance a line, so that no line grows with the number of columns.
+	var b strings.Builder
 	for _, h := range hist {
 		outcome := h.Outcome
 		if outcome == "" {
 			outcome = "-"
 		}
-		// The entry's first row carries its time, operator, action and outcome; the others only
-		// the instance.
-		prefix := fmt.Sprintf("%s\t%s\t%s\t%s", h.Time.Local().Format(time.DateTime), h.Who, h.Action, truncate(outcome, 40))
-		first := true
-		row := func(id, before, after string) {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", prefix, id, before, after)
-			prefix, first = "\t\t\t", false
-		}
+		fmt.Fprintf(&b, "%s  %s  %s  %s\n", h.Time.Local().Format(time.DateTime), truncate(h.Who, 24), truncate(h.Action, 72), truncate(outcome, 48))
+		var rows [][3]string
 		for _, id := range slices.Sorted(maps.Keys(h.Before)) {
-			row(id, describeMap(h.Before[id]), describeMap(h.After[id]))
+			rows = append(rows, [3]string{id, describeMap(h.Before[id]), describeMap(h.After[id])})
 		}
 		if h.OptionsAfter != nil {
 			before := gray.Options{}
 			if h.OptionsBefore != nil {
 				before = *h.OptionsBefore
 			}
-			row("(options)", describeOptions(before), describeOptions(*h.OptionsAfter))
+			rows = append(rows, [3]string{"(options)", describeOptions(before), describeOptions(*h.OptionsAfter)})
 		}
-		if first {
-			row("-", "-", "-")
+		width := 0
+		for _, r := range rows {
+			width = max(width, min(utf8.RuneCountInString(r[0]), 40))
+		}
+		for _, r := range rows {
+			fmt.Fprintf(&b, "    %-*s  %s -> %s\n", width, truncate(r[0], 40), truncate(r[1], 64), truncate(r[2], 64))
 		}
 		if h.Reason != "" {
-			row("why", truncate(h.Reason, 120), "")
+			fmt.Fprintf(&b, "    why: %s\n", truncate(h.Reason, 160))
 		}
 	}
-	return tw.Flush()
+	return writeCut(e.stdout, b.String())
 }
 
 func runOptions(ctx context.Context, e *env, args []string) error {
@@ -708,4 +710,30 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// writeCut writes text to w, each line cut to the terminal's width when w is a terminal. The
+// whole history is in `-o json`.
+func writeCut(w io.Writer, text string) error {
+	width := 0
+	if f, ok := w.(*os.File); ok {
+		if cols, _, err := term.GetSize(int(f.Fd())); err == nil {
+			width = cols
+		}
+	}
+	if width <= 3 {
+		_, err := io.WriteString(w, text)
+		return err
+	}
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(text, "\n") {
+		nl := strings.HasSuffix(line, "\n")
+		line = strings.TrimSuffix(line, "\n")
+		b.WriteString(truncate(line, width))
+		if nl {
+			b.WriteByte('\n')
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }

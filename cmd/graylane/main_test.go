@@ -235,6 +235,11 @@ func TestHostileInput(t *testing.T) {
 	if !strings.Contains(out, `match before: [{"header":[{"key":"userid","value_match":"123"}]`) || !strings.Contains(out, `match after:  [{"header":[{"key":"userid","value_match":"用户`) {
 		t.Fatalf("match does not show the rules before and after:\n%s", out)
 	}
+	for _, line := range strings.Split(mustRun(t, a, "history", "bservice"), "\n") {
+		if n := utf8.RuneCountInString(line); n > 200 {
+			t.Fatalf("a history row of %d columns:\n%s", n, line)
+		}
+	}
 	if out := mustRun(t, a, "status", "bservice", "-o", "json"); strings.Contains(out, `"meta": null`) {
 		t.Fatalf("status -o json: %s", out)
 	}
