@@ -37,27 +37,28 @@ type answerTimeout struct {
 	after   time.Duration
 }
 
-// withAnswerTimeout returns a copy of cfg whose HTTP client cancels non-blocking requests that get
-// no answer within after. A configuration that brings its own HTTP client is left alone.
-func withAnswerTimeout(cfg *api.Config, after time.Duration) (*api.Config, error) {
+// withAnswerTimeout returns cfg with the defaults api.NewClient would give a bare api.Config (a
+// transport, an address), and a copy of that whose HTTP client cancels non-blocking requests that
+// get no answer within after. A configuration that brings its own HTTP client keeps it.
+func withAnswerTimeout(cfg *api.Config, after time.Duration) (filled, timed *api.Config, err error) {
 	c := *cfg
-	if c.HttpClient != nil {
-		return &c, nil
-	}
 	def := api.DefaultConfig()
-	if c.Transport == nil { // a bare api.Config: api.NewClient would take the defaults too
+	if c.Transport == nil {
 		c.Transport = def.Transport
 	}
 	if c.Address == "" {
 		c.Address = def.Address
 	}
-	hc, err := api.NewHttpClient(c.Transport, c.TLSConfig)
-	if err != nil {
-		return nil, err
+	t := c
+	if t.HttpClient == nil {
+		hc, err := api.NewHttpClient(t.Transport, t.TLSConfig)
+		if err != nil {
+			return nil, nil, err
+		}
+		hc.Transport = &answerTimeout{base: hc.Transport, address: t.Address, after: after}
+		t.HttpClient = hc
 	}
-	hc.Transport = &answerTimeout{base: hc.Transport, address: c.Address, after: after}
-	c.HttpClient = hc
-	return &c, nil
+	return &c, &t, nil
 }
 
 func (t *answerTimeout) RoundTrip(req *http.Request) (*http.Response, error) {

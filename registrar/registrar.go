@@ -94,12 +94,12 @@ func newClient(cfg *api.Config) (*api.Client, *api.Config, error) {
 	if cfg == nil {
 		cfg = NewConfig("")
 	}
-	timed, err := withAnswerTimeout(cfg, answerTimeoutFor)
+	filled, timed, err := withAnswerTimeout(cfg, answerTimeoutFor)
 	if err != nil {
 		return nil, cfg, redact(err, cfg.Token)
 	}
 	client, err := api.NewClient(timed)
-	return client, cfg, redact(err, cfg.Token)
+	return client, filled, redact(err, cfg.Token)
 }
 
 // answerTimeoutFor is AnswerTimeout; the tests shorten it.
