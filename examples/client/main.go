@@ -31,6 +31,7 @@ import (
 type headers []string
 
 func (h *headers) String() string { return strings.Join(*h, ",") }
+
 // Set takes "name=value" or "Name: value", split at the first '=' or ':' (a header name has
 // neither), as graylane explain does.
 func (h *headers) Set(v string) error {

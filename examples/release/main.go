@@ -296,7 +296,8 @@ func run(ctx context.Context, out io.Writer, dir string) error {
 	if err := d.chain(ctx, chain); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\ndone in %v; stopping everything it started\nlistening: %s\n", time.Since(began).Round(100*time.Millisecond), strings.Join(s.Addrs(), " "))
+	fmt.Fprintf(out, "\ndone in %v; stopping everything it started, and closing what it listened on: %s\n",
+		time.Since(began).Round(100*time.Millisecond), strings.Join(s.Addrs(), " "))
 	return nil
 }
 

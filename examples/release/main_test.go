@@ -222,8 +222,8 @@ func TestDemo(t *testing.T) {
 	}
 	output := d.output()
 	for _, l := range strings.Split(output, "\n") {
-		if strings.HasPrefix(l, "listening: ") {
-			listening = append(listening, strings.Fields(strings.TrimPrefix(l, "listening: "))...)
+		if _, addrs, ok := strings.Cut(l, "closing what it listened on: "); ok {
+			listening = append(listening, strings.Fields(addrs)...)
 		}
 	}
 	if len(pids) < 7 || len(listening) < 16 {
