@@ -363,6 +363,15 @@ type Plan struct {
 	instances                   map[string]Instance
 	deregister                  bool
 	optionsBefore, optionsAfter *gray.Options
+	requires                    []api.KVTxnOp
+}
+
+// Require makes Commit record the plan only if the KV key is still at index, its ModifyIndex when
+// it was read, in the same transaction as the change: a controller that decided from a key (a
+// rollout's state) commits nothing when someone changed that key meanwhile. Commit then fails with
+// ErrPrecondition.
+func (p *Plan) Require(key string, index uint64) {
+	p.requires = append(p.requires, api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: index})
 }
 
 // Result is what Commit did.
@@ -470,6 +479,9 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: r.stateKey(p.Service), Value: stateJSON, Index: p.stateIndex}},
 		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: historyJSON}},
 	}
+	for i := range p.requires {
+		ops = append(ops, &api.TxnOp{KV: &p.requires[i]})
+	}
 	ok, resp, _, err := r.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		if isPermissionDenied(err) {
@@ -484,6 +496,9 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 				return nil, &PermissionError{Service: p.Service, Action: p.Action, Err: errors.New(e.What)}
 			}
 			msgs = append(msgs, e.What)
+		}
+		if len(resp.Errors) > 0 && resp.Errors[0].OpIndex >= 2 {
+			return nil, fmt.Errorf("%w: %s on %s: %s", ErrPrecondition, p.Action, p.Service, resp.Errors[0].What)
 		}
 		if len(resp.Errors) > 0 && resp.Errors[0].OpIndex == 0 {
 			conflict := &ConflictError{Service: p.Service, Action: p.Action}

@@ -37,6 +37,9 @@ var (
 	ErrPermission = errors.New("registrar: permission denied")
 	// ErrUnchanged: the change asks for what the recorded state already holds; nothing was recorded.
 	ErrUnchanged = errors.New("nothing to change: the service is in that state already")
+	// ErrPrecondition: a key the plan requires (Plan.Require) changed since it was read; nothing
+	// was recorded.
+	ErrPrecondition = errors.New("registrar: a required key changed; nothing was recorded")
 )
 
 // Registrar registers instances with gray meta and changes that meta in place. Every change is

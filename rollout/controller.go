@@ -70,7 +70,10 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 		if prom == nil {
 			prom = &Prometheus{URL: st.Plan.Prometheus}
 		}
-		event, err := x.tick(ctx, st, prom, me)
+		event, err := x.tick(ctx, st, index, prom, me)
+		if errors.Is(err, registrar.ErrPrecondition) {
+			continue // an operator ended, paused or changed the rollout while this step was decided
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return st, x.stopped(ctx, lost)
@@ -117,7 +120,9 @@ func (x *Rollouts) stopped(ctx context.Context, lost <-chan struct{}) error {
 // tick advances the rollout by one look at it: set the step's weight if it is not set, read the
 // gates, roll back on a failure, go to the next step (or promote) when the step has held. It edits
 // st and returns the event to report, if any.
-func (x *Rollouts) tick(ctx context.Context, st *State, prom *Prometheus, me string) (string, error) {
+//
+// index is the index of the state st was loaded at: every change tick commits requires it.
+func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prometheus, me string) (string, error) {
 	st.Controller = me
 	if st.Status == StatusPaused {
 		return "", nil
@@ -129,27 +134,36 @@ func (x *Rollouts) tick(ctx context.Context, st *State, prom *Prometheus, me str
 			reason += "; " + st.Verdict
 		}
 		w := gray.Weight(plan.Steps[st.Step].Weight)
-		if err := x.commit(ctx, plan.Service, registrar.SetWeight{Lane: plan.Lane, Weight: w}, reason); err != nil {
+		if err := x.commit(ctx, plan.Service, registrar.SetWeight{Lane: plan.Lane, Weight: w}, reason, index); err != nil {
 			return "", err
 		}
 		st.StepApplied, st.StepStarted, st.Elapsed = true, time.Now().UTC(), 0
 		st.Message = st.StepName()
 		return st.Message, nil
 	}
-	readings, err := plan.read(ctx, prom)
-	if err != nil {
-		// Prometheus away: hold the step rather than pass or fail it on no data.
-		st.Verdict = "holding: cannot read the gates: " + err.Error()
-		return st.Verdict, nil
+	var verdict Verdict
+	var text string
+	if readings, err := plan.read(ctx, prom); err != nil {
+		// Prometheus away, or a query it refuses: the gates are unknown, never passed.
+		verdict, text = Unknown, "unknown: cannot read the gates: "+err.Error()
+	} else {
+		st.Readings = &readings
+		verdict, text = plan.Gates.Judge(readings)
 	}
-	st.Readings = &readings
-	verdict, text := plan.Gates.Judge(readings)
 	previous := st.Verdict
 	st.Verdict = text
+	if verdict == Unknown {
+		return x.unknown(ctx, st, index, text, previous)
+	}
+	if !st.UnknownSince.IsZero() {
+		// Known again: the hold time did not run while the gates were unknown.
+		st.StepStarted = st.StepStarted.Add(time.Since(st.UnknownSince))
+		st.UnknownSince, st.Unknowns = time.Time{}, 0
+	}
 	switch verdict {
 	case Fail:
 		reason := fmt.Sprintf("rollout rolled back at %s: %s", st.StepName(), text)
-		if err := x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason); err != nil {
+		if err := x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, index); err != nil {
 			return "", err
 		}
 		st.Status, st.Message = StatusRolledBack, reason
@@ -165,7 +179,7 @@ func (x *Rollouts) tick(ctx context.Context, st *State, prom *Prometheus, me str
 	}
 	if st.Step == len(plan.Steps)-1 {
 		reason := fmt.Sprintf("rollout promoted %s after %s; %s", plan.Lane, st.StepName(), text)
-		if err := x.commit(ctx, plan.Service, registrar.Promote{Lane: plan.Lane}, reason); err != nil {
+		if err := x.commit(ctx, plan.Service, registrar.Promote{Lane: plan.Lane}, reason, index); err != nil {
 			return "", err
 		}
 		st.Status, st.Message = StatusPromoted, reason
@@ -174,6 +188,39 @@ func (x *Rollouts) tick(ctx context.Context, st *State, prom *Prometheus, me str
 	st.Step++
 	st.StepApplied = false
 	return fmt.Sprintf("%s held: %s", plan.Steps[st.Step-1].Weight.String()+"%", text), nil
+}
+
+// unknown handles a reading whose gates are unknown: the step holds with its hold time stopped,
+// and after the plan's unknown_limit readings in a row the rollout rolls back or pauses, saying why.
+func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, previous string) (string, error) {
+	plan := &st.Plan
+	if st.UnknownSince.IsZero() {
+		st.UnknownSince = time.Now().UTC()
+	}
+	st.Unknowns++
+	limit := plan.UnknownLimit
+	if limit == 0 {
+		limit = DefaultUnknownLimit
+	}
+	if st.Unknowns < limit {
+		if previous != text {
+			return text, nil
+		}
+		return "", nil
+	}
+	if plan.OnUnknown == OnUnknownPause {
+		reason := fmt.Sprintf("rollout paused at %s: the gates were unknown %d times in a row: %s", st.StepName(), st.Unknowns, text)
+		st.Elapsed = Duration(st.UnknownSince.Sub(st.StepStarted))
+		st.Status, st.Message = StatusPaused, reason
+		st.UnknownSince, st.Unknowns = time.Time{}, 0
+		return reason, nil
+	}
+	reason := fmt.Sprintf("rollout rolled back at %s: the gates were unknown %d times in a row: %s", st.StepName(), st.Unknowns, text)
+	if err := x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, index); err != nil {
+		return "", err
+	}
+	st.Status, st.Message = StatusRolledBack, reason
+	return reason, nil
 }
 
 // lock takes the service's rollout lock with a Consul session, waiting for another holder unless

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -98,7 +99,12 @@ type LaneReading struct {
 	// P99 is the 99th percentile latency in seconds; HasP99 is false when there was no traffic.
 	P99    float64 `json:"p99_seconds"`
 	HasP99 bool    `json:"has_p99"`
+	// Missing names the queries ("errors", "p99") that found no series. A gate that needs one of
+	// them is unknown, never passed. (No requests series is a lane without traffic yet.)
+	Missing []string `json:"missing,omitempty"`
 }
+
+func (r LaneReading) missing(query string) bool { return slices.Contains(r.Missing, query) }
 
 // ErrorRatio is errors / requests, 0 without requests.
 func (r LaneReading) ErrorRatio() float64 {
@@ -140,9 +146,12 @@ const (
 	Hold
 	// Fail: a gate failed; the rollout rolls back.
 	Fail
+	// Unknown: a gate cannot be read (a query found no series where it needs one): the step holds,
+	// its hold time stops, and past the plan's unknown_limit the rollout rolls back or pauses.
+	Unknown
 )
 
-func (v Verdict) String() string { return [...]string{"pass", "hold", "fail"}[v] }
+func (v Verdict) String() string { return [...]string{"pass", "hold", "fail", "unknown"}[v] }
 
 // errorRatioFloor keeps a baseline without errors from making any single canary error a failure of
 // the relative gate: the baseline's ratio counts as at least this much.
@@ -176,7 +185,32 @@ func (g Gates) Judge(r Readings) (Verdict, string) {
 	if lane.Requests < g.MinRequests || lane.Requests == 0 {
 		return Hold, fmt.Sprintf("holding: %.0f requests of the %.0f the gates need within %s", lane.Requests, g.MinRequests, g.Window)
 	}
+	if missing := g.needed(r); len(missing) > 0 {
+		return Unknown, "unknown: no series for " + strings.Join(missing, ", ") + " (a query that finds nothing is never a pass)"
+	}
 	return Pass, "gates passed: " + r.String()
+}
+
+// needed returns the values the set gates need that are missing: the lane's errors for an error
+// gate and its p99 for a latency gate, and the baseline's for a relative gate while the baseline
+// has traffic.
+func (g Gates) needed(r Readings) []string {
+	var out []string
+	errorGate, errorVs := g.ErrorRatio.Max > 0 || g.ErrorRatio.MaxVsBaseline > 0, g.ErrorRatio.MaxVsBaseline > 0
+	latencyGate, latencyVs := g.LatencyP99.Max > 0 || g.LatencyP99.MaxVsBaseline > 0, g.LatencyP99.MaxVsBaseline > 0
+	if errorGate && r.Lane.missing("errors") {
+		out = append(out, "the lane's errors")
+	}
+	if latencyGate && r.Lane.missing("p99") {
+		out = append(out, "the lane's p99")
+	}
+	if errorVs && r.Baseline.Requests > 0 && r.Baseline.missing("errors") {
+		out = append(out, "the baseline's errors")
+	}
+	if latencyVs && r.Baseline.Requests > 0 && r.Baseline.missing("p99") {
+		out = append(out, "the baseline's p99")
+	}
+	return out
 }
 
 // read queries the gates' numbers for the lane and its baseline, all at one instant of the
@@ -196,10 +230,12 @@ func (p *Plan) read(ctx context.Context, prom *Prometheus) (Readings, error) {
 		out  *LaneReading
 	}{{p.Lane, &r.Lane}, {p.Baseline, &r.Baseline}} {
 		for _, q := range []struct {
+			name string
 			tmpl string
 			out  *float64
 			has  *bool
-		}{{p.Queries.Requests, &target.out.Requests, nil}, {p.Queries.Errors, &target.out.Errors, nil}, {p.Queries.P99, &target.out.P99, &target.out.HasP99}} {
+		}{{"requests", p.Queries.Requests, &target.out.Requests, nil}, {"errors", p.Queries.Errors, &target.out.Errors, nil},
+			{"p99", p.Queries.P99, &target.out.P99, &target.out.HasP99}} {
 			promql, err := p.query(q.tmpl, target.lane)
 			if err != nil {
 				return r, err
@@ -211,6 +247,11 @@ func (p *Plan) read(ctx context.Context, prom *Prometheus) (Readings, error) {
 			*q.out = v
 			if q.has != nil {
 				*q.has = ok
+			}
+			// No requests series is a lane without traffic yet, which holds the step anyway;
+			// no errors or p99 series beside requests is a gate that cannot be read.
+			if !ok && q.name != "requests" {
+				target.out.Missing = append(target.out.Missing, q.name)
 			}
 		}
 	}

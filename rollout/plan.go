@@ -49,7 +49,22 @@ type Plan struct {
 	Gates    Gates    `yaml:"gates" json:"gates"`
 	// Queries override the PromQL templates the gates use.
 	Queries Queries `yaml:"queries" json:"queries"`
+	// UnknownLimit is how many readings in a row may be unknown (Prometheus away, a query that
+	// fails or finds no series where the gates need one) before OnUnknown applies. While the gates
+	// are unknown the step holds and its hold time does not run. Default 5.
+	UnknownLimit int `yaml:"unknown_limit" json:"unknown_limit,omitempty"`
+	// OnUnknown is what happens past UnknownLimit: "rollback" (the default) or "pause".
+	OnUnknown string `yaml:"on_unknown" json:"on_unknown,omitempty"`
 }
+
+// DefaultUnknownLimit is a plan's UnknownLimit when it gives none.
+const DefaultUnknownLimit = 5
+
+// Actions past UnknownLimit (Plan.OnUnknown).
+const (
+	OnUnknownRollback = "rollback"
+	OnUnknownPause    = "pause"
+)
 
 // Step is one stage of a rollout: the lane's weight and how long it holds with its gates passing.
 // Weight 0 is test traffic only: the lane takes what its match rules send it.
@@ -239,6 +254,12 @@ func (p *Plan) Validate() error {
 	}
 	if g.ErrorRatio == (RatioGate{}) && g.LatencyP99 == (LatencyGate{}) {
 		fail("gates", "no gate is set: give error_ratio or latency_p99 limits")
+	}
+	if p.UnknownLimit < 0 {
+		fail("unknown_limit", "%d must not be negative", p.UnknownLimit)
+	}
+	if p.OnUnknown != "" && p.OnUnknown != OnUnknownRollback && p.OnUnknown != OnUnknownPause {
+		fail("on_unknown", "%q: give %s or %s", p.OnUnknown, OnUnknownRollback, OnUnknownPause)
 	}
 	if p.Interval < Duration(100*time.Millisecond) {
 		fail("interval", "%s is too short", p.Interval)

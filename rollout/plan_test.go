@@ -2,6 +2,7 @@ package rollout_test
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,13 @@ func TestGatesJudge(t *testing.T) {
 	lane := func(req, errs, p99 float64) rollout.LaneReading {
 		return rollout.LaneReading{Requests: req, Errors: errs, P99: p99, HasP99: req > 0}
 	}
+	missing := func(r rollout.LaneReading, queries ...string) rollout.LaneReading {
+		r.Missing = queries
+		if slices.Contains(queries, "p99") {
+			r.HasP99 = false
+		}
+		return r
+	}
 	for _, c := range []struct {
 		name      string
 		lane, bas rollout.LaneReading
@@ -57,6 +65,11 @@ func TestGatesJudge(t *testing.T) {
 		{"a baseline without errors does not make one error a failure", lane(1000, 1, 0.05), lane(9000, 0, 0.05), rollout.Pass, "gates passed"},
 		{"slow", lane(1000, 0, 0.3), lane(9000, 0, 0.05), rollout.Fail, "latency_p99.max failed: p99 300ms > 200ms"},
 		{"slower than the baseline", lane(1000, 0, 0.15), lane(9000, 0, 0.05), rollout.Fail, "latency_p99.max_vs_baseline failed"},
+		{"no errors series is unknown, not 0 %", missing(lane(1000, 0, 0.05), "errors"), lane(9000, 9, 0.05), rollout.Unknown, "no series for the lane's errors"},
+		{"no p99 series is unknown", missing(lane(1000, 1, 0), "p99"), lane(9000, 9, 0.05), rollout.Unknown, "the lane's p99"},
+		{"no baseline errors series is unknown for the relative gate", lane(1000, 1, 0.05), missing(lane(9000, 0, 0.05), "errors"), rollout.Unknown, "the baseline's errors"},
+		{"a failing gate still fails beside an unknown one", missing(lane(1000, 50, 0), "p99"), lane(9000, 9, 0.05), rollout.Fail, "error_ratio.max failed"},
+		{"no traffic still holds with nothing to read", missing(lane(0, 0, 0), "errors", "p99"), lane(9000, 9, 0.05), rollout.Hold, "holding: 0 requests"},
 	} {
 		v, says := g.Judge(rollout.Readings{Lane: c.lane, Baseline: c.bas})
 		if v != c.want || !strings.Contains(says, c.says) {

@@ -72,6 +72,10 @@ type State struct {
 	// Readings are the last gate readings and Verdict what they said.
 	Readings *Readings `json:"readings,omitempty"`
 	Verdict  string    `json:"verdict,omitempty"`
+	// Unknowns counts the readings in a row that were unknown, since UnknownSince; the step's hold
+	// time does not run meanwhile.
+	Unknowns     int       `json:"unknowns,omitempty"`
+	UnknownSince time.Time `json:"unknown_since,omitzero"`
 	// Message is the last event ("step 2 of 5: weight 25%", "gate ... failed").
 	Message    string    `json:"message"`
 	Controller string    `json:"controller,omitempty"`
@@ -87,6 +91,9 @@ func (s *State) TimeLeft(now time.Time) time.Duration {
 	hold := time.Duration(s.Plan.Steps[s.Step].Hold)
 	spent := time.Duration(s.Elapsed)
 	if s.Status == StatusRunning && s.StepApplied {
+		if !s.UnknownSince.IsZero() {
+			now = s.UnknownSince // the hold time stopped when the gates became unknown
+		}
 		spent = now.Sub(s.StepStarted)
 	}
 	return max(hold-spent, 0)
@@ -262,28 +269,43 @@ func (x *Rollouts) end(ctx context.Context, service string, status Status, chang
 	if st.Status.Done() {
 		return st, fmt.Errorf("the rollout of %s has ended already (%s)", service, st.Status)
 	}
+	// The rollout ends first, then the lane changes: a controller's step, decided from the state
+	// before, is then refused (its commit requires that state), so the operator's word wins.
 	op, reason := change(st)
-	if err := x.commit(ctx, service, op, reason); err != nil {
-		return st, err
-	}
 	st.Status, st.Message = status, reason
 	for {
 		ok, err := x.save(ctx, st, index)
-		if err != nil || ok {
+		if err != nil {
 			return st, err
+		}
+		if ok {
+			break
 		}
 		// A controller wrote meanwhile: end the rollout over its write.
 		fresh, freshIndex, err := x.load(ctx, service)
 		if err != nil {
 			return st, err
 		}
+		if fresh.Status.Done() {
+			return fresh, fmt.Errorf("the rollout of %s has ended already (%s)", service, fresh.Status)
+		}
+		op, reason = change(fresh)
 		fresh.Status, fresh.Message = status, reason
 		st, index = fresh, freshIndex
 	}
+	if err := x.commit(ctx, service, op, reason, 0); err != nil {
+		return st, fmt.Errorf("the rollout of %s is %s, but %s was not committed (run it by hand): %w", service, status, op, err)
+	}
+	return st, nil
 }
 
 // commit makes a registrar change with a reason for the history, planning again after a conflict.
-func (x *Rollouts) commit(ctx context.Context, service string, op registrar.Op, reason string) error {
+//
+// A controller commits with stateIndex, the index of the rollout state it decided from: the change
+// is recorded only if that state is unchanged, in the same transaction, so that an abort, a pause or
+// a promotion written meanwhile wins and the change fails with registrar.ErrPrecondition. An
+// operator's command commits with 0: no such condition.
+func (x *Rollouts) commit(ctx context.Context, service string, op registrar.Op, reason string, stateIndex uint64) error {
 	for attempt := 0; ; attempt++ {
 		plan, err := x.r.Plan(ctx, service, op)
 		if errors.Is(err, registrar.ErrUnchanged) {
@@ -295,6 +317,9 @@ func (x *Rollouts) commit(ctx context.Context, service string, op registrar.Op, 
 			return err
 		}
 		plan.Reason = reason
+		if stateIndex > 0 {
+			plan.Require(x.key(service), stateIndex)
+		}
 		_, err = x.r.Commit(ctx, plan)
 		if !errors.Is(err, registrar.ErrConflict) || attempt == 4 {
 			return err

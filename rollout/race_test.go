@@ -1,0 +1,145 @@
+package rollout_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/rollout"
+)
+
+// TestAbortWinsOverAStep: an operator's abort and a controller's step at the same instant. The
+// controller commits a step's weight from the rollout state it loaded; before, an abort committed
+// between that load and the step's commit lost: the rollout read "aborted" and the lane kept the
+// step's weight. 50 aborts, each at a random moment around the controller's first step (weight
+// 20), must all end at weight 0 with the rollout aborted.
+func TestAbortWinsOverAStep(t *testing.T) {
+	a := consultest.Start(t)
+	r, err := registrar.New(registrar.NewConfig(a.HTTPAddr), registrar.WithOperator("release-bot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs, err := registrar.ParseSpecs("race.yaml", []byte(`
+- {name: race, id: race-1, address: 127.0.0.1, port: 9001}
+- {name: race, id: race-canary-1, address: 127.0.0.1, port: 9002, meta: {canary: true, match: [{header: [{key: x-test, value_match: "1"}]}]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := rollout.ParsePlan([]byte(`
+service: race
+lane: canary
+prometheus: http://127.0.0.1:1
+interval: 100ms
+steps:
+  - {weight: 20, hold: 1h}
+  - {weight: 50, hold: 1h}
+gates: {min_requests: 1, error_ratio: {max: 0.05}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := rollout.New(r)
+	weight := func() string {
+		inst, _, err := r.Instances(context.Background(), "race")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range inst {
+			if i.ID == "race-canary-1" {
+				return i.Gray.Weight.String()
+			}
+		}
+		return "?"
+	}
+	lost := 0
+	for i := range 50 {
+		if _, err := x.Start(context.Background(), plan); err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		done := make(chan error, 1)
+		go func() {
+			_, err := x.Run(ctx, "race", rollout.RunOptions{NoWait: true})
+			done <- err
+		}()
+		time.Sleep(time.Duration(rand.IntN(15000)) * time.Microsecond)
+		st, err := x.Abort(context.Background(), "race")
+		if err != nil {
+			cancel()
+			t.Fatalf("abort %d: %v", i, err)
+		}
+		if err := <-done; err != nil && !errors.Is(err, rollout.ErrRolledBack) {
+			t.Logf("controller %d: %v", i, err)
+		}
+		cancel()
+		if w := weight(); w != "0" || st.Status != rollout.StatusAborted {
+			lost++
+			t.Errorf("abort %d: the rollout is %s and the canary's weight %s%%, want aborted at 0", i, st.Status, w)
+		}
+	}
+	if lost > 0 {
+		t.Fatalf("%d of 50 aborts lost to a step", lost)
+	}
+}
+
+// TestGatesWithoutDataNeverPass: a canary failing half its calls, read by a gate whose query finds
+// nothing (a misspelt errors metric; a p99 query for a lane that has no such series). Before, the
+// missing value read as 0 and the rollout walked the canary to promotion. Now the gate is unknown:
+// the step holds, and after unknown_limit readings the rollout rolls back, saying which gate.
+func TestGatesWithoutDataNeverPass(t *testing.T) {
+	for _, c := range []struct {
+		name, extra, says string
+	}{
+		{"a misspelt errors metric", `
+queries:
+  errors: 'sum(increase(graylane_server_errorz_total{service="{{.Service}}",lane="{{.Lane}}"}[{{.Window}}]))'
+unknown_limit: 3`, "no series for the lane's errors"},
+		{"an empty p99 query and no error gate", `
+queries:
+  p99: 'histogram_quantile(0.99, sum by (le) (rate(graylane_server_request_duration_seconds_bucket{service="{{.Service}}",lane="nowhere"}[{{.Window}}])))'
+unknown_limit: 3`, "no series for the lane's p99"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := startStack(t)
+			p := s.plan(t, c.extra)
+			if c.name == "an empty p99 query and no error gate" {
+				p.Gates.ErrorRatio = rollout.RatioGate{}
+				s.canary.delay.Store(int64(300 * time.Millisecond)) // a real p99 of 300 ms, which the gate cannot see
+			} else {
+				s.canary.failRate.Store(500) // half its calls fail, which the gate cannot see
+			}
+			defer s.traffic(t, true)()
+			st, err, events := s.run(t, p)
+			if !errors.Is(err, rollout.ErrRolledBack) || st.Status != rollout.StatusRolledBack || st.Step != 0 {
+				t.Fatalf("rollout ended %s at step %d: %v\nevents:\n%s", st.Status, st.Step, err, strings.Join(events, "\n"))
+			}
+			last := lastHistory(t, s.r)
+			if !strings.HasPrefix(last.Action, "rollback canary") || !strings.Contains(last.Reason, "unknown 3 times in a row") || !strings.Contains(last.Reason, c.says) {
+				t.Fatalf("last change %q, reason %q", last.Action, last.Reason)
+			}
+			for _, h := range mustHistory(t, s.r) {
+				if strings.HasPrefix(h.Action, "promote") || strings.HasPrefix(h.Action, "weight canary 20") {
+					t.Fatalf("a gate without data let the rollout go on: %q", h.Action)
+				}
+			}
+		})
+	}
+}
+
+func mustHistory(t *testing.T, r *registrar.Registrar) []registrar.HistoryEntry {
+	t.Helper()
+	h, err := r.History(context.Background(), "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
