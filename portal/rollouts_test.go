@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/graylane/graylane/internal/promtest"
 	"github.com/graylane/graylane/rollout"
 )
 
@@ -23,13 +24,14 @@ func TestRolloutPanelFollowsGraylaneRollout(t *testing.T) {
 	b.signIn("alice")
 	mustNotContain(t, b.get("/s/"+svc).body, `id="rollout"`)
 
+	prom := promtest.Start(t) // the rollout's queries are checked against it at start
 	plan, err := rollout.ParsePlan([]byte(fmt.Sprintf(`
 service: %s
 lane: canary
-prometheus: http://127.0.0.1:1
+prometheus: %s
 steps: [{weight: 0, hold: 1m}, {weight: 25, hold: 1m}, {weight: 50, hold: 1m}]
 gates: {window: 1m, min_requests: 100, error_ratio: {max: 0.01}}
-`, svc)))
+`, svc, prom.URL)))
 	if err != nil {
 		t.Fatal(err)
 	}

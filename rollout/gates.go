@@ -257,3 +257,22 @@ func (p *Plan) read(ctx context.Context, prom *Prometheus) (Readings, error) {
 	}
 	return r, nil
 }
+
+// CheckQueries runs each of the plan's queries once against prom, for the lane and for the
+// baseline, and returns an error naming the first that Prometheus refuses (it does not parse, or
+// it returns more than one number) or that cannot be asked (Prometheus unreachable). A query that
+// finds nothing passes here: the lane may have no traffic yet; the gates treat that when they read.
+func (p *Plan) CheckQueries(ctx context.Context, prom *Prometheus) error {
+	for _, lane := range []string{p.Lane, p.Baseline} {
+		for _, q := range []struct{ name, tmpl string }{{"requests", p.Queries.Requests}, {"errors", p.Queries.Errors}, {"p99", p.Queries.P99}} {
+			promql, err := p.query(q.tmpl, lane)
+			if err != nil {
+				return fmt.Errorf("rollout plan: queries.%s: %w", q.name, err)
+			}
+			if _, _, err := prom.Query(ctx, promql); err != nil {
+				return fmt.Errorf("rollout plan: queries.%s for lane %s: %w", q.name, lane, err)
+			}
+		}
+	}
+	return nil
+}

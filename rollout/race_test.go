@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/promtest"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/rollout"
 )
@@ -34,10 +35,11 @@ func TestAbortWinsOverAStep(t *testing.T) {
 	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	prom := promtest.Start(t)
 	plan, err := rollout.ParsePlan([]byte(`
 service: race
 lane: canary
-prometheus: http://127.0.0.1:1
+prometheus: ` + prom.URL + `
 interval: 100ms
 steps:
   - {weight: 20, hold: 1h}
@@ -142,4 +144,27 @@ func mustHistory(t *testing.T, r *registrar.Registrar) []registrar.HistoryEntry 
 		t.Fatal(err)
 	}
 	return h
+}
+
+// TestStartRefusesAQueryPrometheusRefuses: a plan whose PromQL does not parse, or returns a range
+// instead of one number, is refused at start with the query named, rather than holding every step.
+func TestStartRefusesAQueryPrometheusRefuses(t *testing.T) {
+	s := startStack(t)
+	x := rollout.New(s.r)
+	for extra, says := range map[string]string{
+		"queries:\n  errors: 'sum(increase(graylane_server_errors_total{lane=\"{{.Lane}}\"}[{{.Window}}]'": "queries.errors for lane canary",
+		"queries:\n  p99: 'graylane_server_request_duration_seconds_count[{{.Window}}]'":                   "queries.p99 for lane canary",
+	} {
+		if _, err := x.Start(context.Background(), s.plan(t, extra)); err == nil || !strings.Contains(err.Error(), says) {
+			t.Errorf("start with %s: %v, want a refusal naming %q", extra, err, says)
+		}
+	}
+	if _, err := x.Get(context.Background(), "shop"); !errors.Is(err, rollout.ErrNoRollout) {
+		t.Fatalf("a refused plan was recorded: %v", err)
+	}
+	p := s.plan(t, "")
+	p.Prometheus = "http://127.0.0.1:1"
+	if _, err := x.Start(context.Background(), p); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("start with Prometheus unreachable: %v", err)
+	}
 }

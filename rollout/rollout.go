@@ -181,9 +181,14 @@ func (x *Rollouts) update(ctx context.Context, service string, f func(*State) er
 }
 
 // Start records a new rollout of plan's lane. It refuses while another rollout of the service is
-// under way. The lane must exist. Run then walks it.
+// under way, and a plan whose queries Prometheus refuses (Plan.CheckQueries). The lane must exist.
+// Run then walks it.
 func (x *Rollouts) Start(ctx context.Context, plan *Plan) (*State, error) {
 	if err := plan.Validate(); err != nil {
+		return nil, err
+	}
+	// A query Prometheus refuses would hold every step until unknown_limit: refuse the plan now.
+	if err := plan.CheckQueries(ctx, &Prometheus{URL: plan.Prometheus}); err != nil {
 		return nil, err
 	}
 	status, err := x.r.Status(ctx, plan.Service, gray.Options{})
