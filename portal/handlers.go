@@ -322,6 +322,15 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request, sess *session) {
 		http.Error(w, "unknown action", http.StatusBadRequest)
 		return
 	}
+	// A lane a rollout drives changes through the rollout's controls only: the rollout's next step
+	// would undo a change made beside it. The page hides the lane's buttons; the server refuses too.
+	if s.cfg.Rollouts != nil {
+		if ro, err := s.cfg.Rollouts.Rollout(ctx, service); err == nil && ro != nil && !ro.Done && ro.Lane == lane {
+			s.setFlash(sess, "error", "lane %s of %s is driven by a rollout: use its controls (pause, abort, promote now)", lane, service)
+			http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+			return
+		}
+	}
 	reg, err := s.registrarFor(sess.operator)
 	if err != nil {
 		s.setFlash(sess, "error", "%v", err)

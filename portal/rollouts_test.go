@@ -44,6 +44,14 @@ gates: {window: 1m, min_requests: 100, error_ratio: {max: 0.01}}
 	mustContain(t, p.body, "step <b>1</b> of 3", "starting the step", "started by release-bot", `value="rollout-pause"`, `value="rollout-abort"`,
 		"driven by the rollout: use its controls")
 	mustNotContain(t, p.body, "Next: weight")
+	// The server refuses a change to the driven lane even when a request asks for it.
+	before := laneWeight(t, svc, "canary")
+	p = b.follow("/s/"+svc+"/plan", url.Values{"op": {"weight"}, "lane": {"canary"}, "weight": {"60"}})
+	mustContain(t, p.body, "is driven by a rollout")
+	mustNotContain(t, p.body, "Confirm: weight")
+	if w := laneWeight(t, svc, "canary"); w != before {
+		t.Fatalf("canary weight %s, was %s: a change beside the rollout was planned", w, before)
+	}
 
 	// Paused outside the page (graylane rollout pause): the page follows.
 	if _, err := x.Pause(context.Background(), svc); err != nil {

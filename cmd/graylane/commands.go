@@ -57,6 +57,7 @@ func statusFlags(fs *flag.FlagSet, o *opts) {
 
 func changeFlags(fs *flag.FlagSet, o *opts) {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "show the change without applying it")
+	fs.BoolVar(&o.force, "force", false, "change a lane a rollout drives: the rollout is paused first")
 }
 
 func matchFlags(fs *flag.FlagSet, o *opts) {
@@ -357,6 +358,9 @@ func describeOptions(o gray.Options) string {
 func change(ctx context.Context, e *env, service string, op registrar.Op) error {
 	r, err := e.registrar()
 	if err != nil {
+		return err
+	}
+	if err := yieldToRollout(ctx, e, r, service, opLane(op)); err != nil {
 		return err
 	}
 	plan, err := r.Plan(ctx, service, op)
@@ -736,4 +740,44 @@ func writeCut(w io.Writer, text string) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// opLane returns the lane a change is made to.
+func opLane(op registrar.Op) string {
+	switch o := op.(type) {
+	case registrar.SetWeight:
+		return o.Lane
+	case registrar.SetMatch:
+		return o.Lane
+	case registrar.Promote:
+		return o.Lane
+	case registrar.Rollback:
+		return o.Lane
+	}
+	return ""
+}
+
+// yieldToRollout refuses a change to a lane a rollout drives, which the rollout's next step would
+// undo, unless --force: then the rollout is paused first and the command says so.
+func yieldToRollout(ctx context.Context, e *env, r *registrar.Registrar, service, lane string) error {
+	x := rollout.New(r)
+	st, err := x.Get(ctx, service)
+	if errors.Is(err, rollout.ErrNoRollout) || (err == nil && (st.Status.Done() || st.Plan.Lane != lane)) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !e.o.force {
+		return fmt.Errorf("lane %s of %s is driven by a rollout (%s, %s): its next step would undo this change; "+
+			"use graylane rollout pause|abort|promote-now %s, or give --force, which pauses the rollout first", lane, service, st.StepName(), st.Status, service)
+	}
+	if e.o.dryRun || st.Status != rollout.StatusRunning {
+		return nil
+	}
+	if _, err := x.Pause(ctx, service); err != nil {
+		return fmt.Errorf("--force: pausing the rollout of %s: %w", service, err)
+	}
+	fmt.Fprintf(e.stdout, "paused the rollout of %s at %s (--force); graylane rollout resume %s goes on from there\n", service, st.StepName(), service)
+	return nil
 }

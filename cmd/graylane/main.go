@@ -56,6 +56,7 @@ type opts struct {
 	consul, who, prefix, output string
 	file                        string
 	resetGray, dryRun, keep     bool
+	force                       bool
 	service                     string
 	grace, timeout              string
 	headers                     headerList

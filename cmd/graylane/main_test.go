@@ -15,6 +15,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/promtest"
+	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/rollout"
 )
 
 // graylane runs the command in-process against the agent and returns stdout, stderr and the exit code.
@@ -299,5 +302,45 @@ func TestConsulAddressMistakes(t *testing.T) {
 		if code != 1 || !strings.Contains(errOut.String(), tc.says) {
 			t.Errorf("status with --consul %s: exit %d, %q; want it to say %q", tc.addr, code, errOut.String(), tc.says)
 		}
+	}
+}
+
+// TestManualChangeDuringARollout: a weight set by hand on the lane a rollout drives would be undone
+// by the rollout's next step: it is refused, and with --force the rollout is paused first.
+func TestManualChangeDuringARollout(t *testing.T) {
+	a := consultest.Start(t)
+	mustRun(t, a, "apply", "-f", "../../registrar/testdata/bservice.yaml")
+	prom := promtest.Start(t)
+	r, err := registrar.New(registrar.NewConfig(a.HTTPAddr), registrar.WithOperator("release-bot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := rollout.ParsePlan([]byte(`
+service: bservice
+lane: canary
+prometheus: ` + prom.URL + `
+steps: [{weight: 5, hold: 1h}, {weight: 25, hold: 1h}]
+gates: {min_requests: 100, error_ratio: {max: 0.01}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := rollout.New(r)
+	if _, err := x.Start(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := graylane(t, a, "weight", "bservice", "canary", "60")
+	if code != 1 || !strings.Contains(errOut, "driven by a rollout") || !strings.Contains(errOut, "--force") {
+		t.Fatalf("weight during a rollout: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := graylane(t, a, "weight", "bservice", "stable", "100"); strings.Contains(errOut, "driven by a rollout") {
+		t.Fatalf("a lane the rollout does not drive was refused: exit %d, %q", code, errOut)
+	}
+	out := mustRun(t, a, "weight", "bservice", "canary", "60", "--force")
+	if !strings.Contains(out, "paused the rollout of bservice") {
+		t.Fatalf("--force: %q", out)
+	}
+	if st, err := x.Get(context.Background(), "bservice"); err != nil || st.Status != rollout.StatusPaused {
+		t.Fatalf("the rollout after --force: %+v, %v", st, err)
 	}
 }
