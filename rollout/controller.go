@@ -160,9 +160,20 @@ func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prom
 		st.StepStarted = st.StepStarted.Add(time.Since(st.UnknownSince))
 		st.UnknownSince, st.Unknowns = time.Time{}, 0
 	}
+	if verdict == Pass {
+		st.Failures = 0
+	}
 	switch verdict {
 	case Fail:
+		st.Failures++
+		if limit := max(plan.FailureLimit, 1); st.Failures < limit {
+			// A noisy reading: the step holds until the failures reach the plan's limit.
+			return fmt.Sprintf("%s (%d of %d readings in a row; holding)", text, st.Failures, limit), nil
+		}
 		reason := fmt.Sprintf("rollout rolled back at %s: %s", st.StepName(), text)
+		if st.Failures > 1 {
+			reason += fmt.Sprintf(" (%d readings in a row)", st.Failures)
+		}
 		if err := x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, index); err != nil {
 			return "", err
 		}

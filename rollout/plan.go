@@ -55,6 +55,9 @@ type Plan struct {
 	UnknownLimit int `yaml:"unknown_limit" json:"unknown_limit,omitempty"`
 	// OnUnknown is what happens past UnknownLimit: "rollback" (the default) or "pause".
 	OnUnknown string `yaml:"on_unknown" json:"on_unknown,omitempty"`
+	// FailureLimit is how many readings in a row must fail a gate before the rollout rolls back;
+	// fewer hold the step (a single noisy reading). Default 1: the first failure rolls back.
+	FailureLimit int `yaml:"failure_limit" json:"failure_limit,omitempty"`
 }
 
 // DefaultUnknownLimit is a plan's UnknownLimit when it gives none.
@@ -254,6 +257,9 @@ func (p *Plan) Validate() error {
 	}
 	if g.ErrorRatio == (RatioGate{}) && g.LatencyP99 == (LatencyGate{}) {
 		fail("gates", "no gate is set: give error_ratio or latency_p99 limits")
+	}
+	if p.FailureLimit < 0 {
+		fail("failure_limit", "%d must not be negative", p.FailureLimit)
 	}
 	if p.UnknownLimit < 0 {
 		fail("unknown_limit", "%d must not be negative", p.UnknownLimit)

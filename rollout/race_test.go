@@ -168,3 +168,22 @@ func TestStartRefusesAQueryPrometheusRefuses(t *testing.T) {
 		t.Fatalf("start with Prometheus unreachable: %v", err)
 	}
 }
+
+// TestFailureLimitHoldsOnANoisyReading: with failure_limit 3 a failed reading holds the step; the
+// rollout rolls back only when three readings in a row have failed.
+func TestFailureLimitHoldsOnANoisyReading(t *testing.T) {
+	s := startStack(t)
+	s.canary.failRate.Store(500)
+	defer s.traffic(t, true)()
+	st, err, events := s.run(t, s.plan(t, "failure_limit: 3"))
+	if !errors.Is(err, rollout.ErrRolledBack) || st.Status != rollout.StatusRolledBack {
+		t.Fatalf("rollout ended %s: %v\nevents:\n%s", st.Status, err, strings.Join(events, "\n"))
+	}
+	all := strings.Join(events, "\n")
+	if !strings.Contains(all, "(1 of 3 readings in a row; holding)") || !strings.Contains(all, "(2 of 3 readings in a row; holding)") {
+		t.Fatalf("the first failures did not hold the step:\n%s", all)
+	}
+	if last := lastHistory(t, s.r); !strings.Contains(last.Reason, "gate error_ratio") || !strings.Contains(last.Reason, "(3 readings in a row)") {
+		t.Fatalf("last change %q, reason %q", last.Action, last.Reason)
+	}
+}

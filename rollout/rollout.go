@@ -76,6 +76,8 @@ type State struct {
 	// time does not run meanwhile.
 	Unknowns     int       `json:"unknowns,omitempty"`
 	UnknownSince time.Time `json:"unknown_since,omitzero"`
+	// Failures counts the readings in a row that failed a gate (Plan.FailureLimit).
+	Failures int `json:"failures,omitempty"`
 	// Message is the last event ("step 2 of 5: weight 25%", "gate ... failed").
 	Message    string    `json:"message"`
 	Controller string    `json:"controller,omitempty"`
