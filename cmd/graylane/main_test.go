@@ -336,6 +336,18 @@ gates: {min_requests: 100, error_ratio: {max: 0.01}}
 	if _, errOut, code := graylane(t, a, "weight", "bservice", "stable", "100"); strings.Contains(errOut, "driven by a rollout") {
 		t.Fatalf("a lane the rollout does not drive was refused: exit %d, %q", code, errOut)
 	}
+	// start again with another plan says what differs instead of resuming the recorded one.
+	planFile := filepath.Join(t.TempDir(), "plan.yaml")
+	if err := os.WriteFile(planFile, []byte("prometheus: "+prom.URL+"\nsteps: [{weight: 5, hold: 1h}, {weight: 25, hold: 1h}]\ngates: {min_requests: 100, error_ratio: {max: 0.01}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := graylane(t, a, "rollout", "start", "bservice", "canary", "-f", planFile, "--steps", "5:1h,50:1h", "--detach"); code != 1 ||
+		!strings.Contains(errOut, "under way with another plan (steps") {
+		t.Fatalf("start with other steps during a rollout: exit %d, %q", code, errOut)
+	}
+	if out := mustRun(t, a, "rollout", "start", "bservice", "canary", "-f", planFile, "--detach"); !strings.Contains(out, "resuming the rollout") {
+		t.Fatalf("start with the recorded plan: %q", out)
+	}
 	out := mustRun(t, a, "weight", "bservice", "canary", "60", "--force")
 	if !strings.Contains(out, "paused the rollout of bservice") {
 		t.Fatalf("--force: %q", out)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -107,6 +109,9 @@ func rolloutStart(ctx context.Context, e *env, x *rollout.Rollouts, service, lan
 	}
 	st, err := x.Start(ctx, plan)
 	switch {
+	case errors.Is(err, rollout.ErrRunning) && st != nil && st.Plan.Lane == plan.Lane && !samePlan(&st.Plan, plan):
+		return fmt.Errorf("a rollout of %s lane %s is under way with another plan (%s): graylane rollout abort %s and start again "+
+			"for the new plan, or run start with the recorded one to resume it", service, lane, planDifference(&st.Plan, plan), service)
 	case errors.Is(err, rollout.ErrRunning) && st != nil && st.Plan.Lane == plan.Lane:
 		// A rollout of this lane is under way (its controller stopped, or it was started with
 		// --detach): control it from where it is.
@@ -228,4 +233,34 @@ func printRollout(e *env, st *rollout.State, controller string, controlled bool)
 		fmt.Fprintf(e.stdout, "verdict   %s\n", st.Verdict)
 	}
 	fmt.Fprintf(e.stdout, "last      %s\n", st.Message)
+}
+
+// samePlan reports whether two plans say the same.
+func samePlan(a, b *rollout.Plan) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return bytes.Equal(ja, jb)
+}
+
+// planDifference names what differs between the recorded plan and the one given.
+func planDifference(recorded, given *rollout.Plan) string {
+	var out []string
+	field := func(name string, a, b any) {
+		ja, _ := json.Marshal(a)
+		jb, _ := json.Marshal(b)
+		if !bytes.Equal(ja, jb) {
+			out = append(out, fmt.Sprintf("%s %s recorded, %s given", name, ja, jb))
+		}
+	}
+	field("prometheus", recorded.Prometheus, given.Prometheus)
+	field("baseline", recorded.Baseline, given.Baseline)
+	field("interval", recorded.Interval, given.Interval)
+	field("steps", recorded.Steps, given.Steps)
+	field("gates", recorded.Gates, given.Gates)
+	field("queries", recorded.Queries, given.Queries)
+	field("limits", []any{recorded.FailureLimit, recorded.UnknownLimit, recorded.OnUnknown}, []any{given.FailureLimit, given.UnknownLimit, given.OnUnknown})
+	if len(out) == 0 {
+		return "it differs"
+	}
+	return strings.Join(out, "; ")
 }
