@@ -128,6 +128,18 @@ func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prom
 		return "", nil
 	}
 	plan := &st.Plan
+	if plan.Steps[st.Step].Pause != nil {
+		if !st.StepApplied { // reached: wait for an operator
+			st.StepApplied, st.StepStarted, st.Elapsed = true, time.Now().UTC(), 0
+			st.Status = StatusPaused
+			st.Message = fmt.Sprintf("%s: waiting for an operator: graylane rollout resume %s goes on, promote-now promotes, abort rolls back",
+				st.StepName(), plan.Service)
+			return st.Message, nil
+		}
+		st.Step++ // resumed: approved (Validate keeps a pause from being the last step)
+		st.StepApplied = false
+		return fmt.Sprintf("approved by resume; next: %s", st.StepName()), nil
+	}
 	if !st.StepApplied {
 		reason := "rollout " + st.StepName()
 		if st.Readings != nil && st.Step > 0 {

@@ -70,11 +70,17 @@ const (
 )
 
 // Step is one stage of a rollout: the lane's weight and how long it holds with its gates passing.
-// Weight 0 is test traffic only: the lane takes what its match rules send it.
+// Weight 0 is test traffic only: the lane takes what its match rules send it. A step with Pause set
+// (`- pause: {}`) is a manual approval: the rollout pauses there, at the weight of the step before,
+// until an operator resumes it (or promotes or aborts it).
 type Step struct {
-	Weight Percent  `yaml:"weight" json:"weight"`
-	Hold   Duration `yaml:"hold" json:"hold"`
+	Weight Percent   `yaml:"weight" json:"weight"`
+	Hold   Duration  `yaml:"hold" json:"hold"`
+	Pause  *Approval `yaml:"pause" json:"pause,omitempty"`
 }
+
+// Approval marks a step that waits for an operator.
+type Approval struct{}
 
 // Percent is a gray.Weight written in percent ("5", "0.5") in YAML and JSON.
 type Percent gray.Weight
@@ -239,6 +245,18 @@ func (p *Plan) Validate() error {
 		fail("steps", "missing: at least one step")
 	}
 	prev := Percent(0)
+	for i := range p.Steps {
+		if s := &p.Steps[i]; s.Pause != nil {
+			// An approval keeps the weight of the step before it.
+			switch {
+			case (s.Weight != 0 && s.Weight != prev) || s.Hold != 0:
+				fail(fmt.Sprintf("steps[%d]", i), "a pause step takes no weight or hold of its own")
+			case i == len(p.Steps)-1:
+				fail(fmt.Sprintf("steps[%d]", i), "a pause step needs a step after it (promote-now promotes at once)")
+			}
+			s.Weight = prev
+		}
+	}
 	for i, s := range p.Steps {
 		if gray.Weight(s.Weight) > gray.MaxWeight {
 			fail(fmt.Sprintf("steps[%d].weight", i), "%s%% is more than 100", s.Weight)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/graylane/graylane/internal/consultest"
+	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/internal/promtest"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/rollout"
@@ -20,26 +21,11 @@ import (
 // step's weight. 50 aborts, each at a random moment around the controller's first step (weight
 // 20), must all end at weight 0 with the rollout aborted.
 func TestAbortWinsOverAStep(t *testing.T) {
-	a := consultest.Start(t)
-	r, err := registrar.New(registrar.NewConfig(a.HTTPAddr), registrar.WithOperator("release-bot"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	specs, err := registrar.ParseSpecs("race.yaml", []byte(`
-- {name: race, id: race-1, address: 127.0.0.1, port: 9001}
-- {name: race, id: race-canary-1, address: 127.0.0.1, port: 9002, meta: {canary: true, match: [{header: [{key: x-test, value_match: "1"}]}]}}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	prom := promtest.Start(t)
+	r, promURL, weight := serviceWithoutTraffic(t)
 	plan, err := rollout.ParsePlan([]byte(`
 service: race
 lane: canary
-prometheus: ` + prom.URL + `
+prometheus: ` + promURL + `
 interval: 100ms
 steps:
   - {weight: 20, hold: 1h}
@@ -50,18 +36,6 @@ gates: {min_requests: 1, error_ratio: {max: 0.05}}
 		t.Fatal(err)
 	}
 	x := rollout.New(r)
-	weight := func() string {
-		inst, _, err := r.Instances(context.Background(), "race")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, i := range inst {
-			if i.ID == "race-canary-1" {
-				return i.Gray.Weight.String()
-			}
-		}
-		return "?"
-	}
 	lost := 0
 	for i := range 50 {
 		if _, err := x.Start(context.Background(), plan); err != nil {
@@ -185,5 +159,90 @@ func TestFailureLimitHoldsOnANoisyReading(t *testing.T) {
 	}
 	if last := lastHistory(t, s.r); !strings.Contains(last.Reason, "gate error_ratio") || !strings.Contains(last.Reason, "(3 readings in a row)") {
 		t.Fatalf("last change %q, reason %q", last.Action, last.Reason)
+	}
+}
+
+// serviceWithoutTraffic registers service race (stable and a test-only canary, no processes behind
+// them) and starts a Prometheus for the plans' query checks. weight reads the canary's weight.
+func serviceWithoutTraffic(t *testing.T) (r *registrar.Registrar, promURL string, weight func() string) {
+	t.Helper()
+	a := consultest.Start(t)
+	r, err := registrar.New(registrar.NewConfig(a.HTTPAddr), registrar.WithOperator("release-bot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs, err := registrar.ParseSpecs("race.yaml", []byte(`
+- {name: race, id: race-1, address: 127.0.0.1, port: 9001}
+- {name: race, id: race-canary-1, address: 127.0.0.1, port: 9002, meta: {canary: true, match: [{header: [{key: x-test, value_match: "1"}]}]}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	weight = func() string {
+		inst, _, err := r.Instances(context.Background(), "race")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range inst {
+			if i.ID == "race-canary-1" {
+				return i.Gray.Weight.String()
+			}
+		}
+		return "?"
+	}
+	return r, promtest.Start(t).URL, weight
+}
+
+// TestApprovalStepWaitsForAnOperator: a pause step stops the rollout at the weight before it until
+// an operator resumes it; then the next step is applied.
+func TestApprovalStepWaitsForAnOperator(t *testing.T) {
+	r, promURL, weight := serviceWithoutTraffic(t)
+	plan, err := rollout.ParsePlan([]byte(`
+service: race
+prometheus: ` + promURL + `
+interval: 100ms
+steps: [{pause: {}}, {weight: 20, hold: 1h}]
+gates: {min_requests: 1, error_ratio: {max: 0.05}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := rollout.New(r)
+	if _, err := x.Start(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); x.Run(ctx, "race", rollout.RunOptions{}) }()
+	defer func() { cancel(); <-done }()
+	state := func() *rollout.State {
+		st, err := x.Get(context.Background(), "race")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	eventually.Wait(t, 10*time.Second, "the approval step", func() bool { return state().Status == rollout.StatusPaused })
+	if st := state(); !strings.Contains(st.Message, "waiting for an operator") || st.Step != 0 {
+		t.Fatalf("at the approval: %+v", st)
+	}
+	time.Sleep(500 * time.Millisecond) // five intervals: the rollout stays where it is
+	if st := state(); st.Status != rollout.StatusPaused || weight() != "0" {
+		t.Fatalf("the rollout went on without an operator: %s, weight %s", st.Status, weight())
+	}
+	if _, err := x.Resume(context.Background(), "race"); err != nil {
+		t.Fatal(err)
+	}
+	eventually.Wait(t, 10*time.Second, "the step after the approval", func() bool { return weight() == "20" })
+	if st := state(); st.Step != 1 || st.Status != rollout.StatusRunning {
+		t.Fatalf("after the approval: %+v", st)
+	}
+	for _, bad := range []string{"steps: [{weight: 5, hold: 1m}, {pause: {}}]", "steps: [{pause: {}, hold: 1m}, {weight: 5, hold: 1m}]"} {
+		if _, err := rollout.ParsePlan([]byte("service: race\nprometheus: " + promURL + "\ngates: {error_ratio: {max: 0.05}}\n" + bad)); err == nil || !strings.Contains(err.Error(), "pause step") {
+			t.Errorf("%s: %v, want a refusal of the pause step", bad, err)
+		}
 	}
 }

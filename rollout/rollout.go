@@ -108,7 +108,10 @@ func (s *State) StepName() string {
 	}
 	w := s.Plan.Steps[s.Step].Weight
 	what := "weight " + w.String() + "%"
-	if w == 0 {
+	switch {
+	case s.Plan.Steps[s.Step].Pause != nil:
+		what = "approval, at weight " + w.String() + "%"
+	case w == 0:
 		what = "test traffic only"
 	}
 	return fmt.Sprintf("step %d of %d: %s", s.Step+1, len(s.Plan.Steps), what)

@@ -31,7 +31,7 @@ func rolloutFlags(fs *flag.FlagSet, o *opts) {
 	fs.BoolVar(&r.noWait, "no-wait", false, "start: exit instead of waiting when another controller runs the rollout")
 	fs.BoolVar(&r.detach, "detach", false, "start: record the rollout and exit; run start again to control it")
 	fs.StringVar(&r.prometheus, "prometheus", "", "Prometheus base URL the gates query (default $GRAYLANE_PROMETHEUS)")
-	fs.StringVar(&r.steps, "steps", "", "steps as WEIGHT:HOLD,... (0:10m,5:10m,25:10m,50:10m,100:10m)")
+	fs.StringVar(&r.steps, "steps", "", "steps as WEIGHT:HOLD or pause (a manual approval), comma-separated (0:10m,5:10m,pause,25:10m,100:10m)")
 	fs.StringVar(&r.window, "window", "", "range the gates read, as a duration (default 1m)")
 	fs.StringVar(&r.interval, "interval", "", "how often the gates are read (default 10s)")
 	fs.Float64Var(&r.maxErrors, "max-error-ratio", 0, "gate: the lane's error ratio at most this (0.01 is 1%)")
@@ -151,11 +151,15 @@ func rolloutPlan(e *env, service, lane string) (*rollout.Plan, error) {
 	if o.steps != "" {
 		plan.Steps = nil
 		for _, s := range strings.Split(o.steps, ",") {
+			if strings.TrimSpace(s) == "pause" {
+				plan.Steps = append(plan.Steps, rollout.Step{Pause: &rollout.Approval{}})
+				continue
+			}
 			w, hold, ok := strings.Cut(strings.TrimSpace(s), ":")
 			weight, werr := gray.ParseWeight(strings.TrimSuffix(w, "%"))
 			d, derr := time.ParseDuration(hold)
 			if !ok || werr != nil || derr != nil || d < 0 {
-				return nil, &usageError{fmt.Sprintf("--steps: %q: write WEIGHT:HOLD, such as 5:10m", s)}
+				return nil, &usageError{fmt.Sprintf("--steps: %q: write WEIGHT:HOLD, such as 5:10m, or pause", s)}
 			}
 			plan.Steps = append(plan.Steps, rollout.Step{Weight: rollout.Percent(weight), Hold: rollout.Duration(d)})
 		}
