@@ -7,11 +7,12 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/graylane/graylane/gray"
 )
 
-// An Op is a change to a service's gray meta: SetWeight, SetMatch, Promote, Rollback.
+// An Op is a change to a service's gray meta: SetWeight, SetMatch, Promote, Rollback, Restore.
 type Op interface {
 	// String describes the change for the history ("weight canary 25").
 	String() string
@@ -46,6 +47,55 @@ func (o SetMatch) String() string {
 	}
 	return fmt.Sprintf("match %s %s", o.Lane, gray.RulesJSON(o.Match))
 }
+
+// Restore sets instances' gray meta back to what a history entry says they had before it: the undo
+// of that entry. Instances that are gone are left out, with a note.
+type Restore struct {
+	// Entry describes the entry undone, for the history ("promote canary at 10:02:03").
+	Entry string
+	Meta  map[string]gray.Meta
+}
+
+// UndoOf returns the Restore that undoes a history entry; an entry without instance changes (a
+// change of options, an event) has nothing to undo.
+func UndoOf(h HistoryEntry) (Restore, error) {
+	if len(h.Before) == 0 {
+		return Restore{}, fmt.Errorf("%w: the entry %q of %s changed no instance", ErrUnchanged, h.Action, h.Time.Format(time.DateTime))
+	}
+	o := Restore{Entry: fmt.Sprintf("%s at %s", h.Action, h.Time.UTC().Format(time.DateTime)), Meta: map[string]gray.Meta{}}
+	for id, enc := range h.Before {
+		m, err := gray.ParseInstanceMeta(id, enc)
+		if err != nil {
+			return Restore{}, fmt.Errorf("the entry %q records meta of %s that does not decode: %w", h.Action, id, err)
+		}
+		o.Meta[id] = m
+	}
+	return o, nil
+}
+
+func (o Restore) String() string { return "undo " + o.Entry }
+
+func (o Restore) apply(p *planner) error {
+	restored := 0
+	for _, id := range slices.Sorted(maps.Keys(o.Meta)) {
+		found := false
+		for _, inst := range p.instances {
+			found = found || inst.ID == id
+		}
+		if !found {
+			p.notes = append(p.notes, id+" is gone: nothing to restore")
+			continue
+		}
+		m := o.Meta[id]
+		p.edit(id, func(g *gray.Meta) { *g = m })
+		restored++
+	}
+	if restored == 0 {
+		return fmt.Errorf("%w: none of the instances of %s is registered any more", ErrNotFound, o.Entry)
+	}
+	return nil
+}
+
 func (o Promote) String() string  { return "promote " + o.Lane }
 func (o Rollback) String() string { return "rollback " + o.Lane }
 

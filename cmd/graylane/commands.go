@@ -781,3 +781,48 @@ func yieldToRollout(ctx context.Context, e *env, r *registrar.Registrar, service
 	fmt.Fprintf(e.stdout, "paused the rollout of %s at %s (--force); graylane rollout resume %s goes on from there\n", service, st.StepName(), service)
 	return nil
 }
+
+func undoFlags(fs *flag.FlagSet, o *opts) {
+	changeFlags(fs, o)
+	fs.StringVar(&o.undoTo, "to", "", "the change to undo, by its time as graylane history shows it (default: the last change)")
+}
+
+// runUndo undoes a recorded change: a new change, with check-and-set and a history entry, that puts
+// the instances it touched back as they were before it.
+func runUndo(ctx context.Context, e *env, args []string) error {
+	r, err := e.registrar()
+	if err != nil {
+		return err
+	}
+	hist, err := r.History(ctx, args[0])
+	var bad *registrar.HistoryError
+	if err != nil && !errors.As(err, &bad) {
+		return err
+	}
+	var target *registrar.HistoryEntry
+	for i := len(hist) - 1; i >= 0 && target == nil; i-- {
+		h := &hist[i]
+		switch {
+		case e.o.undoTo == "" && len(h.Before) > 0:
+			target = h
+		case e.o.undoTo != "" && (h.Time.Local().Format(time.DateTime) == e.o.undoTo || h.Time.UTC().Format(time.RFC3339) == e.o.undoTo):
+			target = h
+		}
+	}
+	if target == nil {
+		if e.o.undoTo != "" {
+			return fmt.Errorf("%w: %s has no change at %s (graylane history %s lists them)", registrar.ErrNotFound, args[0], e.o.undoTo, args[0])
+		}
+		return fmt.Errorf("%w: %s has no recorded change to undo", registrar.ErrNotFound, args[0])
+	}
+	op, err := registrar.UndoOf(*target)
+	if err != nil {
+		return err
+	}
+	for _, m := range op.Meta {
+		if err := yieldToRollout(ctx, e, r, args[0], m.LaneName()); err != nil {
+			return err
+		}
+	}
+	return change(ctx, e, args[0], op)
+}

@@ -65,6 +65,7 @@ type opts struct {
 	stickyHeader, stickyCookie  string
 	tagKey                      string
 	fallback                    string
+	undoTo                      string
 	none                        bool
 	untilIdle, idleTimeout      string
 	idleQuery                   string
@@ -93,6 +94,7 @@ func commands() []*command {
 		{name: "rollback", args: "SERVICE LANE", nargs: 2, summary: "send a lane back to matched test traffic only (weight 0)", flags: changeFlags, run: runRollback},
 		{name: "drain", args: "INSTANCE", nargs: 1, summary: "stop new traffic to an instance, wait for clients to see it, deregister it", flags: drainFlags, run: runDrain},
 		{name: "history", args: "SERVICE", nargs: 1, summary: "the recorded changes of a service: who, when, before, after", flags: outputFlags, run: runHistory},
+		{name: "undo", args: "SERVICE", nargs: 1, summary: "put the instances a recorded change touched back as they were before it (the last change, or --to TIME)", flags: undoFlags, run: runUndo},
 		{name: "options", args: "SERVICE", nargs: 1, summary: "show or set the decision options every data plane reads (sticky key, tag key, fallback)", flags: serviceOptionFlags, run: runOptions},
 		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", run: runReconcile},
 		{name: "rollout", args: "start|status|pause|resume|abort|promote-now SERVICE [LANE]", nargs: 2, maxargs: 3, summary: "walk a lane through a plan's steps, gated on measured errors and latency", flags: rolloutFlags, run: runRollout},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -354,5 +355,49 @@ gates: {min_requests: 100, error_ratio: {max: 0.01}}
 	}
 	if st, err := x.Get(context.Background(), "bservice"); err != nil || st.Status != rollout.StatusPaused {
 		t.Fatalf("the rollout after --force: %+v, %v", st, err)
+	}
+}
+
+// TestUndoOfAPromote: after promote, the canary instance is stable; undo puts its canary meta back
+// exactly, as a new recorded change; undo with a time undoes that change.
+func TestUndoOfAPromote(t *testing.T) {
+	a := consultest.Start(t)
+	mustRun(t, a, "apply", "-f", "../../registrar/testdata/bservice.yaml")
+	mustRun(t, a, "weight", "bservice", "canary", "25")
+	r, err := registrar.New(registrar.NewConfig(a.HTTPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	metaOf := func(id string) map[string]string {
+		inst, _, err := r.Instances(context.Background(), "bservice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range inst {
+			if i.ID == id {
+				m, _ := i.Gray.Encode()
+				return m
+			}
+		}
+		t.Fatalf("no instance %s", id)
+		return nil
+	}
+	before := metaOf("bservice-canary-1")
+	mustRun(t, a, "promote", "bservice", "canary")
+	if m := metaOf("bservice-canary-1"); len(m) != 0 {
+		t.Fatalf("after promote: %v", m)
+	}
+	out := mustRun(t, a, "undo", "bservice")
+	if !strings.Contains(out, "undo promote canary at ") {
+		t.Fatalf("undo: %q", out)
+	}
+	if after := metaOf("bservice-canary-1"); !maps.Equal(after, before) {
+		t.Fatalf("undo of the promote: %v, want %v", after, before)
+	}
+	if out := mustRun(t, a, "history", "bservice"); !strings.Contains(out, "undo promote canary") {
+		t.Fatalf("the undo is not in the history:\n%s", out)
+	}
+	if _, errOut, code := graylane(t, a, "undo", "bservice", "--to", "1999-01-01 00:00:00"); code != 1 || !strings.Contains(errOut, "no change at") {
+		t.Fatalf("undo of a time with no change: exit %d, %q", code, errOut)
 	}
 }
