@@ -487,19 +487,28 @@ func runDrain(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
+// readHistory reads a service's history: the readable entries, with the unreadable ones named on
+// stderr.
+func readHistory(ctx context.Context, e *env, r *registrar.Registrar, service string) ([]registrar.HistoryEntry, error) {
+	hist, err := r.History(ctx, service)
+	var bad *registrar.HistoryError
+	if err != nil && !errors.As(err, &bad) {
+		return nil, err
+	}
+	if bad != nil {
+		fmt.Fprintf(e.stderr, "graylane: warning: %s\n", oneLine(bad))
+	}
+	return hist, nil
+}
+
 func runHistory(ctx context.Context, e *env, args []string) error {
 	r, err := e.registrar()
 	if err != nil {
 		return err
 	}
-	hist, err := r.History(ctx, args[0])
-	var bad *registrar.HistoryError
-	if err != nil && !errors.As(err, &bad) {
+	hist, err := readHistory(ctx, e, r, args[0])
+	if err != nil {
 		return err
-	}
-	if bad != nil {
-		// The readable entries are shown; the unreadable ones are named on stderr.
-		fmt.Fprintf(e.stderr, "graylane history: warning: %s\n", oneLine(bad))
 	}
 	if e.asJSON() {
 		if hist == nil {
@@ -794,9 +803,8 @@ func runUndo(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	hist, err := r.History(ctx, args[0])
-	var bad *registrar.HistoryError
-	if err != nil && !errors.As(err, &bad) {
+	hist, err := readHistory(ctx, e, r, args[0])
+	if err != nil {
 		return err
 	}
 	var target *registrar.HistoryEntry
