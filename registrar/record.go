@@ -180,13 +180,19 @@ func describeOptions(o gray.Options) string {
 // and belongs in its history (a rollout that was rolled back while its lane took test traffic only,
 // so that the rollback had nothing to change). It is ordered with the changes by check-and-set like
 // them, and retried on conflicts.
-func (r *Registrar) RecordEvent(ctx context.Context, service, action, reason string) error {
+//
+// Each write is made with check-and-set in the same transaction (Plan.RequireAndWrite); the event is
+// then recorded only if every write's key is unchanged, else RecordEvent fails with ErrPrecondition.
+func (r *Registrar) RecordEvent(ctx context.Context, service, action, reason string, writes ...KVWrite) error {
 	for attempt := 0; ; attempt++ {
 		st, index, err := r.readState(ctx, service)
 		if err != nil {
 			return err
 		}
 		p := &Plan{Service: service, Action: action, Reason: reason, stateIndex: index, state: st.clone(), instances: map[string]Instance{}}
+		for _, w := range writes {
+			p.RequireAndWrite(w)
+		}
 		if err := r.authorize(ctx, p); err != nil {
 			return err
 		}
@@ -366,12 +372,20 @@ type Plan struct {
 	requires                    []api.KVTxnOp
 }
 
-// Require makes Commit record the plan only if the KV key is still at index, its ModifyIndex when
-// it was read, in the same transaction as the change: a controller that decided from a key (a
-// rollout's state) commits nothing when someone changed that key meanwhile. Commit then fails with
-// ErrPrecondition.
-func (p *Plan) Require(key string, index uint64) {
-	p.requires = append(p.requires, api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: index})
+// KVWrite is a KV value written with check-and-set in the same transaction as a change: Index is
+// the key's ModifyIndex when it was read (0: the key must not exist).
+type KVWrite struct {
+	Key   string
+	Index uint64
+	Value []byte
+}
+
+// RequireAndWrite makes Commit record the plan only if w.Key is still at w.Index, and write w.Value
+// there in the same transaction: a controller records its own state with the change it decided, so
+// that a controller that stops between the two can neither lose the change nor make it twice.
+// Commit fails with ErrPrecondition when the key changed meanwhile.
+func (p *Plan) RequireAndWrite(w KVWrite) {
+	p.requires = append(p.requires, api.KVTxnOp{Verb: api.KVCAS, Key: w.Key, Index: w.Index, Value: w.Value})
 }
 
 // Result is what Commit did.

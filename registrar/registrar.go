@@ -37,7 +37,7 @@ var (
 	ErrPermission = errors.New("registrar: permission denied")
 	// ErrUnchanged: the change asks for what the recorded state already holds; nothing was recorded.
 	ErrUnchanged = errors.New("nothing to change: the service is in that state already")
-	// ErrPrecondition: a key the plan requires (Plan.Require) changed since it was read; nothing
+	// ErrPrecondition: a key the plan requires (Plan.RequireAndWrite) changed since it was read; nothing
 	// was recorded.
 	ErrPrecondition = errors.New("registrar: a required key changed; nothing was recorded")
 )

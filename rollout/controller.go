@@ -54,7 +54,18 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 	}()
 
 	me := controllerName(x.r.Operator())
+	// A controller that stopped after recording a step and before every instance held it leaves
+	// the step recorded but not applied: put the instances in line with the record first.
+	_, err = x.r.Reconcile(ctx, service)
+	behind := err != nil
+	if behind {
+		say(nil, "the instances of "+service+" do not all hold the recorded gray state; retrying at each look: "+err.Error())
+	}
 	for {
+		if behind {
+			_, err := x.r.Reconcile(ctx, service)
+			behind = err != nil
+		}
 		st, index, err := x.load(ctx, service)
 		if err != nil {
 			return nil, err
@@ -70,25 +81,33 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 		if prom == nil {
 			prom = &Prometheus{URL: st.Plan.Prometheus}
 		}
-		event, err := x.tick(ctx, st, index, prom, me)
-		if errors.Is(err, registrar.ErrPrecondition) {
+		event, saved, err := x.tick(ctx, st, index, prom, me)
+		var applyErr *registrar.ApplyError
+		switch {
+		case errors.Is(err, registrar.ErrPrecondition):
 			continue // an operator ended, paused or changed the rollout while this step was decided
-		}
-		if err != nil {
+		case errors.As(err, &applyErr):
+			// Recorded with the rollout's state, not yet held by every instance: go on, and put
+			// the instances in line at the next look.
+			event += "; " + applyErr.Error()
+			behind = true
+		case err != nil:
 			if ctx.Err() != nil {
 				return st, x.stopped(ctx, lost)
 			}
 			return st, err
 		}
-		ok, err := x.save(ctx, st, index)
-		if err != nil {
-			if ctx.Err() != nil {
-				return st, x.stopped(ctx, lost)
+		if !saved {
+			ok, err := x.save(ctx, st, index)
+			if err != nil {
+				if ctx.Err() != nil {
+					return st, x.stopped(ctx, lost)
+				}
+				return st, err
 			}
-			return st, err
-		}
-		if !ok {
-			continue // an operator paused, resumed or ended it meanwhile: read it again
+			if !ok {
+				continue // an operator paused, resumed or ended it meanwhile: read it again
+			}
 		}
 		if event != "" {
 			say(st, event)
@@ -119,26 +138,32 @@ func (x *Rollouts) stopped(ctx context.Context, lost <-chan struct{}) error {
 
 // tick advances the rollout by one look at it: set the step's weight if it is not set, read the
 // gates, roll back on a failure, go to the next step (or promote) when the step has held. It edits
-// st and returns the event to report, if any.
+// st and returns the event to report, if any, and whether it saved st itself.
 //
-// index is the index of the state st was loaded at: every change tick commits requires it.
-func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prometheus, me string) (string, error) {
+// index is the index of the state st was loaded at. Every change tick commits is recorded together
+// with st, in one transaction, only if the state is still at index: an operator's abort, pause or
+// promotion written meanwhile wins, and a controller that stops right after a change cannot make it
+// again, nor lose the step it made.
+func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prometheus, me string) (event string, saved bool, err error) {
 	st.Controller = me
 	if st.Status == StatusPaused {
-		return "", nil
+		return "", false, nil
 	}
 	plan := &st.Plan
+	change := func(op registrar.Op, reason string) (string, bool, error) {
+		return st.Message, true, x.commit(ctx, plan.Service, op, reason, st, index)
+	}
 	if plan.Steps[st.Step].Pause != nil {
 		if !st.StepApplied { // reached: wait for an operator
 			st.StepApplied, st.StepStarted, st.Elapsed = true, time.Now().UTC(), 0
 			st.Status = StatusPaused
 			st.Message = fmt.Sprintf("%s: waiting for an operator: graylane rollout resume %s goes on, promote-now promotes, abort rolls back",
 				st.StepName(), plan.Service)
-			return st.Message, nil
+			return st.Message, false, nil
 		}
 		st.Step++ // resumed: approved (Validate keeps a pause from being the last step)
 		st.StepApplied = false
-		return fmt.Sprintf("approved by resume; next: %s", st.StepName()), nil
+		return fmt.Sprintf("approved by resume; next: %s", st.StepName()), false, nil
 	}
 	if !st.StepApplied {
 		reason := "rollout " + st.StepName()
@@ -146,12 +171,9 @@ func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prom
 			reason += "; " + st.Verdict
 		}
 		w := gray.Weight(plan.Steps[st.Step].Weight)
-		if err := x.commit(ctx, plan.Service, registrar.SetWeight{Lane: plan.Lane, Weight: w}, reason, index); err != nil {
-			return "", err
-		}
 		st.StepApplied, st.StepStarted, st.Elapsed = true, time.Now().UTC(), 0
 		st.Message = st.StepName()
-		return st.Message, nil
+		return change(registrar.SetWeight{Lane: plan.Lane, Weight: w}, reason)
 	}
 	var verdict Verdict
 	var text string
@@ -180,42 +202,36 @@ func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prom
 		st.Failures++
 		if limit := max(plan.FailureLimit, 1); st.Failures < limit {
 			// A noisy reading: the step holds until the failures reach the plan's limit.
-			return fmt.Sprintf("%s (%d of %d readings in a row; holding)", text, st.Failures, limit), nil
+			return fmt.Sprintf("%s (%d of %d readings in a row; holding)", text, st.Failures, limit), false, nil
 		}
 		reason := fmt.Sprintf("rollout rolled back at %s: %s", st.StepName(), text)
 		if st.Failures > 1 {
 			reason += fmt.Sprintf(" (%d readings in a row)", st.Failures)
 		}
-		if err := x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, index); err != nil {
-			return "", err
-		}
 		st.Status, st.Message = StatusRolledBack, reason
-		return reason, nil
+		return change(registrar.Rollback{Lane: plan.Lane}, reason)
 	case Hold:
 		if previous != text {
-			return text, nil
+			return text, false, nil
 		}
-		return "", nil
+		return "", false, nil
 	}
 	if st.TimeLeft(time.Now()) > 0 {
-		return "", nil
+		return "", false, nil
 	}
 	if st.Step == len(plan.Steps)-1 {
 		reason := fmt.Sprintf("rollout promoted %s after %s; %s", plan.Lane, st.StepName(), text)
-		if err := x.commit(ctx, plan.Service, registrar.Promote{Lane: plan.Lane}, reason, index); err != nil {
-			return "", err
-		}
 		st.Status, st.Message = StatusPromoted, reason
-		return reason, nil
+		return change(registrar.Promote{Lane: plan.Lane}, reason)
 	}
 	st.Step++
 	st.StepApplied = false
-	return fmt.Sprintf("%s held: %s", plan.Steps[st.Step-1].Weight.String()+"%", text), nil
+	return fmt.Sprintf("%s held: %s", plan.Steps[st.Step-1].Weight.String()+"%", text), false, nil
 }
 
 // unknown handles a reading whose gates are unknown: the step holds with its hold time stopped,
 // and after the plan's unknown_limit readings in a row the rollout rolls back or pauses, saying why.
-func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, previous string) (string, error) {
+func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, previous string) (string, bool, error) {
 	plan := &st.Plan
 	if st.UnknownSince.IsZero() {
 		st.UnknownSince = time.Now().UTC()
@@ -227,23 +243,20 @@ func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, p
 	}
 	if st.Unknowns < limit {
 		if previous != text {
-			return text, nil
+			return text, false, nil
 		}
-		return "", nil
+		return "", false, nil
 	}
 	if plan.OnUnknown == OnUnknownPause {
 		reason := fmt.Sprintf("rollout paused at %s: the gates were unknown %d times in a row: %s", st.StepName(), st.Unknowns, text)
 		st.Elapsed = Duration(st.UnknownSince.Sub(st.StepStarted))
 		st.Status, st.Message = StatusPaused, reason
 		st.UnknownSince, st.Unknowns = time.Time{}, 0
-		return reason, nil
+		return reason, false, nil
 	}
 	reason := fmt.Sprintf("rollout rolled back at %s: the gates were unknown %d times in a row: %s", st.StepName(), st.Unknowns, text)
-	if err := x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, index); err != nil {
-		return "", err
-	}
 	st.Status, st.Message = StatusRolledBack, reason
-	return reason, nil
+	return reason, true, x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, st, index)
 }
 
 // lock takes the service's rollout lock with a Consul session, waiting for another holder unless

@@ -303,7 +303,7 @@ func (x *Rollouts) end(ctx context.Context, service string, status Status, chang
 		fresh.Status, fresh.Message = status, reason
 		st, index = fresh, freshIndex
 	}
-	if err := x.commit(ctx, service, op, reason, 0); err != nil {
+	if err := x.commit(ctx, service, op, reason, nil, 0); err != nil {
 		return st, fmt.Errorf("the rollout of %s is %s, but %s was not committed (run it by hand): %w", service, status, op, err)
 	}
 	return st, nil
@@ -311,24 +311,34 @@ func (x *Rollouts) end(ctx context.Context, service string, status Status, chang
 
 // commit makes a registrar change with a reason for the history, planning again after a conflict.
 //
-// A controller commits with stateIndex, the index of the rollout state it decided from: the change
-// is recorded only if that state is unchanged, in the same transaction, so that an abort, a pause or
-// a promotion written meanwhile wins and the change fails with registrar.ErrPrecondition. An
-// operator's command commits with 0: no such condition.
-func (x *Rollouts) commit(ctx context.Context, service string, op registrar.Op, reason string, stateIndex uint64) error {
+// A controller passes next, the rollout state it decided, and index, the index of the state it
+// decided from: the change is recorded and next written in one transaction, only if the state is
+// still at index, so that an abort, a pause or a promotion written meanwhile wins (the change fails
+// with registrar.ErrPrecondition), and a controller that stops right after the change can neither
+// make it again nor forget it. An operator's command passes nil: no such condition.
+func (x *Rollouts) commit(ctx context.Context, service string, op registrar.Op, reason string, next *State, index uint64) error {
+	var writes []registrar.KVWrite
+	if next != nil {
+		next.Updated = time.Now().UTC()
+		body, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		writes = append(writes, registrar.KVWrite{Key: x.key(service), Index: index, Value: body})
+	}
 	for attempt := 0; ; attempt++ {
 		plan, err := x.r.Plan(ctx, service, op)
 		if errors.Is(err, registrar.ErrUnchanged) {
 			// Nothing to change (a rollback while the lane takes test traffic only): the history
 			// still says what the rollout did and why.
-			return x.r.RecordEvent(ctx, service, op.String()+" (no change)", reason)
+			return x.r.RecordEvent(ctx, service, op.String()+" (no change)", reason, writes...)
 		}
 		if err != nil {
 			return err
 		}
 		plan.Reason = reason
-		if stateIndex > 0 {
-			plan.Require(x.key(service), stateIndex)
+		for _, w := range writes {
+			plan.RequireAndWrite(w)
 		}
 		_, err = x.r.Commit(ctx, plan)
 		if !errors.Is(err, registrar.ErrConflict) || attempt == 4 {
