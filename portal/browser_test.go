@@ -39,8 +39,8 @@ func chromium(t *testing.T) string {
 func awaitPromise(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.WithAwaitPromise(true) }
 
 // TestBrowser drives the portal in a real headless Chromium through a release: sign-in, a weight
-// set through the form, a change made outside the page arriving without reload, explain, and the
-// refusals. The steps share one browser and one service, in order.
+// set through the form, a change made outside the page arriving without reload, explain, an undo
+// from the history, and the refusals. The steps share one browser and one service, in order.
 func TestBrowser(t *testing.T) {
 	svc := registerReleaseAs(t, agent, "", "checkout") // the other tests' services are numbered
 	bg := registerBlueGreen(t, "payments")
@@ -223,6 +223,42 @@ func TestBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("screenshot: %s (%d bytes)", path, len(shot))
+	})
+
+	t.Run("undo a change from the history, then undo the undo", func(t *testing.T) {
+		latest := `#region-history li:first-child`
+		for _, step := range []struct{ undone, share string }{
+			{"weight canary 30", "31"},      // the command's last change: 31 % to 30 %
+			{"undo weight canary 30", "30"}, // the undo just made
+		} {
+			var confirm, history string
+			run(t, "undo "+step.undone,
+				chromedp.Navigate(url("/s/"+svc)),
+				chromedp.WaitVisible(latest+` .undoform button[value=undo]`, chromedp.ByQuery),
+				chromedp.Text(latest+` .what`, &history, chromedp.ByQuery),
+				chromedp.Click(latest+` .undoform button[value=undo]`, chromedp.ByQuery),
+				chromedp.WaitVisible(`#confirm`, chromedp.ByQuery),
+				chromedp.Text(`#confirm`, &confirm, chromedp.ByQuery))
+			confirm = strings.ToLower(confirm) // the heading is shown in capitals
+			if !strings.HasPrefix(history, step.undone) || !strings.Contains(confirm, "undo "+step.undone+" at ") ||
+				!strings.Contains(confirm, "weight "+step.share+" %") {
+				t.Fatalf("undo of the latest entry %q: confirmation %q", history, confirm)
+			}
+			if w := laneWeight(t, svc, "canary"); w == step.share {
+				t.Fatalf("the undo changed the weight before the confirmation")
+			}
+			run(t, "confirm the undo",
+				chromedp.Click(`#confirm-btn`, chromedp.ByQuery),
+				chromedp.WaitVisible(`.flash-ok`, chromedp.ByQuery),
+				chromedp.WaitVisible(fmt.Sprintf(`tr[data-lane="canary"][data-share="%s"]`, step.share), chromedp.ByQuery),
+				chromedp.Text(latest, &history, chromedp.ByQuery))
+			if !strings.Contains(history, "undo "+step.undone) || !strings.Contains(history, "alice") {
+				t.Fatalf("latest history entry after the undo: %q", history)
+			}
+			if w := laneWeight(t, svc, "canary"); w != step.share {
+				t.Fatalf("recorded weight %s after the undo, want %s", w, step.share)
+			}
+		}
 	})
 
 	t.Run("an action without the CSRF token is refused", func(t *testing.T) {

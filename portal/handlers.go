@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -52,7 +53,14 @@ type navItem struct {
 type confirmView struct {
 	ID, Action string
 	Rows       []changeView
+	Rules      []rulesChange // instances whose match rules change, with the rules in words
 	Notes      []string
+}
+
+// rulesChange is one instance's match rules before and after a planned change.
+type rulesChange struct {
+	Instance      string
+	Before, After []string
 }
 
 type explainView struct {
@@ -258,6 +266,9 @@ func confirmOf(p *pending) *confirmView {
 		c.Action = p.plan.Action
 		for _, ch := range p.plan.Changes {
 			c.Rows = append(c.Rows, changeView{ch.ID, describeMeta(ch.Before), describeMeta(ch.After)})
+			if gray.RulesJSON(ch.Before.Match) != gray.RulesJSON(ch.After.Match) {
+				c.Rules = append(c.Rules, rulesChange{ch.ID, readableRules(ch.Before.Match), readableRules(ch.After.Match)})
+			}
 		}
 		c.Notes = p.plan.Notes
 		return c
@@ -318,18 +329,21 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request, sess *session) {
 	case "rollout-pause", "rollout-resume", "rollout-abort", "rollout-promote-now":
 		s.planRollout(w, r, sess, service, strings.TrimPrefix(r.PostFormValue("op"), "rollout-"))
 		return
+	case "undo":
+		undo, ok := s.undoOp(ctx, w, r, sess, service)
+		if !ok {
+			return
+		}
+		op, lane = undo, "" // an undo names an entry, not a lane
 	default:
 		http.Error(w, "unknown action", http.StatusBadRequest)
 		return
 	}
 	// A lane a rollout drives changes through the rollout's controls only: the rollout's next step
 	// would undo a change made beside it. The page hides the lane's buttons; the server refuses too.
-	if s.cfg.Rollouts != nil {
-		if ro, err := s.cfg.Rollouts.Rollout(ctx, service); err == nil && ro != nil && !ro.Done && ro.Lane == lane {
-			s.setFlash(sess, "error", "lane %s of %s is driven by a rollout: use its controls (pause, abort, promote now)", lane, service)
-			http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
-			return
-		}
+	// An undo names no lane: the lanes it touches are known once it is planned (below).
+	if lane != "" && s.refuseDriven(ctx, w, r, sess, service, []string{lane}) {
+		return
 	}
 	reg, err := s.registrarFor(sess.operator)
 	if err != nil {
@@ -344,11 +358,113 @@ func (s *Server) plan(w http.ResponseWriter, r *http.Request, sess *session) {
 	case err != nil:
 		s.setFlash(sess, "error", "%v", err)
 	default:
+		if _, undo := op.(registrar.Restore); undo && s.refuseDriven(ctx, w, r, sess, service, touchedLanes(p)) {
+			return
+		}
 		id := s.addPending(sess, &pending{service: service, plan: p})
 		http.Redirect(w, r, serviceURL(service)+"?confirm="+id+"#confirm", http.StatusSeeOther)
 		return
 	}
 	http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+}
+
+// refuseDriven refuses a change to lanes when a running rollout of the service drives one of them,
+// as `graylane` does without --force, and reports whether it did. A rollout source that cannot
+// answer is an unknown, not "no rollout": the change is refused with the source's error.
+func (s *Server) refuseDriven(ctx context.Context, w http.ResponseWriter, r *http.Request, sess *session, service string, lanes []string) bool {
+	if s.cfg.Rollouts == nil {
+		return false
+	}
+	ro, err := s.cfg.Rollouts.Rollout(ctx, service)
+	switch {
+	case err != nil:
+		s.setFlash(sess, "error", "Nothing was planned: reading the rollout of %s, which may drive lane %s: %v", service, strings.Join(lanes, ", "), err)
+	case ro == nil || ro.Done || ro.Lane == "" || !slices.Contains(lanes, ro.Lane):
+		return false
+	default:
+		s.setFlash(sess, "error", "lane %s of %s is driven by a rollout: use its controls (pause, abort, promote now)", ro.Lane, service)
+	}
+	http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+	return true
+}
+
+// touchedLanes returns the lanes a plan takes instances out of or puts them into.
+func touchedLanes(p *registrar.Plan) []string {
+	var lanes []string
+	for _, c := range p.Changes {
+		for _, lane := range []string{c.Before.LaneName(), c.After.LaneName()} {
+			if !slices.Contains(lanes, lane) {
+				lanes = append(lanes, lane)
+			}
+		}
+	}
+	return lanes
+}
+
+// undoOp finds the history entry an undo names and returns the change that undoes it, as
+// `graylane undo` does. The form names the entry by its time exactly as the history records it
+// (the entry's "time", RFC 3339 with nanoseconds), which the page puts in each entry's undo form.
+// A request that names no entry of the service, or one that changed no instance, is answered here
+// with a 4xx and the page saying why; ok is false then.
+func (s *Server) undoOp(ctx context.Context, w http.ResponseWriter, r *http.Request, sess *session, service string) (op registrar.Restore, ok bool) {
+	raw := strings.TrimSpace(r.PostFormValue("entry"))
+	if raw == "" {
+		s.refuse(w, r, sess, service, http.StatusBadRequest, "Undo on %s: the request names no history entry.", service)
+		return op, false
+	}
+	at, err := time.Parse(time.RFC3339Nano, raw)
+	if err != nil {
+		s.refuse(w, r, sess, service, http.StatusBadRequest, "Undo on %s: %q is not the time of a history entry (RFC 3339, as the history records it).", service, raw)
+		return op, false
+	}
+	hist, err := s.reader.History(ctx, service)
+	var partial *registrar.HistoryError
+	if err != nil && !errors.As(err, &partial) {
+		s.setFlash(sess, "error", "Undo on %s: %v", service, err)
+		http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
+		return op, false
+	}
+	var found []registrar.HistoryEntry
+	for _, h := range hist {
+		if h.Time.Equal(at) {
+			found = append(found, h)
+		}
+	}
+	switch {
+	case len(found) == 0 && partial != nil:
+		s.refuse(w, r, sess, service, http.StatusNotFound, "Undo on %s: no readable history entry of %s has the time %s (%v).", service, service, raw, partial)
+		return op, false
+	case len(found) == 0:
+		s.refuse(w, r, sess, service, http.StatusNotFound, "Undo on %s: %s has no history entry at %s.", service, service, raw)
+		return op, false
+	case len(found) > 1:
+		s.refuse(w, r, sess, service, http.StatusConflict, "Undo on %s: %d history entries of %s have the time %s; the page cannot tell which one to undo.", service, len(found), service, raw)
+		return op, false
+	}
+	h := found[0]
+	op, err = registrar.UndoOf(h)
+	switch {
+	case errors.Is(err, registrar.ErrUnchanged):
+		s.refuse(w, r, sess, service, http.StatusUnprocessableEntity,
+			"Undo on %s: the history entry %q of %s at %s UTC changed no instance (it records an event or a change of options): there is nothing to undo.",
+			service, h.Action, service, h.Time.UTC().Format(time.DateTime))
+		return op, false
+	case err != nil:
+		s.refuse(w, r, sess, service, http.StatusUnprocessableEntity, "Undo on %s: %v", service, err)
+		return op, false
+	}
+	return op, true
+}
+
+// refuse answers a request the portal cannot act on with status and the service's page, the reason
+// shown where the outcome of a change is shown.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, sess *session, service string, status int, format string, args ...any) {
+	d := s.page(r.Context(), sess, service)
+	d.Flash = &flash{Kind: "error", Text: fmt.Sprintf(format, args...)}
+	if d.Model == nil {
+		d.NotFound, status = true, http.StatusNotFound
+	}
+	s.render(w, status, "page", d)
 }
 
 func (s *Server) addPending(sess *session, p *pending) string {

@@ -104,6 +104,15 @@ type historyView struct {
 	Lane    string // the lane the action names, for its colour
 	Color   string
 	Changes []changeView
+	// ID names the entry in its undo form: its time exactly as the history records it (RFC 3339
+	// with nanoseconds).
+	ID string
+	// NoUndo says why the page offers no undo of the entry (it changed no instance, they are all
+	// gone, a rollout drives one of its lanes); empty when it does.
+	NoUndo string
+
+	instances []string // the instances the entry changed
+	lanes     []string // the lanes those instances were in before it
 }
 
 type changeView struct{ Instance, Before, After string }
@@ -132,16 +141,22 @@ func laneColor(lane string) string {
 // buildModel reads a service's status and history.
 func (s *Server) buildModel(ctx context.Context, name string, stale bool) *serviceModel {
 	m := &serviceModel{Name: name, Stale: stale, Read: time.Now()}
+	var registered map[string]string // instance ID -> its lane now; nil when unknown
 	st, err := s.reader.Status(ctx, name, gray.Options{})
 	if err != nil {
 		m.Err = err.Error()
 		if errors.Is(err, registrar.ErrNotFound) {
 			m.Err = "no instances are registered"
+			registered = map[string]string{}
 		} else {
 			m.readFailed = true
 		}
 	} else {
 		m.fill(st)
+		registered = map[string]string{}
+		for _, inst := range st.Instances {
+			registered[inst.ID] = inst.Lane()
+		}
 	}
 	hist, err := s.reader.History(ctx, name)
 	var partial *registrar.HistoryError
@@ -169,6 +184,7 @@ func (s *Server) buildModel(ctx context.Context, name string, stale bool) *servi
 			}
 		}
 	}
+	m.offerUndo(registered)
 	if s.cfg.Rates != nil {
 		if rates, err := s.cfg.Rates.Rates(ctx, name); err == nil && len(rates) > 0 {
 			for _, lane := range slices.Sorted(maps.Keys(rates)) {
@@ -234,8 +250,41 @@ func (m *serviceModel) fill(st *registrar.Status) {
 	}
 }
 
+// offerUndo says, for each history entry the page shows, why it offers no undo: the entry changed
+// no instance, none of its instances is registered now, or the rollout in m.Rollout drives a lane
+// the undo would touch (the lane an instance goes back to or the lane it is in now). registered
+// maps the service's instances to their lanes now; nil when the status could not be read: then the
+// page does not know, offers the undo, and the planning says. The server checks the same when the
+// undo is planned; this only spares a click.
+func (m *serviceModel) offerUndo(registered map[string]string) {
+	ro := m.Rollout
+	for i := range m.History {
+		h := &m.History[i]
+		if h.NoUndo != "" {
+			continue
+		}
+		lanes := slices.Clone(h.lanes)
+		present := registered == nil
+		for _, id := range h.instances {
+			if lane, ok := registered[id]; ok {
+				present = true
+				lanes = append(lanes, lane)
+			}
+		}
+		switch {
+		case !present:
+			h.NoUndo = "none of its instances is registered now"
+		case ro != nil && !ro.Done && slices.Contains(lanes, ro.Lane):
+			h.NoUndo = "lane " + ro.Lane + " is driven by a rollout: use its controls"
+		}
+	}
+}
+
 func newHistoryView(h registrar.HistoryEntry) historyView {
-	v := historyView{Time: h.Time, Who: h.Who, Action: h.Action, Outcome: h.Outcome}
+	v := historyView{Time: h.Time, Who: h.Who, Action: h.Action, Outcome: h.Outcome, ID: h.Time.UTC().Format(time.RFC3339Nano)}
+	if len(h.Before) == 0 {
+		v.NoUndo = "changed no instance: nothing to undo"
+	}
 	switch {
 	case h.Outcome == registrar.OutcomeApplied:
 		v.OutKind = "ok"
@@ -251,6 +300,10 @@ func newHistoryView(h registrar.HistoryEntry) historyView {
 		v.Lane, v.Color = f[1], laneColor(f[1])
 	}
 	for _, id := range slices.Sorted(maps.Keys(h.Before)) {
+		v.instances = append(v.instances, id)
+		if before, err := gray.ParseMeta(h.Before[id]); err == nil && !slices.Contains(v.lanes, before.LaneName()) {
+			v.lanes = append(v.lanes, before.LaneName())
+		}
 		after := "deregistered"
 		if a, ok := h.After[id]; ok {
 			after = describeMap(a)
@@ -326,6 +379,15 @@ func describeMeta(m gray.Meta) string {
 		parts = append(parts, "draining")
 	}
 	return strings.Join(parts, " · ")
+}
+
+// readableRules writes match rules in words, one string per rule.
+func readableRules(rules []gray.Rule) []string {
+	out := make([]string, len(rules))
+	for i, r := range rules {
+		out[i] = readableRule(r)
+	}
+	return out
 }
 
 // readableRule writes one match rule in words, its conditions joined with "and".

@@ -1,8 +1,9 @@
 // Package portal is graylane's release portal: one web page that shows every service's lanes,
 // instances, problems, drift and history, explains how a request would be routed, and makes the
-// changes the graylane command makes (weight, promote, rollback, drain) through the same registrar,
-// after a confirmation that shows the planned before and after. Pages follow Consul live: a
-// registrar.Watcher and blocking queries on the recorded state feed server-sent events.
+// changes the graylane command makes (weight, promote, rollback, drain, undo of a history entry)
+// through the same registrar, after a confirmation that shows the planned before and after. Pages
+// follow Consul live: a registrar.Watcher and blocking queries on the recorded state feed
+// server-sent events.
 //
 // Every page needs a signed-in operator (see LoadPasswords), state-changing requests carry a
 // per-session token and must come from the portal's own pages, no Consul token or password reaches
