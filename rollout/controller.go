@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -23,6 +25,18 @@ type RunOptions struct {
 	Events func(st *State, event string)
 	// Prometheus overrides the plan's Prometheus client (tests, TLS).
 	Prometheus *Prometheus
+	// Observe, when set, is called with the state after every look at the rollout, from Run's
+	// goroutine: a controller's metrics.
+	Observe func(st *State)
+	// Notified, when set, is called after each notification of the plan was posted, with the
+	// error if it failed, from the goroutine that posts them (never Run's: a webhook that hangs
+	// holds nothing up).
+	Notified func(kind string, n *Notification, err error)
+	// HTTPClient posts the plan's notifications. Default: a client of its own.
+	HTTPClient *http.Client
+
+	// session, when set, is the controller's session Run takes the service's lock with.
+	session *session
 }
 
 // sessionTTL bounds how long a crashed controller's lock outlives it (Consul may take up to twice
@@ -38,7 +52,7 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 			opts.Events(st, event)
 		}
 	}
-	unlock, lost, err := x.lock(ctx, service, opts.NoWait, func(msg string) { say(nil, msg) })
+	unlock, lost, err := x.lock(ctx, service, opts.session, opts.NoWait, func(msg string) { say(nil, msg) })
 	if err != nil {
 		return nil, err
 	}
@@ -52,6 +66,10 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 		case <-ctx.Done():
 		}
 	}()
+
+	notices := newNotifier(opts.HTTPClient, opts.Notified)
+	defer notices.close()
+	announced := -1 // the step whose before_step was posted
 
 	me := controllerName(x.r.Operator())
 	// A controller that stopped after recording a step and before every instance held it leaves
@@ -70,6 +88,9 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 		if err != nil {
 			return nil, err
 		}
+		if opts.Observe != nil {
+			opts.Observe(st)
+		}
 		if st.Status.Done() {
 			say(st, "the rollout has ended: "+string(st.Status))
 			if st.Status == StatusRolledBack {
@@ -80,6 +101,11 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 		prom := opts.Prometheus
 		if prom == nil {
 			prom = &Prometheus{URL: st.Plan.Prometheus}
+		}
+		before := *st
+		if st.Status == StatusRunning && !st.StepApplied && st.Plan.Steps[st.Step].Pause == nil && announced != st.Step {
+			notices.send(NotifyBeforeStep, st)
+			announced = st.Step
 		}
 		event, saved, err := x.tick(ctx, st, index, prom, me)
 		var applyErr *registrar.ApplyError
@@ -112,8 +138,17 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 		if event != "" {
 			say(st, event)
 		}
-		if st.Status.Done() {
+		if opts.Observe != nil {
+			opts.Observe(st)
+		}
+		switch {
+		case st.Status.Done():
+			notices.send(NotifyOutcome, st)
 			continue // report and return through the top of the loop
+		case st.Status == StatusPaused && before.Status != StatusPaused:
+			notices.send(NotifyPaused, st)
+		case st.StepApplied && !before.StepApplied && st.Plan.Steps[st.Step].Pause == nil:
+			notices.send(NotifyAfterStep, st)
 		}
 		wait := time.Duration(st.Plan.Interval)
 		if left := st.TimeLeft(time.Now()); st.Status == StatusRunning && left > 0 && left < wait {
@@ -259,77 +294,115 @@ func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, p
 	return reason, true, x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, st, index)
 }
 
-// lock takes the service's rollout lock with a Consul session, waiting for another holder unless
-// noWait. It returns a function that releases the lock (and destroys the session) and a channel that
-// is closed if the session is lost.
-func (x *Rollouts) lock(ctx context.Context, service string, noWait bool, say func(string)) (func(), <-chan struct{}, error) {
+// session is a Consul session a controller holds locks with: lost is closed when Consul ends it.
+type session struct {
+	id   string
+	lost <-chan struct{}
+}
+
+// newSession creates a session and keeps it alive until destroy, which also destroys it in Consul
+// and releases every lock it holds.
+func (x *Rollouts) newSession(ctx context.Context, name string) (*session, func(), error) {
 	client := x.r.Client()
-	key := x.key(service) + ".lock"
-	me := controllerName(x.r.Operator())
 	id, _, err := client.Session().CreateNoChecks(&api.SessionEntry{
-		Name: "graylane rollout " + service + " by " + me, TTL: sessionTTL, LockDelay: time.Second,
-		Behavior: api.SessionBehaviorRelease,
+		Name: name, TTL: sessionTTL, LockDelay: time.Second, Behavior: api.SessionBehaviorRelease,
 	}, (&api.WriteOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating the controller's Consul session: %w", err)
 	}
 	done := make(chan struct{})
 	lost := make(chan struct{})
+	renewed := make(chan struct{})
 	go func() {
-		err := client.Session().RenewPeriodic(sessionTTL, id, nil, done)
-		if err != nil {
+		defer close(renewed)
+		if err := client.Session().RenewPeriodic(sessionTTL, id, nil, done); err != nil {
 			close(lost)
 		}
 	}()
+	var once sync.Once
+	destroy := func() {
+		once.Do(func() {
+			close(done) // RenewPeriodic destroys the session
+			<-renewed
+		})
+	}
+	return &session{id: id, lost: lost}, destroy, nil
+}
+
+// acquire takes the lock key with the session, waiting for its holder unless noWait. holderName is
+// written as the key's value; what names the lock in messages. It returns a function that releases
+// the lock.
+func (x *Rollouts) acquire(ctx context.Context, s *session, key, holderName, what string, noWait bool, say func(string)) (func(), error) {
+	kv := x.r.Client().KV()
 	release := func() {
-		_, _, _ = client.KV().Release(&api.KVPair{Key: key, Session: id}, nil)
-		close(done) // RenewPeriodic destroys the session
+		_, _, _ = kv.Release(&api.KVPair{Key: key, Session: s.id}, nil)
 	}
 	told := false
 	for {
-		ok, _, err := client.KV().Acquire(&api.KVPair{Key: key, Value: []byte(me), Session: id}, (&api.WriteOptions{}).WithContext(ctx))
+		ok, _, err := kv.Acquire(&api.KVPair{Key: key, Value: []byte(holderName), Session: s.id}, (&api.WriteOptions{}).WithContext(ctx))
 		if err != nil {
-			release()
-			return nil, nil, fmt.Errorf("taking the rollout lock of %s: %w", service, err)
+			return nil, fmt.Errorf("taking the lock of %s: %w", what, err)
 		}
 		if ok {
-			return release, lost, nil
+			return release, nil
 		}
-		pair, meta, err := client.KV().Get(key, (&api.QueryOptions{}).WithContext(ctx))
+		pair, meta, err := kv.Get(key, (&api.QueryOptions{}).WithContext(ctx))
 		if err != nil {
-			release()
-			return nil, nil, err
+			return nil, err
 		}
 		holder := "another controller"
 		if pair != nil && len(pair.Value) > 0 {
 			holder = string(pair.Value)
 		}
-		if noWait {
-			release()
-			return nil, nil, fmt.Errorf("%w of %s: %s runs it; this one exits (stop that one first, or run without --no-wait to wait for it)", ErrLocked, service, holder)
+		if noWait && pair != nil && pair.Session != "" {
+			return nil, fmt.Errorf("%w of %s: %s runs it; this one exits (stop that one first, or run without --no-wait to wait for it)", ErrLocked, what, holder)
 		}
-		if !told {
-			say(fmt.Sprintf("waiting: %s runs the rollout of %s; this controller takes over when it stops (a crashed controller's lock expires within %s to twice that)", holder, service, sessionTTL))
+		if !told && pair != nil && pair.Session != "" {
+			say(fmt.Sprintf("waiting: %s runs %s; this controller takes over when it stops (a crashed controller's lock expires within %s to twice that)", holder, what, sessionTTL))
 			told = true
 		}
 		if pair != nil && pair.Session != "" {
 			// Wait for the holder's session to release the lock.
-			_, _, err = client.KV().Get(key, (&api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 30 * time.Second}).WithContext(ctx))
+			_, _, err = kv.Get(key, (&api.QueryOptions{WaitIndex: meta.LastIndex, WaitTime: 30 * time.Second}).WithContext(ctx))
 		} else {
 			select { // the lock delay after a release
 			case <-time.After(500 * time.Millisecond):
 			case <-ctx.Done():
+			case <-s.lost:
 			}
 		}
+		select {
+		case <-s.lost:
+			return nil, fmt.Errorf("%w: the controller's Consul session ended while it waited for %s", ErrLocked, what)
+		default:
+		}
 		if ctx.Err() != nil {
-			release()
-			return nil, nil, ctx.Err()
+			return nil, ctx.Err()
 		}
 		if err != nil && !errors.Is(err, context.Canceled) {
-			release()
+			return nil, err
+		}
+	}
+}
+
+// lock takes the service's rollout lock: with s when it is given (a controller's session), else
+// with a session of its own. It returns a function that releases the lock (and destroys a session
+// of its own) and a channel that is closed if the session is lost.
+func (x *Rollouts) lock(ctx context.Context, service string, s *session, noWait bool, say func(string)) (func(), <-chan struct{}, error) {
+	me := controllerName(x.r.Operator())
+	destroy := func() {}
+	if s == nil {
+		var err error
+		if s, destroy, err = x.newSession(ctx, "graylane rollout "+service+" by "+me); err != nil {
 			return nil, nil, err
 		}
 	}
+	release, err := x.acquire(ctx, s, x.key(service)+".lock", me, "the rollout of "+service, noWait, say)
+	if err != nil {
+		destroy()
+		return nil, nil, err
+	}
+	return func() { release(); destroy() }, s.lost, nil
 }
 
 func controllerName(operator string) string {

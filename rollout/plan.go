@@ -58,6 +58,8 @@ type Plan struct {
 	// FailureLimit is how many readings in a row must fail a gate before the rollout rolls back;
 	// fewer hold the step (a single noisy reading). Default 1: the first failure rolls back.
 	FailureLimit int `yaml:"failure_limit" json:"failure_limit,omitempty"`
+	// Notify lists the webhooks told of the rollout's steps, pauses and outcome.
+	Notify []Notification `yaml:"notify" json:"notify,omitempty"`
 }
 
 // DefaultUnknownLimit is a plan's UnknownLimit when it gives none.
@@ -256,7 +258,9 @@ func (p *Plan) Validate() error {
 			}
 			s.Weight = prev
 		}
+		prev = p.Steps[i].Weight
 	}
+	prev = 0
 	for i, s := range p.Steps {
 		if gray.Weight(s.Weight) > gray.MaxWeight {
 			fail(fmt.Sprintf("steps[%d].weight", i), "%s%% is more than 100", s.Weight)
@@ -265,6 +269,9 @@ func (p *Plan) Validate() error {
 			fail(fmt.Sprintf("steps[%d].weight", i), "%s%% is below the step before (%s%%); a rollout only widens", s.Weight, prev)
 		}
 		prev = s.Weight
+	}
+	for i := range p.Notify {
+		errs = append(errs, p.Notify[i].validate(fmt.Sprintf("notify[%d]", i))...)
 	}
 	g := p.Gates
 	if g.ErrorRatio.Max < 0 || g.ErrorRatio.Max > 1 {

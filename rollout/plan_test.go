@@ -92,3 +92,22 @@ func TestExamplePlan(t *testing.T) {
 		t.Fatalf("%+v", p)
 	}
 }
+
+// TestPauseKeepsTheWeightBeforeIt: an approval step after a 5 % step holds the lane at 5 %; it is
+// not read as a step back to 0 %.
+func TestPauseKeepsTheWeightBeforeIt(t *testing.T) {
+	p, err := rollout.ParsePlan([]byte(`service: s
+prometheus: http://127.0.0.1:9090
+steps:
+  - {weight: 5, hold: 1m}
+  - pause: {}
+  - {weight: 50, hold: 1m}
+gates: {error_ratio: {max: 0.01}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Steps[1].Pause == nil || p.Steps[1].Weight.String() != "5" {
+		t.Fatalf("the approval step: %+v", p.Steps[1])
+	}
+}

@@ -120,8 +120,9 @@ func (s *State) StepName() string {
 // Rollouts starts, controls and reports the rollouts of services, through a Registrar. Safe for
 // concurrent use.
 type Rollouts struct {
-	r  *registrar.Registrar
-	kv *api.KV
+	r        *registrar.Registrar
+	kv       *api.KV
+	notified func(kind string, n *Notification, err error)
 }
 
 // New returns Rollouts working through r (its Consul client, KV prefix and operator name).
@@ -129,9 +130,26 @@ func New(r *registrar.Registrar) *Rollouts {
 	return &Rollouts{r: r, kv: r.Client().KV()}
 }
 
+// WithNotified returns Rollouts that call f after posting each notification of an outcome an
+// operator made (Abort, PromoteNow), with the error if it failed.
+func (x *Rollouts) WithNotified(f func(kind string, n *Notification, err error)) *Rollouts {
+	c := *x
+	c.notified = f
+	return &c
+}
+
 func (x *Rollouts) key(service string) string {
 	return x.r.KVPrefix() + "/services/" + service + "/rollout"
 }
+
+// activePrefix is the KV folder that lists the rollouts a controller drives: one key per service,
+// set when a rollout starts, removed by the controller once it has ended.
+func (x *Rollouts) activePrefix() string { return x.r.KVPrefix() + "/rollouts/" }
+
+func (x *Rollouts) activeKey(service string) string { return x.activePrefix() + service }
+
+// leaderKey is the lock the rollout controllers' leader holds.
+func (x *Rollouts) leaderKey() string { return x.r.KVPrefix() + "/rollout-controller.leader" }
 
 // Get returns a service's rollout, ErrNoRollout when there is none.
 func (x *Rollouts) Get(ctx context.Context, service string) (*State, error) {
@@ -152,6 +170,46 @@ func (x *Rollouts) load(ctx context.Context, service string) (*State, uint64, er
 		return nil, 0, fmt.Errorf("the rollout of %s in KV key %s is not valid: %w", service, pair.Key, err)
 	}
 	return &st, pair.ModifyIndex, nil
+}
+
+// Following is a look at a rollout from outside: its state and the controller that holds it.
+type Following struct {
+	State *State
+	// Controller names the controller that holds the rollout's lock; Held is false when none does.
+	Controller string
+	Held       bool
+	// Index is the index to wait from next.
+	Index uint64
+}
+
+// Follow waits until the rollout's state or its lock changes after index (at most 5 minutes) and
+// returns both; index 0 returns at once.
+func (x *Rollouts) Follow(ctx context.Context, service string, index uint64) (*Following, error) {
+	// The state's key is a prefix of its lock's: one blocking query sees both.
+	pairs, meta, err := x.kv.List(x.key(service), (&api.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("reading the rollout of %s: %w", service, err)
+	}
+	f := &Following{Index: meta.LastIndex}
+	if f.Index < index {
+		f.Index = 0
+	}
+	for _, p := range pairs {
+		switch p.Key {
+		case x.key(service):
+			var st State
+			if err := json.Unmarshal(p.Value, &st); err != nil {
+				return nil, fmt.Errorf("the rollout of %s in KV key %s is not valid: %w", service, p.Key, err)
+			}
+			f.State = &st
+		case x.key(service) + ".lock":
+			f.Controller, f.Held = string(p.Value), p.Session != ""
+		}
+	}
+	if f.State == nil {
+		return nil, fmt.Errorf("%w %s", ErrNoRollout, service)
+	}
+	return f, nil
 }
 
 // save writes the state with check-and-set; false when someone wrote it since index.
@@ -217,10 +275,19 @@ func (x *Rollouts) Start(ctx context.Context, plan *Plan) (*State, error) {
 		return old, fmt.Errorf("%w: %s of lane %s is %s (%s); abort it first", ErrRunning, plan.Service, old.Plan.Lane, old.Status, old.StepName())
 	}
 	now := time.Now().UTC()
-	st := &State{Plan: *plan, Status: StatusRunning, Started: now, Message: "started by " + x.r.Operator()}
-	ok, err := x.save(ctx, st, index)
+	st := &State{Plan: *plan, Status: StatusRunning, Started: now, Updated: now, Message: "started by " + x.r.Operator()}
+	body, err := json.Marshal(st)
 	if err != nil {
 		return nil, err
+	}
+	// The state, and the entry that tells the rollout controllers there is a rollout to drive, in
+	// one transaction.
+	ok, _, _, err := x.r.Client().Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: x.key(plan.Service), Value: body, Index: index}},
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: x.activeKey(plan.Service), Value: []byte(plan.Lane)}},
+	}, (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("recording the rollout of %s: %w", plan.Service, err)
 	}
 	if !ok {
 		return nil, fmt.Errorf("%w: another rollout of %s was started at the same time", ErrRunning, plan.Service)
@@ -306,6 +373,10 @@ func (x *Rollouts) end(ctx context.Context, service string, status Status, chang
 	if err := x.commit(ctx, service, op, reason, nil, 0); err != nil {
 		return st, fmt.Errorf("the rollout of %s is %s, but %s was not committed (run it by hand): %w", service, status, op, err)
 	}
+	// Told after the change is made, each post within its timeout: a webhook never delays it.
+	notices := newNotifier(nil, x.notified)
+	notices.send(NotifyOutcome, st)
+	notices.close()
 	return st, nil
 }
 

@@ -403,8 +403,8 @@ func canaryWeight(t *testing.T, s *stack) gray.Weight {
 }
 
 // TestKilledControllerProcessResumes: the graylane command runs the rollout in its own process and
-// is killed (SIGKILL) in the middle of a step. Started again, it waits for the dead controller's
-// Consul session to expire, resumes the step it was in, and walks the rollout to promotion; no step
+// is killed (SIGKILL) in the middle of a step. Started again, it follows the rollout until the dead
+// controller's Consul session expires, resumes the step it was in, and walks the rollout to promotion; no step
 // is applied twice.
 func TestKilledControllerProcessResumes(t *testing.T) {
 	s := startStack(t)
@@ -420,7 +420,7 @@ gates: {window: 4s, min_requests: 30, error_ratio: {max: 0.02}}
 		t.Fatal(err)
 	}
 	start := func() (*exec.Cmd, *syncbuf.Buffer) {
-		cmd := exec.Command(bin, "rollout", "start", "shop", "canary", "-f", planFile, "--consul", s.consul.HTTPAddr, "--who", "release-bot")
+		cmd := exec.Command(bin, "rollout", "start", "shop", "canary", "-f", planFile, "--wait", "--consul", s.consul.HTTPAddr, "--who", "release-bot")
 		out := &syncbuf.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
@@ -446,7 +446,7 @@ gates: {window: 4s, min_requests: 30, error_ratio: {max: 0.02}}
 		_ = second.Process.Kill()
 		t.Fatalf("the second controller did not finish:\n%s", out2.String())
 	}
-	if !strings.Contains(out2.String(), "resuming the rollout of shop lane canary at step 2 of 3") || !strings.Contains(out2.String(), "waiting: release-bot") {
+	if !strings.Contains(out2.String(), "resuming the rollout of shop lane canary at step 2 of 3") || !strings.Contains(out2.String(), "following: release-bot") {
 		t.Fatalf("the second controller did not wait for the lock and resume step 2:\n%s", out2.String())
 	}
 	s.appliedOnce(t, "weight canary 20")

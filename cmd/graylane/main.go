@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -97,7 +98,7 @@ func commands() []*command {
 		{name: "undo", args: "SERVICE", nargs: 1, summary: "put the instances a recorded change touched back as they were before it (the last change, or --to TIME)", flags: undoFlags, run: runUndo},
 		{name: "options", args: "SERVICE", nargs: 1, summary: "show or set the decision options every data plane reads (sticky key, tag key, fallback)", flags: serviceOptionFlags, run: runOptions},
 		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", run: runReconcile},
-		{name: "rollout", args: "start|status|pause|resume|abort|promote-now SERVICE [LANE]", nargs: 2, maxargs: 3, summary: "walk a lane through a plan's steps, gated on measured errors and latency", flags: rolloutFlags, run: runRollout},
+		{name: "rollout", args: "start|status|pause|resume|abort|promote-now SERVICE [LANE] | controller", nargs: 1, maxargs: 3, summary: "walk a lane through a plan's steps, gated on measured errors and latency; controller drives every rollout", flags: rolloutFlags, run: runRollout},
 		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
 		{name: "apisix", args: "sync|route [SERVICE...]", nargs: 1, maxargs: 64, summary: "keep APISIX lane upstreams in sync with Consul (sync), print or apply a service's route (route)", flags: apisixFlags, run: runAPISIX},
 		{name: "portal", summary: "serve the release portal: a web page of every service's lanes, history and next step", flags: portalFlags, run: runPortal},
@@ -263,13 +264,27 @@ func (h *headerList) Set(v string) error { *h = append(*h, v); return nil }
 
 // consulHint says what to check when an error came from not reaching Consul at addr, or from
 // something at addr that is not Consul; "" for any other error.
+// dialedConsul reports whether a failed dial was to the Consul agent at addr, and not to another
+// server a command talks to (a Prometheus, a webhook). Without a port to compare, it assumes so.
+func dialedConsul(op *net.OpError, addr string) bool {
+	if op.Addr == nil {
+		return true
+	}
+	if u, err := url.Parse(addr); err == nil && u.Host != "" {
+		addr = u.Host
+	}
+	_, want, err1 := net.SplitHostPort(addr)
+	_, got, err2 := net.SplitHostPort(op.Addr.String())
+	return err1 != nil || err2 != nil || want == got
+}
+
 func consulHint(err error, addr string) string {
 	var syntax *json.SyntaxError
 	var op *net.OpError
 	switch {
 	case errors.As(err, &syntax):
 		return fmt.Sprintf("hint: what answers at %s is not Consul's HTTP API (its answer is not JSON); point --consul or CONSUL_HTTP_ADDR at the agent (usually port 8500)", addr)
-	case errors.As(err, &op) && op.Op == "dial":
+	case errors.As(err, &op) && op.Op == "dial" && dialedConsul(op, addr):
 		return fmt.Sprintf("hint: no Consul agent answers at %s; start one, or point --consul or CONSUL_HTTP_ADDR at yours", addr)
 	}
 	return ""

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"unicode/utf8"
 
@@ -399,5 +401,56 @@ func TestUndoOfAPromote(t *testing.T) {
 	}
 	if _, errOut, code := graylane(t, a, "undo", "bservice", "--to", "1999-01-01 00:00:00"); code != 1 || !strings.Contains(errOut, "no change at") {
 		t.Fatalf("undo of a time with no change: exit %d, %q", code, errOut)
+	}
+}
+
+// TestRolloutLint: lint checks a plan without starting anything: a query Prometheus refuses is
+// named, and --notify-test posts a test event to each notification and fails when one is refused,
+// without naming the robot's token.
+func TestRolloutLint(t *testing.T) {
+	a := consultest.Start(t)
+	prom := promtest.Start(t)
+	var got []string
+	var mu sync.Mutex
+	robot := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, string(body))
+		mu.Unlock()
+		if r.URL.Query().Get("access_token") == "good" {
+			io.WriteString(w, `{"errcode":0,"errmsg":"ok"}`)
+			return
+		}
+		io.WriteString(w, `{"errcode":300001,"errmsg":"token is not exist"}`)
+	}))
+	defer robot.Close()
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	base := "prometheus: " + prom.URL + "\nsteps:\n  - {weight: 5, hold: 1m}\n  - pause: {}\n  - {weight: 50, hold: 1m}\ngates: {error_ratio: {max: 0.01}}\n"
+	good := write("good.yaml", base+"notify:\n  - {url: \""+robot.URL+"/robot/send?access_token=good\", format: dingtalk}\n")
+	out := mustRun(t, a, "rollout", "lint", "bservice", "canary", "-f", good, "--notify-test")
+	if !strings.Contains(out, "3 steps (5%/1m0s pause 50%/1m0s)") || !strings.Contains(out, "test event delivered") || strings.Contains(out, "access_token") {
+		t.Fatalf("lint of a good plan: %q", out)
+	}
+	if len(got) != 1 || !strings.Contains(got[0], "a test from graylane rollout lint") {
+		t.Fatalf("the robot received %q", got)
+	}
+	refused := write("refused.yaml", base+"notify:\n  - {url: \""+robot.URL+"/robot/send?access_token=bad-token\", format: dingtalk}\n")
+	out, _, code := graylane(t, a, "rollout", "lint", "bservice", "canary", "-f", refused, "--notify-test")
+	if code != 1 || !strings.Contains(out, "errcode 300001") || strings.Contains(out, "bad-token") {
+		t.Fatalf("lint with a refused notification: exit %d, %q", code, out)
+	}
+	badQuery := write("bad.yaml", base+"queries: {errors: 'sum(rate(graylane_server_errors_total{lane=\"{{.Lane}}\"}[{{.Window}}]) by'}\n")
+	if _, errOut, code := graylane(t, a, "rollout", "lint", "bservice", "canary", "-f", badQuery); code != 1 || !strings.Contains(errOut, "queries.errors") {
+		t.Fatalf("lint with a query Prometheus refuses: exit %d, %q", code, errOut)
+	}
+	if _, errOut, code := graylane(t, a, "rollout", "controller", "bservice"); code != 2 || !strings.Contains(errOut, "takes no service") {
+		t.Fatalf("rollout controller SERVICE: exit %d, %q", code, errOut)
 	}
 }
