@@ -13,7 +13,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo soak consul prometheus chromium screenshot clean compose e2e-apisix
+.PHONY: test check unit fuzz bench demo soak consul prometheus chromium docker-compose screenshot clean compose e2e-apisix
 
 ## test: format and vet checks, the race-enabled test suite (real Consul), short fuzz runs and the
 ## compose file's validation
@@ -25,7 +25,7 @@ check:
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./apisix/e2e
 
-unit: consul prometheus chromium
+unit: consul prometheus chromium docker-compose
 	$(GO) test -race -count=1 ./...
 
 fuzz:
@@ -57,13 +57,17 @@ SOAK ?= 10m
 soak: consul
 	$(GO) run ./examples/release -soak $(SOAK)
 
-## compose: validate docker-compose.yml offline (installs Debian's docker-compose when missing)
-compose:
+## compose: validate docker-compose.yml offline
+compose: docker-compose
+	docker-compose config -q
+
+## docker-compose: Debian's docker-compose, when missing: the compose file and the files it mounts
+## are validated offline (deploy/)
+docker-compose:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  echo "installing Debian's docker-compose (to validate docker-compose.yml offline)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq docker-compose >/dev/null; }
-	docker-compose config -q
 
 ## e2e-apisix: the end-to-end check against a running APISIX whose runner is graylane's, such as
 ## the compose stack: GRAYLANE_E2E_GATEWAY, APISIX_ADMIN_ADDR, APISIX_ADMIN_KEY, CONSUL_HTTP_ADDR
