@@ -54,7 +54,7 @@ demo: consul
 ## starts fresh Kratos clients and walks releases; prints the lane-safety table (make test runs one
 ## minute of it, as TestSoak in examples/release)
 SOAK ?= 10m
-soak: consul
+soak: consul prometheus
 	$(GO) run ./examples/release -soak $(SOAK)
 
 ## compose: validate docker-compose.yml offline

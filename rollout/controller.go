@@ -34,6 +34,10 @@ type RunOptions struct {
 	Notified func(kind string, n *Notification, err error)
 	// HTTPClient posts the plan's notifications. Default: a client of its own.
 	HTTPClient *http.Client
+	// BeforeChange, when set, is called from Run's goroutine right before Run commits a change to
+	// the lane (a step's weight, a rollback, the promotion), which may still fail: an audit hook, or
+	// a harness that must know of a change before any data plane can see it.
+	BeforeChange func(st *State, op registrar.Op)
 
 	// session, when set, is the controller's session Run takes the service's lock with.
 	session *session
@@ -107,7 +111,7 @@ func (x *Rollouts) Run(ctx context.Context, service string, opts RunOptions) (*S
 			notices.send(NotifyBeforeStep, st)
 			announced = st.Step
 		}
-		event, saved, err := x.tick(ctx, st, index, prom, me)
+		event, saved, err := x.tick(ctx, st, index, prom, me, opts.BeforeChange)
 		var applyErr *registrar.ApplyError
 		switch {
 		case errors.Is(err, registrar.ErrPrecondition):
@@ -179,13 +183,16 @@ func (x *Rollouts) stopped(ctx context.Context, lost <-chan struct{}) error {
 // with st, in one transaction, only if the state is still at index: an operator's abort, pause or
 // promotion written meanwhile wins, and a controller that stops right after a change cannot make it
 // again, nor lose the step it made.
-func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prometheus, me string) (event string, saved bool, err error) {
+func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prometheus, me string, before func(*State, registrar.Op)) (event string, saved bool, err error) {
 	st.Controller = me
 	if st.Status == StatusPaused {
 		return "", false, nil
 	}
 	plan := &st.Plan
 	change := func(op registrar.Op, reason string) (string, bool, error) {
+		if before != nil {
+			before(st, op)
+		}
 		return st.Message, true, x.commit(ctx, plan.Service, op, reason, st, index)
 	}
 	if plan.Steps[st.Step].Pause != nil {
@@ -222,7 +229,7 @@ func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prom
 	previous := st.Verdict
 	st.Verdict = text
 	if verdict == Unknown {
-		return x.unknown(ctx, st, index, text, previous)
+		return x.unknown(ctx, st, index, text, previous, before)
 	}
 	if !st.UnknownSince.IsZero() {
 		// Known again: the hold time did not run while the gates were unknown.
@@ -266,7 +273,7 @@ func (x *Rollouts) tick(ctx context.Context, st *State, index uint64, prom *Prom
 
 // unknown handles a reading whose gates are unknown: the step holds with its hold time stopped,
 // and after the plan's unknown_limit readings in a row the rollout rolls back or pauses, saying why.
-func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, previous string) (string, bool, error) {
+func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, previous string, before func(*State, registrar.Op)) (string, bool, error) {
 	plan := &st.Plan
 	if st.UnknownSince.IsZero() {
 		st.UnknownSince = time.Now().UTC()
@@ -291,7 +298,11 @@ func (x *Rollouts) unknown(ctx context.Context, st *State, index uint64, text, p
 	}
 	reason := fmt.Sprintf("rollout rolled back at %s: the gates were unknown %d times in a row: %s", st.StepName(), st.Unknowns, text)
 	st.Status, st.Message = StatusRolledBack, reason
-	return reason, true, x.commit(ctx, plan.Service, registrar.Rollback{Lane: plan.Lane}, reason, st, index)
+	op := registrar.Rollback{Lane: plan.Lane}
+	if before != nil {
+		before(st, op)
+	}
+	return reason, true, x.commit(ctx, plan.Service, op, reason, st, index)
 }
 
 // session is a Consul session a controller holds locks with: lost is closed when Consul ends it.

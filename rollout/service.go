@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/registrar"
 )
 
 // ControllerOptions tune a Controller.
@@ -24,6 +25,9 @@ type ControllerOptions struct {
 	Prometheus *Prometheus
 	// HTTPClient posts the plans' notifications. Default: a client of its own.
 	HTTPClient *http.Client
+	// BeforeChange, when set, is called right before a change to a lane is committed
+	// (RunOptions.BeforeChange), from the goroutine that drives the service's rollout.
+	BeforeChange func(service string, st *State, op registrar.Op)
 }
 
 // Controller drives every rollout of a datacenter as a long-lived service. Run it in one process,
@@ -194,6 +198,11 @@ func (c *Controller) drive(ctx context.Context, service string, s *session) {
 					c.opts.Logf("rollout of %s: %s", service, event)
 				},
 				Observe: func(st *State) { c.observe(service, st) },
+				BeforeChange: func(st *State, op registrar.Op) {
+					if c.opts.BeforeChange != nil {
+						c.opts.BeforeChange(service, st, op)
+					}
+				},
 				Notified: func(kind string, n *Notification, err error) {
 					result := "ok"
 					if err != nil {

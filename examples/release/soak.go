@@ -5,7 +5,9 @@ package main
 // a minute restarts stable and canary processes (SIGTERM, which drains, and SIGKILL, which does not),
 // pauses a stable process past its health check, restarts the plugin runner and the Consul agent,
 // starts fresh Kratos clients, and walks releases: bservice's canary 0 → 5 → 25 → rollback → 5, pay's
-// green switched on and back; the last cycle ends with the canary promoted.
+// green switched on and back; the last cycle ends with the canary promoted, and instead of switching
+// pay's green by hand it has graylane's rollout controller walk green to 40 % on Prometheus gates,
+// and an operator abort it (soakrollout.go).
 //
 // Each request goes through the gateway path (the real runner over APISIX's protocol, then the
 // lane's upstream; APISIX's allow_degradation when the runner is away: the route's own upstream)
@@ -32,6 +34,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -75,6 +78,8 @@ type soakReport struct {
 	Steps       int
 	WorstFollow time.Duration
 	Events      []string
+	// Rollout says what the rollout of the last cycle did; RolloutMissed, what it failed to do.
+	Rollout, RolloutMissed string
 }
 
 // ok reports whether every goal was met.
@@ -84,7 +89,7 @@ func (r *soakReport) ok() bool {
 			return false
 		}
 	}
-	return r.Disagreed == 0 && r.WorstFollow <= soakBound
+	return r.Disagreed == 0 && r.WorstFollow <= soakBound && r.RolloutMissed == ""
 }
 
 var planeNames = [2]string{"gateway (runner + upstreams)", "mesh (Kratos client + selector)"}
@@ -115,6 +120,12 @@ func (r *soakReport) print(out io.Writer) {
 	}
 	if r.firstDiffer != "" {
 		fmt.Fprintf(out, "  %s\n", r.firstDiffer)
+	}
+	if r.Rollout != "" {
+		fmt.Fprintf(out, "rollout: %s\n", r.Rollout)
+	}
+	if r.RolloutMissed != "" {
+		fmt.Fprintf(out, "**rollout goal missed**: %s\n", r.RolloutMissed)
 	}
 }
 
@@ -147,6 +158,8 @@ type soak struct {
 	report   soakReport
 	laneOf   map[string]string // instance ID -> lane
 	promoted bool
+
+	rollouts *soakRollout
 }
 
 type weightsAt struct {
@@ -199,6 +212,13 @@ func runSoak(ctx context.Context, out io.Writer, dir string, d time.Duration) (*
 		{name: "bservice", base: gray.StableLane, gray: gray.CanaryLane, testerHdr: [2]string{"userid", "123"}},
 		{name: "pay", base: string(gray.Blue), gray: string(gray.Green), testerHdr: [2]string{"x-env", "green"}},
 	}
+	if err := os.MkdirAll(filepath.Join(dir, "prometheus"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := k.startRollouts(ctx, filepath.Join(dir, "prometheus")); err != nil {
+		return nil, err
+	}
+	defer k.stopRollouts()
 	if err := s.startRunner(ctx); err != nil {
 		return nil, err
 	}
@@ -277,15 +297,31 @@ func (k *soak) cycle(ctx context.Context, n int, last bool) error {
 		{22, func() error { return k.rollback(ctx, "bservice") }},
 		{25, func() error { return k.pause("bservice-2", 3*time.Second) }},
 		{31, func() error { return k.restartConsul() }},
-		{38, func() error { return k.weight(ctx, "pay", 100) }},
+		{38, func() error {
+			if last {
+				return k.rolloutPay(ctx) // the rollout controller walks green from here
+			}
+			return k.weight(ctx, "pay", 100)
+		}},
 		{41, func() error { return k.restart(ctx, "bservice-2", syscall.SIGKILL, 500*time.Millisecond) }},
-		{45, func() error { return k.weight(ctx, "pay", 0) }},
+		{45, func() error {
+			if last {
+				return nil
+			}
+			return k.weight(ctx, "pay", 0)
+		}},
 		{48, func() error { return k.weight(ctx, "bservice", 5) }},
 		{52, func() error {
 			if last {
 				return k.promote(ctx, "bservice")
 			}
 			return k.rollback(ctx, "bservice")
+		}},
+		{54, func() error {
+			if last {
+				return k.abortPay(ctx)
+			}
+			return nil
 		}},
 		{55, func() error { k.freshClient(); k.event("a fresh Kratos client"); return nil }},
 		{59, func() error { return nil }},

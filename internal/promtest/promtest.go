@@ -54,16 +54,26 @@ func Binary() (string, error) {
 // as its own job named after the target, and stops it in the test's cleanup.
 func Start(tb testing.TB, targets ...string) *Server {
 	tb.Helper()
-	binary, err := Binary()
+	s, err := Run(tb.TempDir(), targets...)
 	if err != nil {
 		tb.Fatalf("promtest: %v", err)
 	}
-	dir := tb.TempDir()
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Run runs a Prometheus server as Start does, keeping its files in dir, outside a test (the
+// soak); Stop stops it.
+func Run(dir string, targets ...string) (*Server, error) {
+	binary, err := Binary()
+	if err != nil {
+		return nil, err
+	}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "global:\n  scrape_interval: %s\n  evaluation_interval: %s\nscrape_configs:\n", ScrapeInterval, ScrapeInterval)
 	fmt.Fprintf(&cfg, "  - job_name: graylane\n    static_configs:\n      - targets: [%s]\n", quoteAll(targets))
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg.String()), 0o644); err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	var s *Server
 	attempt := 0
@@ -82,16 +92,15 @@ func Start(tb testing.TB, targets ...string) *Server {
 		}
 		go func() { _ = s.cmd.Wait(); close(s.done) }()
 		if err := s.waitReady(); err != nil {
-			s.stop()
+			s.Stop()
 			return err
 		}
 		return nil
 	})
 	if err != nil {
-		tb.Fatalf("promtest: %v", err)
+		return nil, err
 	}
-	tb.Cleanup(s.stop)
-	return s
+	return s, nil
 }
 
 func (s *Server) waitReady() error {
@@ -114,7 +123,8 @@ func (s *Server) waitReady() error {
 	return fmt.Errorf("prometheus not ready after 30s:\n%s", s.output())
 }
 
-func (s *Server) stop() {
+// Stop stops the server.
+func (s *Server) Stop() {
 	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-s.done:
