@@ -3,7 +3,9 @@ package apisix
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/graylane/graylane/apisix/extplugin"
@@ -64,6 +66,11 @@ func HeaderVar(header string) string {
 // the Admin API takes (and a standalone apisix.yaml lists). laneHeader is the header the plugin
 // sets: the conf's tag_key, else the service's option in Consul, else gray.DefaultTagKey.
 //
+// lanes are the lanes of a service that has a gray lane; give none for a service without one.
+// Then the route takes no hop to the runner (its ext-plugin-pre-req is kept, with its conf, but
+// disabled through _meta.disable) and has no traffic-split: it costs what a plain route does, and
+// the sync turns both on in one route update when a gray lane appears (SetLanes).
+//
 // The route reads the lane header in one place only, traffic-split's rules, which run after the
 // plugin. proxy-rewrite removes the client's lane header before the runner (priority 13000), except
 // for clients in trusted_cidrs (a _meta.filter on remote_addr), so a runner outage under
@@ -84,18 +91,16 @@ func NewRoute(spec RouteSpec, laneHeader string, lanes []string) map[string]any 
 			"allow_degradation": true,
 		},
 	}
-	if rules := TrafficSplitRules(service, laneHeader, lanes); len(rules) > 0 {
-		plugins["traffic-split"] = map[string]any{"rules": rules}
-	}
-	route := map[string]any{
+	route := map[string]any{"plugins": plugins}
+	SetLanes(route, service, laneHeader, lanes)
+	maps.Copy(route, map[string]any{
 		"id":          spec.RouteID(),
 		"name":        spec.RouteID(),
 		"desc":        fmt.Sprintf("graylane: %s by gray lane; traffic-split rules kept by graylane apisix sync", service),
 		"uri":         spec.URI,
 		"upstream_id": BaseUpstreamID(service),
 		"labels":      map[string]any{LabelManagedBy: "graylane", LabelService: service},
-		"plugins":     plugins,
-	}
+	})
 	if len(spec.Hosts) > 0 {
 		hosts := make([]any, len(spec.Hosts))
 		for i, h := range spec.Hosts {
@@ -144,7 +149,71 @@ func BuildRoute(spec RouteSpec, st *State) map[string]any {
 	if header == "" {
 		header = gray.DefaultTagKey
 	}
-	return NewRoute(spec, header, st.Lanes[spec.Conf.Service])
+	return NewRoute(spec, header, st.routeLanes(spec.Conf.Service))
+}
+
+// routeLanes returns the lanes a service's route splits by: none while it has no gray lane.
+func (st *State) routeLanes(service string) []string {
+	if !st.Gray[service] {
+		return nil
+	}
+	return st.Lanes[service]
+}
+
+// SetLanes makes route r, a route of service, split by lanes (one traffic-split rule per lane,
+// the runner's hop enabled), or, with no lanes, take no hop and have no traffic-split; it keeps the
+// header its proxy-rewrite strips equal to the lane header, whatever the lanes, and reports whether
+// anything changed. Everything changes in r at once, so that one route update moves the gateway
+// from one state to the other: a request never meets rules without the runner that sets their
+// header, and a client's lane header is stripped in every state.
+func SetLanes(r map[string]any, service, header string, lanes []string) bool {
+	plugins, _ := r["plugins"].(map[string]any)
+	if plugins == nil {
+		plugins = map[string]any{}
+		r["plugins"] = plugins
+	}
+	changed := false
+	if pr, ok := plugins["proxy-rewrite"].(map[string]any); ok {
+		if hs, ok := pr["headers"].(map[string]any); ok {
+			if rm, _ := hs["remove"].([]any); len(rm) != 1 || rm[0] != header {
+				hs["remove"] = []any{header}
+				changed = true
+			}
+		}
+	}
+	if pre, ok := plugins["ext-plugin-pre-req"].(map[string]any); ok {
+		meta, _ := pre["_meta"].(map[string]any)
+		disabled := meta["disable"] == true
+		switch {
+		case len(lanes) == 0 && !disabled:
+			if meta == nil {
+				meta = map[string]any{}
+				pre["_meta"] = meta
+			}
+			meta["disable"] = true
+			changed = true
+		case len(lanes) > 0 && meta != nil && meta["disable"] != nil:
+			delete(meta, "disable")
+			if len(meta) == 0 {
+				delete(pre, "_meta")
+			}
+			changed = true
+		}
+	}
+	ts, _ := plugins["traffic-split"].(map[string]any)
+	if slices.Equal(rulePairs(ts), wantPairs(service, header, lanes)) {
+		return changed
+	}
+	if len(lanes) == 0 {
+		delete(plugins, "traffic-split")
+		return true
+	}
+	if ts == nil {
+		ts = map[string]any{}
+		plugins["traffic-split"] = ts
+	}
+	ts["rules"] = TrafficSplitRules(service, header, lanes)
+	return true
 }
 
 // ApplyRoute writes the service's upstreams through the Admin API (the route's upstream_id must

@@ -22,6 +22,10 @@ type State struct {
 	Upstreams []Upstream
 	// Lanes lists each service's lanes, in lane order: a route's traffic-split rules.
 	Lanes map[string][]string
+	// Gray holds the services that have a gray lane (one that is not their base). A route of a
+	// service without one takes no hop to the runner: its ext-plugin-pre-req is disabled and it has
+	// no traffic-split, so its requests cost what a plain route's do.
+	Gray map[string]bool
 	// LaneHeaders holds each service's lane header (its options in Consul, else the default); a
 	// route's own conf may name another.
 	LaneHeaders map[string]string
@@ -32,6 +36,10 @@ type Changes struct {
 	Written []string // upstream and route ids created or replaced
 	Deleted []string // upstream ids deleted
 	Kept    []string // upstreams no lane needs that a route still references
+	// Retry is set when the gateway refused to delete an upstream that no route of its store names
+	// any more: APISIX checks a DELETE against its workers' copy of the routes, which trails the
+	// route update just made. The sync applies again shortly instead of at the next resync.
+	Retry bool
 }
 
 // Empty reports whether nothing was written or deleted.
@@ -93,7 +101,7 @@ func NewSync(target Target, views ServiceViews, services []string, opts ...SyncO
 // State returns the desired state from the services' current snapshots. Services that Consul has
 // not answered for yet are left out.
 func (s *Sync) State() (*State, error) {
-	st := &State{Lanes: map[string][]string{}, LaneHeaders: map[string]string{}}
+	st := &State{Lanes: map[string][]string{}, LaneHeaders: map[string]string{}, Gray: map[string]bool{}}
 	var errs []error
 	for _, name := range s.services {
 		v := s.views.Service(name)
@@ -112,6 +120,7 @@ func (s *Sync) State() (*State, error) {
 		for _, l := range laneEndpoints(snap) {
 			st.Lanes[name] = append(st.Lanes[name], l.name)
 		}
+		st.Gray[name] = hasGrayLane(snap)
 		st.LaneHeaders[name] = snap.TagKey().Lower()
 	}
 	slices.SortFunc(st.Upstreams, func(a, b Upstream) int {
@@ -207,7 +216,7 @@ func (s *Sync) Run(ctx context.Context) error {
 	}
 	tick := time.NewTicker(s.resync)
 	defer tick.Stop()
-	failures := 0
+	failures, retries := 0, 0
 	var again <-chan time.Time
 	for {
 		kicks, ticks := kick, tick.C
@@ -222,7 +231,8 @@ func (s *Sync) Run(ctx context.Context) error {
 		case <-again:
 		}
 		again = nil
-		if _, err := s.apply(ctx); err != nil {
+		ch, err := s.apply(ctx)
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -236,5 +246,11 @@ func (s *Sync) Run(ctx context.Context) error {
 			continue
 		}
 		failures = 0
+		if ch.Retry && retries < 10 {
+			retries++
+			again = time.After(retry.Backoff(s.backoffFirst, 2*time.Second, retries))
+			continue
+		}
+		retries = 0
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/graylane/graylane/apisix/extplugin"
@@ -83,7 +82,7 @@ func (t *AdminTarget) Apply(ctx context.Context, st *State) (Changes, error) {
 		if header == "" {
 			header = gray.DefaultTagKey
 		}
-		if !setRules(r, svc, header, st.Lanes[svc]) {
+		if !SetLanes(r, svc, header, st.routeLanes(svc)) {
 			continue
 		}
 		if err := t.Admin.PutRoute(ctx, r); err != nil {
@@ -115,9 +114,11 @@ func (t *AdminTarget) Apply(ctx context.Context, st *State) (Changes, error) {
 			ch.Deleted = append(ch.Deleted, cur.ID)
 		case errors.Is(err, ErrNotFound):
 		case errors.As(err, &ae) && !ae.Temporary():
-			// APISIX refuses while something it knows (a service, a stream route) uses it.
-			t.logf("apisix sync: keeping upstream %s: %s", cur.ID, ae.Message)
+			// APISIX refuses while something it knows (a service, a stream route) uses it, or
+			// while its workers' copy of the routes still has the route this Apply just changed.
+			t.logf("apisix sync: keeping upstream %s for now: %s", cur.ID, ae.Message)
 			ch.Kept = append(ch.Kept, cur.ID)
+			ch.Retry = true
 		default:
 			return ch, err
 		}
@@ -150,40 +151,6 @@ func routeConf(r map[string]any) (*extplugin.Conf, bool) {
 		return conf, err == nil
 	}
 	return nil, false
-}
-
-// setRules puts the lanes' traffic-split rules into route r, keeps the header its proxy-rewrite
-// strips equal to the lane header (the service's option in Consul may change it), and reports
-// whether anything changed.
-func setRules(r map[string]any, service, header string, lanes []string) bool {
-	plugins, _ := r["plugins"].(map[string]any)
-	if plugins == nil {
-		plugins = map[string]any{}
-		r["plugins"] = plugins
-	}
-	changed := false
-	if pr, ok := plugins["proxy-rewrite"].(map[string]any); ok {
-		if hs, ok := pr["headers"].(map[string]any); ok {
-			if rm, _ := hs["remove"].([]any); len(rm) != 1 || rm[0] != header {
-				hs["remove"] = []any{header}
-				changed = true
-			}
-		}
-	}
-	ts, _ := plugins["traffic-split"].(map[string]any)
-	if slices.Equal(rulePairs(ts), wantPairs(service, header, lanes)) {
-		return changed
-	}
-	if len(lanes) == 0 {
-		delete(plugins, "traffic-split")
-		return true
-	}
-	if ts == nil {
-		ts = map[string]any{}
-		plugins["traffic-split"] = ts
-	}
-	ts["rules"] = TrafficSplitRules(service, header, lanes)
-	return true
 }
 
 // rulePairs reads a traffic-split conf as "var==value->upstream" strings, in order.

@@ -115,6 +115,16 @@ func laneEndpoints(snap *gray.Snapshot[registrar.Endpoint]) []laneEps {
 	return out
 }
 
+// hasGrayLane reports whether the snapshot has a lane that is not a base lane.
+func hasGrayLane(snap *gray.Snapshot[registrar.Endpoint]) bool {
+	for _, l := range snap.Lanes() {
+		if !l.Base {
+			return true
+		}
+	}
+	return false
+}
+
 func nodes(eps []registrar.Endpoint) map[string]int {
 	out := make(map[string]int, len(eps))
 	for _, e := range eps {

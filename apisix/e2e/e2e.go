@@ -280,6 +280,174 @@ func Run(t *testing.T, cfg Config) {
 		}
 		check(t, "/e2e/api/user", map[string]string{"userid": "123"}, "canary", true)
 	})
+
+	t.Run("a service without a gray lane takes no hop", func(t *testing.T) {
+		key := view.Snapshot().TagKey().Lower()
+		pick := func(lane string) registrar.Endpoint {
+			d := view.Snapshot().Decide(&gray.StaticRequest{Headers: map[string]string{key: lane}})
+			if len(d.Instances) == 0 {
+				t.Fatalf("%s has no %s instance", service, lane)
+			}
+			return d.Instances[0]
+		}
+		plainRoute(t, ctx, cfg, w, admin, pick("stable"), pick("canary"), logf)
+	})
+}
+
+// plainRoute checks a service without a gray lane: its route takes no hop to the runner (the
+// ext-plugin is disabled, there is no traffic-split) and strips a spoofed lane header; a canary
+// registered with a match rule turns the hop on and gets the matched requests, and only them; when
+// the canary goes, the route is plain again. The service's instances reuse the addresses of the
+// main service's stable and canary instances, so that the gateway reaches them wherever it runs.
+func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *registrar.Watcher, admin *apisix.Admin,
+	stableEP, canaryEP registrar.Endpoint, logf func(string, ...any)) {
+	gateway := strings.TrimRight(cfg.Gateway, "/")
+	client, err := api.NewClient(registrar.NewConfig(cfg.Consul))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := cfg.Service + "-e2e-plain"
+	register := func(id string, ep registrar.Endpoint, meta map[string]string) {
+		t.Helper()
+		if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: plain, Address: ep.Address, Port: ep.Port, Meta: meta}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stableID, canaryID := plain+"-stable", plain+"-canary"
+	register(stableID, stableEP, map[string]string{"version": "v1"})
+	defer client.Agent().ServiceDeregister(stableID)
+	defer client.Agent().ServiceDeregister(canaryID)
+	select {
+	case <-w.Service(plain).Ready():
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	for deadline := time.Now().Add(30 * time.Second); len(w.Service(plain).Snapshot().Lanes()) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has no instance in the watcher after 30s", plain)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	spec := apisix.RouteSpec{ID: "graylane-e2e-" + plain, URI: "/e2e-plain/*",
+		Conf: extplugin.Conf{Service: plain, Options: gray.Options{StickyHeader: "x-user-id"}, EchoHeader: "x-gray-lane"}}
+	if _, err := apisix.ApplyRoute(ctx, admin, w, spec, apisix.WithSyncLogger(logf)); err != nil {
+		t.Fatalf("apply route %s: %v", spec.RouteID(), err)
+	}
+	defer func() {
+		admin.DeleteRoute(context.Background(), spec.RouteID())
+		for _, lane := range []string{"stable", "canary"} {
+			admin.DeleteUpstream(context.Background(), apisix.LaneUpstreamID(plain, lane))
+		}
+	}()
+	syncCtx, stopSync := context.WithCancel(ctx)
+	syncDone := make(chan error, 1)
+	go func() {
+		s := apisix.NewSync(&apisix.AdminTarget{Admin: admin, Logf: logf}, w, []string{plain},
+			apisix.WithResync(2*time.Second), apisix.WithSyncLogger(logf))
+		syncDone <- s.Run(syncCtx)
+	}()
+	defer func() { stopSync(); <-syncDone }()
+
+	// hop reports whether the route's runner hop is on and the lanes its traffic-split names.
+	hop := func() (bool, []string) {
+		routes, err := admin.Routes(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			if r["id"] != spec.RouteID() {
+				continue
+			}
+			plugins, _ := r["plugins"].(map[string]any)
+			pre, _ := plugins["ext-plugin-pre-req"].(map[string]any)
+			meta, _ := pre["_meta"].(map[string]any)
+			if _, ok := plugins["proxy-rewrite"]; !ok {
+				t.Fatalf("route %s lost its header strip: %v", spec.RouteID(), plugins)
+			}
+			var ups []string
+			ts, _ := plugins["traffic-split"].(map[string]any)
+			rules, _ := ts["rules"].([]any)
+			for _, rule := range rules {
+				b, _ := json.Marshal(rule)
+				var rr struct {
+					W []struct {
+						ID string `json:"upstream_id"`
+					} `json:"weighted_upstreams"`
+				}
+				json.Unmarshal(b, &rr)
+				for _, u := range rr.W {
+					ups = append(ups, u.ID)
+				}
+			}
+			return pre != nil && meta["disable"] != true, ups
+		}
+		t.Fatalf("route %s is gone", spec.RouteID())
+		return false, nil
+	}
+	served := func(headers map[string]string) (string, Reply) {
+		r := get(t, gateway, "/e2e-plain/api/order", headers)
+		switch r.Instance {
+		case stableEP.ID:
+			return "stable", r
+		case canaryEP.ID:
+			return "canary", r
+		}
+		return "?" + r.Instance, r
+	}
+	noHop := func(t *testing.T, state string) {
+		t.Helper()
+		if on, ups := hop(); on || len(ups) > 0 {
+			t.Fatalf("%s: the route takes the runner's hop (%v) or splits traffic (%v)", state, on, ups)
+		}
+		for _, lane := range []string{"canary", "green", "stable"} {
+			if got, r := served(map[string]string{gray.DefaultTagKey: lane, "x-user-id": "e2e-plain-user"}); got != "stable" || r.Lane != "" || r.Echo != "" {
+				t.Errorf("%s: spoofed lane %s: served by %s with lane header %q, echo %q", state, lane, got, r.Lane, r.Echo)
+			}
+		}
+	}
+	waitFor := func(what string, f func() bool) time.Duration {
+		start := time.Now()
+		for !f() {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("%s: not seen after a minute", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return time.Since(start)
+	}
+
+	noHop(t, "no gray lane")
+	register(canaryID, canaryEP, map[string]string{"version": "v2", "canary": "true",
+		"match": `[{"header":[{"key":"userid","value_match":"123"}]}]`})
+	took := waitFor("the canary's matched traffic", func() bool {
+		got, _ := served(map[string]string{"userid": "123"})
+		return got == "canary"
+	})
+	t.Logf("a canary registered with a match rule took matched traffic %v after its registration", took.Round(time.Millisecond))
+	if on, ups := hop(); !on || !slices.Contains(ups, apisix.LaneUpstreamID(plain, "canary")) {
+		t.Fatalf("with a canary: hop %v, traffic-split to %v", on, ups)
+	}
+	if got, r := served(map[string]string{"userid": "123"}); got != "canary" || r.Lane != "canary" {
+		t.Errorf("matched request: served by %s with lane header %q", got, r.Lane)
+	}
+	for i := range 50 {
+		if got, r := served(map[string]string{"x-user-id": fmt.Sprintf("e2e-plain-%d", i), gray.DefaultTagKey: "canary"}); got != "stable" || r.Lane != "" {
+			t.Errorf("unmatched request with a spoofed header: served by %s with lane header %q", got, r.Lane)
+		}
+	}
+	if err := client.Agent().ServiceDeregister(canaryID); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor("the plain route again", func() bool { on, ups := hop(); return !on && len(ups) == 0 })
+	t.Logf("the last gray lane gone: the route was plain again after %v", took.Round(time.Millisecond))
+	noHop(t, "the last gray lane removed")
+	waitFor("the canary's upstream deleted", func() bool {
+		ups, err := admin.Upstreams(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !slices.ContainsFunc(ups, func(u apisix.Upstream) bool { return u.ID == apisix.LaneUpstreamID(plain, "canary") })
+	})
 }
 
 // stableUser returns the n-th user whose bucket is above 50 %: stable under every weight set here.

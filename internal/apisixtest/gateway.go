@@ -102,6 +102,9 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 			if p, ok := meta["priority"].(float64); ok {
 				d.priority = int(p)
 			}
+			if meta["disable"] == true {
+				continue // as APISIX's plugin.filter: a disabled plugin does not run
+			}
 		}
 		steps = append(steps, step{name, d.phase, d.priority})
 	}
