@@ -55,6 +55,7 @@ type confirmView struct {
 	Rows       []changeView
 	Rules      []rulesChange // instances whose match rules change, with the rules in words
 	Notes      []string
+	Effect     string // what the change does for this service, where that depends on it
 }
 
 // rulesChange is one instance's match rules before and after a planned change.
@@ -270,7 +271,7 @@ func confirmOf(p *pending) *confirmView {
 				c.Rules = append(c.Rules, rulesChange{ch.ID, readableRules(ch.Before.Match), readableRules(ch.After.Match)})
 			}
 		}
-		c.Notes = p.plan.Notes
+		c.Notes, c.Effect = p.plan.Notes, p.plan.Effect
 		return c
 	}
 	if p.rollout != nil {

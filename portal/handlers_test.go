@@ -208,7 +208,8 @@ func TestPromoteRollbackAndDrain(t *testing.T) {
 	}
 	p = confirm(url.Values{"op": {"drain"}, "instance": {svc + "-1"}, "keep": {"1"}}, "Confirm: drain "+svc+"-1", "<b>stable · weight 0 % · draining</b>", "stays registered")
 	mustContain(t, p.body, "drain "+svc+"-1 on "+svc+": done", `<span class="badge">draining</span>`)
-	p = confirm(url.Values{"op": {"promote"}, "lane": {"canary"}}, "Confirm: promote canary", "<b>stable</b>", "stable now")
+	p = confirm(url.Values{"op": {"promote"}, "lane": {"canary"}}, "Confirm: promote canary", "<b>stable</b>", "stable now",
+		`<p class="effect">`+svc+`&#39;s instances of lane canary become stable`)
 	mustContain(t, p.body, "promote canary on "+svc+": done")
 	p = confirm(url.Values{"op": {"drain"}, "instance": {svc + "-2"}}, "then the instance is deregistered")
 	mustContain(t, p.body, "drain "+svc+"-2 on "+svc+": done")

@@ -105,6 +105,7 @@ type planner struct {
 	instances []Instance
 	after     map[string]gray.Meta
 	notes     []string
+	effect    string
 }
 
 // lane returns the IDs of the active, valid instances of a lane, in order.
@@ -210,6 +211,8 @@ func (o Promote) apply(p *planner) error {
 		return err
 	}
 	if p.pureBlueGreen(o.Lane) {
+		p.effect = fmt.Sprintf("%s has only blue and green instances: %s goes live (weight 100) and the other colour gets weight 0; "+
+			"both stay registered, so `graylane rollback %s %s` switches back", p.service, o.Lane, p.service, o.Lane)
 		for _, id := range ids {
 			p.edit(id, func(m *gray.Meta) { m.Weight = gray.MaxWeight })
 		}
@@ -226,6 +229,8 @@ func (o Promote) apply(p *planner) error {
 		}
 		return nil
 	}
+	p.effect = fmt.Sprintf("%s's instances of lane %s become stable (their gray keys are removed) and share production with "+
+		"the stable instances it has now, until those are drained; there is no colour to switch back to", p.service, o.Lane)
 	for _, id := range ids {
 		p.edit(id, func(m *gray.Meta) {
 			m.Canary, m.BlueGreen, m.Lane, m.Weight, m.Match = false, "", "", 0, nil
@@ -289,7 +294,7 @@ func (r *Registrar) Plan(ctx context.Context, service string, op Op) (*Plan, err
 
 // newPlan turns a planner's edits into a Plan and the new desired state.
 func (r *Registrar) newPlan(service, action string, st desiredState, index uint64, p *planner) (*Plan, error) {
-	plan := &Plan{Service: service, Action: action, Notes: p.notes, stateIndex: index,
+	plan := &Plan{Service: service, Action: action, Notes: p.notes, Effect: p.effect, stateIndex: index,
 		state: st.clone(), instances: map[string]Instance{}}
 	for _, inst := range p.instances {
 		plan.instances[inst.ID] = inst

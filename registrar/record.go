@@ -360,6 +360,9 @@ type Plan struct {
 	Changes []InstanceChange
 	// Notes explain side effects (another lane's weight changed to keep blue/green unambiguous).
 	Notes []string
+	// Effect, when set, says in a sentence what the change does for this service, where that
+	// depends on the service (a promotion makes a colour live, or makes a lane stable).
+	Effect string
 	// Reason, when set before Commit, is recorded in the history entry: why the change was made
 	// (a rollout's gate readings, say).
 	Reason string

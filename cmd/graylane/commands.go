@@ -371,6 +371,10 @@ func change(ctx context.Context, e *env, service string, op registrar.Op) error 
 	if err != nil {
 		return err
 	}
+	if plan.Effect != "" {
+		// Said before the change is made: what it does depends on the service.
+		fmt.Fprintf(e.stdout, "%s on %s: %s\n", plan.Action, service, plan.Effect)
+	}
 	if e.o.dryRun {
 		printPlan(e, plan, "would change")
 		return nil

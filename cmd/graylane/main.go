@@ -91,7 +91,7 @@ func commands() []*command {
 		{name: "status", args: "SERVICE", nargs: 1, summary: "lanes, instances, health, weights, rules, conflicts and traffic shares", flags: statusFlags, run: runStatus},
 		{name: "weight", args: "SERVICE LANE PERCENT", nargs: 3, summary: "set a lane's share of unmatched traffic (0-100, two decimals)", flags: changeFlags, run: runWeight},
 		{name: "match", args: "SERVICE LANE [RULES_JSON]", nargs: 2, maxargs: 3, summary: "set a lane's match rules (JSON, as in the match meta key), or remove them with --none", flags: matchFlags, run: runMatch},
-		{name: "promote", args: "SERVICE LANE", nargs: 2, summary: "make a lane the base (a colour gets weight 100; canaries become stable)", flags: changeFlags, run: runPromote},
+		{name: "promote", args: "SERVICE LANE", nargs: 2, summary: "make a lane the base: in a blue/green service the colour goes live (weight 100); otherwise the lane's instances become stable (says which before it acts)", flags: changeFlags, run: runPromote},
 		{name: "rollback", args: "SERVICE LANE", nargs: 2, summary: "send a lane back to matched test traffic only (weight 0)", flags: changeFlags, run: runRollback},
 		{name: "drain", args: "INSTANCE", nargs: 1, summary: "stop new traffic to an instance, wait for clients to see it, deregister it", flags: drainFlags, run: runDrain},
 		{name: "history", args: "SERVICE", nargs: 1, summary: "the recorded changes of a service: who, when, before, after", flags: outputFlags, run: runHistory},

@@ -454,3 +454,30 @@ func TestRolloutLint(t *testing.T) {
 		t.Fatalf("rollout controller SERVICE: exit %d, %q", code, errOut)
 	}
 }
+
+// TestPromoteSaysWhatItWillDo: promote names its effect for this service before it acts: with
+// stable instances a colour becomes stable; in a pure blue/green service it goes live.
+func TestPromoteSaysWhatItWillDo(t *testing.T) {
+	a := consultest.Start(t)
+	dir := t.TempDir()
+	spec := filepath.Join(dir, "pay.yaml")
+	if err := os.WriteFile(spec, []byte(`
+- {name: pay, id: pay-blue-1, address: 127.0.0.1, port: 9101, meta: {bluegreen: blue}}
+- {name: pay, id: pay-green-1, address: 127.0.0.1, port: 9102, meta: {bluegreen: green}}
+- {name: shop, id: shop-1, address: 127.0.0.1, port: 9201}
+- {name: shop, id: shop-green-1, address: 127.0.0.1, port: 9202, meta: {bluegreen: green}}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, a, "apply", "-f", spec)
+	out := mustRun(t, a, "promote", "pay", "green", "--dry-run")
+	if !strings.HasPrefix(out, "promote green on pay: pay has only blue and green instances: green goes live (weight 100)") {
+		t.Fatalf("promote of a colour in a blue/green service: %q", out)
+	}
+	out = mustRun(t, a, "promote", "shop", "green")
+	first, _, _ := strings.Cut(out, "\n")
+	if !strings.Contains(first, "shop's instances of lane green become stable") || !strings.Contains(out, "changed shop-green-1") ||
+		strings.Index(out, "become stable") > strings.Index(out, "changed") {
+		t.Fatalf("promote of a colour beside stable instances does not say first that it becomes stable: %q", out)
+	}
+}
