@@ -23,7 +23,7 @@ import (
 )
 
 // BinaryEnv names the environment variable that points at the prometheus binary.
-const BinaryEnv = "GRAYLANE_PROMETHEUS"
+const BinaryEnv = "GRAYLANE_PROMETHEUS_BIN"
 
 // ScrapeInterval is how often the test server scrapes its targets.
 const ScrapeInterval = time.Second
@@ -39,7 +39,7 @@ type Server struct {
 	done chan struct{}
 }
 
-// Binary locates prometheus: $GRAYLANE_PROMETHEUS, else prometheus on PATH.
+// Binary locates prometheus: $GRAYLANE_PROMETHEUS_BIN, else prometheus on PATH.
 func Binary() (string, error) {
 	if p := os.Getenv(BinaryEnv); p != "" {
 		return p, nil
