@@ -11,7 +11,9 @@
 // needs there (the address, the token, TLS files). A route enables the plugin through
 // ext-plugin-pre-req; `graylane apisix route` prints such a route.
 //
-// Flags (after run): -log-level debug|info|warn|error (default warn; info logs every call).
+// Flags (after run): -log-level debug|info|warn|error (default warn; info logs every call);
+// -pprof host:port (or GRAYLANE_PPROF_ADDR, listed in nginx_config.envs) serves Go's profiles at
+// /debug/pprof/ there, for profiling the runner under a gateway's real load; keep it on loopback.
 // The runner stops on SIGTERM or SIGINT, closing its Consul watches.
 //
 // Metrics: with GRAYLANE_METRICS_ADDR set (host:port; list it in nginx_config.envs too), the runner
@@ -25,6 +27,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -53,8 +56,17 @@ func run(args []string, opts ...extplugin.Option) int {
 	fs := flag.NewFlagSet("graylane-apisix-runner run", flag.ContinueOnError)
 	level := zapcore.WarnLevel
 	fs.Var(&level, "log-level", "log level: debug, info, warn or error")
+	pprofAddr := fs.String("pprof", os.Getenv(PprofAddrEnv), "serve Go's profiles at /debug/pprof/ on this address (loopback)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
+	}
+	if *pprofAddr != "" {
+		stop, err := servePprof(*pprofAddr)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "graylane-apisix-runner: -pprof %s: %v\n", *pprofAddr, err)
+			return 1
+		}
+		defer stop()
 	}
 
 	base := []extplugin.Option{extplugin.WithLogger(log.Warnf)}
@@ -87,6 +99,26 @@ var extraPlugins []plugin.Plugin
 
 // MetricsAddrEnv names the variable that holds the address of the runner's /metrics endpoint.
 const MetricsAddrEnv = "GRAYLANE_METRICS_ADDR"
+
+// PprofAddrEnv names the variable that holds the address of the runner's /debug/pprof/ endpoint.
+const PprofAddrEnv = "GRAYLANE_PPROF_ADDR"
+
+// servePprof serves net/http/pprof's handlers on addr, on a mux of its own, until stop.
+func servePprof(addr string) (stop func(), err error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	return func() { _ = srv.Close() }, nil
+}
 
 // serveMetrics serves /metrics on addr with the decision counter registered, until stop.
 func serveMetrics(addr string) (stop func(), d *metrics.Decisions, err error) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net"
 	"net/http"
 	"testing"
@@ -74,4 +75,32 @@ func decisions(t *testing.T, addr string) map[[2]string]float64 {
 		out[[2]string{lane, reason}] += m.GetCounter().GetValue()
 	}
 	return out
+}
+
+// TestRunnerServesProfilesWhenAsked: with GRAYLANE_PPROF_ADDR (as APISIX passes variables) the
+// runner serves Go's profiles there, and a CPU profile taken while it decides requests is valid.
+func TestRunnerServesProfilesWhenAsked(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close()
+	env := startGrayEnv(t, PprofAddrEnv+"="+addr)
+	c := apisixtest.Dial(t, env.sock)
+	token, err := c.PrepareConf("route-1", [2]string{"graylane", testConf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLane(t, c, &apisixtest.Request{Token: token, ID: 1, IP: untrusted, Path: "/api/user", Headers: [][2]string{{"userid", "123"}}}, "canary", 20*time.Second)
+	resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	// A profile is gzip-compressed protobuf: it starts with gzip's magic bytes.
+	if resp.StatusCode != http.StatusOK || len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+		t.Fatalf("CPU profile: status %d, %d bytes", resp.StatusCode, len(body))
+	}
 }
