@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -17,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/graylane/graylane/gray"
@@ -25,54 +25,62 @@ import (
 	"github.com/graylane/graylane/rollout"
 )
 
-func outputFlags(fs *flag.FlagSet, o *opts) {
-	fs.StringVar(&o.output, "o", "table", "output format: table or json")
+func outputFlags(fs *pflag.FlagSet, o *opts) {
+	fs.StringVarP(&o.output, "output", "o", "table", "output `format`: table or json")
 }
 
-func optionFlags(fs *flag.FlagSet, o *opts) {
-	fs.StringVar(&o.tagKey, "tag-key", "", "header carrying the propagated lane tag (default: the service's option, else "+gray.DefaultTagKey+")")
-	fs.StringVar(&o.stickyHeader, "sticky-header", "", "header holding the sticky key (default: the service's option)")
-	fs.StringVar(&o.stickyCookie, "sticky-cookie", "", "cookie holding the sticky key (default: the service's option)")
+func optionFlags(fs *pflag.FlagSet, o *opts) {
+	fs.StringVar(&o.tagKey, "tag-key", "", "`header` carrying the propagated lane tag (default: the service's option, else "+gray.DefaultTagKey+")")
+	fs.StringVar(&o.stickyHeader, "sticky-header", "", "`header` holding the sticky key (default: the service's option)")
+	fs.StringVar(&o.stickyCookie, "sticky-cookie", "", "`cookie` holding the sticky key (default: the service's option)")
 	fs.StringVar(&o.fallback, "fallback", "", "where the base's traffic goes when the base has no registered instance: "+
 		"weighted (lanes with a weight, never a test-only lane; the default), none, or any (every instance)")
 }
 
-func serviceOptionFlags(fs *flag.FlagSet, o *opts) {
+func serviceOptionFlags(fs *pflag.FlagSet, o *opts) {
 	optionFlags(fs, o)
 	fs.BoolVar(&o.none, "clear", false, "remove the service's options (back to the defaults)")
-	changeFlags(fs, o)
+	dryRunFlag(fs, o)
 	outputFlags(fs, o)
 }
 
-func applyFlags(fs *flag.FlagSet, o *opts) {
-	fs.StringVar(&o.file, "f", "", "spec file (YAML): one instance, a list, or several documents")
+func applyFlags(fs *pflag.FlagSet, o *opts) {
+	fs.StringVarP(&o.file, "file", "f", "", "spec `file` (YAML): one instance, a list, or several documents")
 	fs.BoolVar(&o.resetGray, "reset-gray", false, "take the spec's gray meta even where a graylane change recorded other state")
 	outputFlags(fs, o)
 }
 
-func statusFlags(fs *flag.FlagSet, o *opts) {
+func statusFlags(fs *pflag.FlagSet, o *opts) {
 	outputFlags(fs, o)
 	optionFlags(fs, o)
 }
 
-func changeFlags(fs *flag.FlagSet, o *opts) {
+func dryRunFlag(fs *pflag.FlagSet, o *opts) {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "show the change without applying it")
+}
+
+func forceFlag(fs *pflag.FlagSet, o *opts) {
 	fs.BoolVar(&o.force, "force", false, "change a lane a rollout drives: the rollout is paused first")
 }
 
-func matchFlags(fs *flag.FlagSet, o *opts) {
+func changeFlags(fs *pflag.FlagSet, o *opts) {
+	dryRunFlag(fs, o)
+	forceFlag(fs, o)
+}
+
+func matchFlags(fs *pflag.FlagSet, o *opts) {
 	changeFlags(fs, o)
 	fs.BoolVar(&o.none, "none", false, "remove the lane's match rules")
 }
 
-func drainFlags(fs *flag.FlagSet, o *opts) {
-	fs.StringVar(&o.service, "service", "", "the instance's service (found in the catalog when empty)")
+func drainFlags(fs *pflag.FlagSet, o *opts) {
+	fs.StringVar(&o.service, "service", "", "the instance's `service` (found in the catalog when empty)")
 	fs.StringVar(&o.grace, "grace", "3s", "time for clients to see the drain before deregistering")
 	fs.StringVar(&o.timeout, "timeout", "30s", "how long to wait for the catalog to show the drain")
 	fs.BoolVar(&o.keep, "keep", false, "leave the drained instance registered")
 	fs.StringVar(&o.untilIdle, "until-idle", "", "after weight 0, wait until the instance's own request rate has stayed at zero this long (Prometheus)")
 	fs.StringVar(&o.idleTimeout, "idle-timeout", "5m", "with --until-idle: fail, and keep the instance, if it is not idle by then")
-	fs.StringVar(&o.rollout.prometheus, "prometheus", "", "with --until-idle: Prometheus base URL (default $GRAYLANE_PROMETHEUS)")
+	fs.StringVar(&o.rollout.prometheus, "prometheus", "", "with --until-idle: Prometheus base `URL` (default $GRAYLANE_PROMETHEUS)")
 	fs.StringVar(&o.idleQuery, "idle-query", drainIdleQuery, "with --until-idle: PromQL for the instance's request rate ({{.ID}}, {{.Service}}, {{.Address}}, {{.Port}})")
 }
 
@@ -132,8 +140,8 @@ func waitIdle(e *env, idleFor, timeout time.Duration) (func(context.Context, *re
 	}, nil
 }
 
-func explainFlags(fs *flag.FlagSet, o *opts) {
-	fs.Var(&o.headers, "H", "request header 'Name: value' (repeatable)")
+func explainFlags(fs *pflag.FlagSet, o *opts) {
+	fs.StringArrayVarP(&o.headers, "header", "H", nil, "request `header`, 'Name: value' or name=value (repeatable)")
 	fs.StringVar(&o.cookie, "cookie", "", "Cookie header ('a=1; b=2')")
 	fs.StringVar(&o.path, "path", "/", "request path (for gRPC, /package.Service/Method)")
 	fs.StringVar(&o.query, "query", "", "raw query string, without '?'")
@@ -795,9 +803,9 @@ func yieldToRollout(ctx context.Context, e *env, r *registrar.Registrar, service
 	return nil
 }
 
-func undoFlags(fs *flag.FlagSet, o *opts) {
+func undoFlags(fs *pflag.FlagSet, o *opts) {
 	changeFlags(fs, o)
-	fs.StringVar(&o.undoTo, "to", "", "the change to undo, by its time as graylane history shows it (default: the last change)")
+	fs.StringVar(&o.undoTo, "to", "", "the change to undo, by its `time` as graylane history shows it (default: the last change)")
 }
 
 // runUndo undoes a recorded change: a new change, with check-and-set and a history entry, that puts

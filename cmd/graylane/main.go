@@ -12,6 +12,18 @@
 //	graylane options bservice --sticky-header userid
 //	graylane reconcile bservice
 //	graylane explain bservice -H 'userid: 123' --path /api/user
+//	graylane rollout start bservice canary -f plan.yaml
+//	graylane apisix sync bservice
+//	graylane portal --passwords portal.passwords
+//
+// The commands are cobra commands, grouped in graylane --help; graylane COMMAND --help shows a
+// command's arguments, the flags that mean something to it, and examples. Flags may come before,
+// between or after the arguments, and the old single-dash spellings of long flags (-who ops,
+// -kv-prefix=x) still work. graylane version prints the build's module version and VCS revision;
+// graylane completion bash|zsh|fish|powershell prints a shell completion script.
+//
+// Exit status: 0 when the command did what it was asked, 1 when it failed, 2 for a usage error (an
+// unknown command or flag, a wrong number of arguments, a bad flag or argument value).
 //
 // The Consul agent, token and TLS settings come from the standard CONSUL_* environment (CONSUL_HTTP_ADDR,
 // CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...) or --consul.
@@ -21,7 +33,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -30,6 +41,9 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/graylane/graylane/registrar"
 )
@@ -41,18 +55,12 @@ func main() {
 	os.Exit(code)
 }
 
-// command is one subcommand.
-type command struct {
-	name    string
-	args    string // the positional arguments, for the usage line
-	summary string
-	flags   func(fs *flag.FlagSet, o *opts)
-	run     func(ctx context.Context, e *env, args []string) error
-	nargs   int // required positional arguments
-	maxargs int // the most positional arguments; nargs when 0
+func init() {
+	// graylane --help lists the commands in the order of a release, not alphabetically.
+	cobra.EnableCommandSorting = false
 }
 
-// opts holds every command's flags; each command registers the ones it takes.
+// opts holds the flags of one command of one run; the command registers the ones it takes.
 type opts struct {
 	consul, who, prefix, output string
 	file                        string
@@ -60,7 +68,7 @@ type opts struct {
 	force                       bool
 	service                     string
 	grace, timeout              string
-	headers                     headerList
+	headers                     []string
 	cookie, path, query, method string
 	ip, lane, key               string
 	stickyHeader, stickyCookie  string
@@ -71,6 +79,8 @@ type opts struct {
 	untilIdle, idleTimeout      string
 	idleQuery                   string
 	rollout                     rolloutOpts
+	apisix                      apisixOpts
+	portal                      portalOpts
 }
 
 // env is what a running command has: its options and its output.
@@ -85,132 +95,109 @@ type usageError struct{ msg string }
 
 func (e *usageError) Error() string { return e.msg }
 
-func commands() []*command {
-	return []*command{
-		{name: "apply", summary: "register or update the instances of a spec file", flags: applyFlags, run: runApply},
-		{name: "status", args: "SERVICE", nargs: 1, summary: "lanes, instances, health, weights, rules, conflicts and traffic shares", flags: statusFlags, run: runStatus},
-		{name: "weight", args: "SERVICE LANE PERCENT", nargs: 3, summary: "set a lane's share of unmatched traffic (0-100, two decimals)", flags: changeFlags, run: runWeight},
-		{name: "match", args: "SERVICE LANE [RULES_JSON]", nargs: 2, maxargs: 3, summary: "set a lane's match rules (JSON, as in the match meta key), or remove them with --none", flags: matchFlags, run: runMatch},
-		{name: "promote", args: "SERVICE LANE", nargs: 2, summary: "make a lane the base: in a blue/green service the colour goes live (weight 100); otherwise the lane's instances become stable (says which before it acts)", flags: changeFlags, run: runPromote},
-		{name: "rollback", args: "SERVICE LANE", nargs: 2, summary: "send a lane back to matched test traffic only (weight 0)", flags: changeFlags, run: runRollback},
-		{name: "drain", args: "INSTANCE", nargs: 1, summary: "stop new traffic to an instance, wait for clients to see it, deregister it", flags: drainFlags, run: runDrain},
-		{name: "history", args: "SERVICE", nargs: 1, summary: "the recorded changes of a service: who, when, before, after", flags: outputFlags, run: runHistory},
-		{name: "undo", args: "SERVICE", nargs: 1, summary: "put the instances a recorded change touched back as they were before it (the last change, or --to TIME)", flags: undoFlags, run: runUndo},
-		{name: "options", args: "SERVICE", nargs: 1, summary: "show or set the decision options every data plane reads (sticky key, tag key, fallback)", flags: serviceOptionFlags, run: runOptions},
-		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", run: runReconcile},
-		{name: "rollout", args: "start|status|pause|resume|abort|promote-now SERVICE [LANE] | controller", nargs: 1, maxargs: 3, summary: "walk a lane through a plan's steps, gated on measured errors and latency; controller drives every rollout", flags: rolloutFlags, run: runRollout},
-		{name: "explain", args: "SERVICE", nargs: 1, summary: "how the data planes route a request: lane, reason, instances", flags: explainFlags, run: runExplain},
-		{name: "apisix", args: "sync|route [SERVICE...]", nargs: 1, maxargs: 64, summary: "keep APISIX lane upstreams in sync with Consul (sync), print or apply a service's route (route)", flags: apisixFlags, run: runAPISIX},
-		{name: "portal", summary: "serve the release portal: a web page of every service's lanes, history and next step", flags: portalFlags, run: runPortal},
-	}
-}
-
+// run runs graylane with args (without the program name) and returns the exit status: 0, 1 for a
+// command that failed, 2 for a usage error. It builds its own command tree, so concurrent runs share
+// nothing.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	cmds := commands()
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		printUsage(stdout, cmds)
-		if len(args) == 0 {
-			return 2
-		}
-		return 0
-	}
-	var cmd *command
-	for _, c := range cmds {
-		if c.name == args[0] {
-			cmd = c
-		}
-	}
-	if cmd == nil {
-		fmt.Fprintf(stderr, "graylane: unknown command %q; run graylane --help\n", args[0])
+	root := newRoot(stdout, stderr)
+	if len(args) == 0 {
+		_ = root.Help()
 		return 2
 	}
-	o := &opts{}
-	fs := flag.NewFlagSet("graylane "+cmd.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.StringVar(&o.consul, "consul", "", "Consul agent address (default $CONSUL_HTTP_ADDR, else 127.0.0.1:8500)")
-	fs.StringVar(&o.who, "who", "", "operator name for the history (default $GRAYLANE_OPERATOR, else user@host)")
-	fs.StringVar(&o.prefix, "kv-prefix", "graylane", "Consul KV folder for gray state and history")
-	if cmd.flags != nil {
-		cmd.flags(fs, o)
+	if args[0] != cobra.ShellCompRequestCmd && args[0] != cobra.ShellCompNoDescRequestCmd {
+		var err error
+		if args, err = resolve(root, args); err != nil {
+			fmt.Fprintf(stderr, "graylane: %s; run graylane --help\n", err)
+			return 2
+		}
 	}
-	fs.Usage = func() {} // help is printed below; parse errors get the one-line treatment
-	positional, err := parseInterleaved(fs, args[1:])
-	if err != nil && !errors.Is(err, flag.ErrHelp) {
-		err = &usageError{err.Error()} // unknown flag, missing or bad value
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(stdout, "usage: graylane %s [flags] %s\n\n%s.\n\nflags:\n", cmd.name, cmd.args, upperFirst(cmd.summary))
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-		return 0
-	}
-	if err == nil && len(positional) < cmd.nargs {
-		err = &usageError{fmt.Sprintf("expected %s", cmd.args)}
-	}
-	if err == nil && len(positional) > max(cmd.nargs, cmd.maxargs) {
-		err = &usageError{fmt.Sprintf("unexpected argument %q; expected %s", positional[max(cmd.nargs, cmd.maxargs)], cmd.args)}
-	}
-	if err == nil {
-		err = checkNames(cmd, positional)
-	}
-	if err == nil && strings.Trim(o.prefix, "/") == "" {
-		err = &usageError{fmt.Sprintf("--kv-prefix %q: name a KV folder, such as graylane", o.prefix)}
-	}
-	if err == nil && o.output != "" && o.output != "table" && o.output != "json" {
-		err = &usageError{fmt.Sprintf("-o %q: use table or json", o.output)}
-	}
-	if err == nil {
-		err = cmd.run(ctx, &env{o: o, stdout: stdout, stderr: stderr}, positional)
-	}
+	root.SetArgs(args)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "graylane %s: %s\n", cmd.name, oneLine(err))
-	if hint := consulHint(err, registrar.NewConfig(o.consul).Address); hint != "" {
+	name := strings.TrimPrefix(cmd.CommandPath(), root.Name()+" ")
+	fmt.Fprintf(stderr, "graylane %s: %s\n", name, oneLine(err))
+	consul := ""
+	if f := cmd.Flags().Lookup("consul"); f != nil {
+		consul = f.Value.String()
+	}
+	if hint := consulHint(err, registrar.NewConfig(consul).Address); hint != "" {
 		fmt.Fprintln(stderr, hint)
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "run graylane %s --help for usage\n", cmd.name)
+		fmt.Fprintf(stderr, "run %s --help for usage\n", cmd.CommandPath())
 		return 2
 	}
 	return 1
 }
 
-// parseInterleaved parses flags that may come before, between or after positional arguments.
-func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
+// resolve finds the command args name and returns args with the old spellings of its flags
+// rewritten (see longFlagSpellings); an unknown command is an error. The command is looked up again
+// after a rewrite: cobra skips a flag's value while it looks for subcommand names, and it knows a
+// flag only in the spelling it was given.
+func resolve(root *cobra.Command, args []string) ([]string, error) {
+	var last *cobra.Command
+	for range 3 {
+		cmd, _, err := root.Find(args)
+		if err != nil {
+			return nil, unknownCommand(root, args)
 		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return positional, nil
+		if cmd == last {
+			break
 		}
-		if args[0] == "--" {
-			return append(positional, args[1:]...), nil
-		}
-		positional = append(positional, args[0])
-		args = args[1:]
+		last = cmd
+		cmd.InitDefaultHelpFlag()
+		args = longFlagSpellings(cmd.Flags(), args)
 	}
+	return args, nil
 }
 
-func printUsage(w io.Writer, cmds []*command) {
-	fmt.Fprintln(w, "graylane: gray releases on Consul meta, enforced alike by APISIX and Kratos")
-	fmt.Fprintln(w, "\nusage: graylane COMMAND [flags] [arguments]\n\ncommands:")
-	for _, c := range cmds {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+// unknownCommand names the first word of args that is no flag, the command cobra did not find, with
+// the commands it may be a misspelling of.
+func unknownCommand(root *cobra.Command, args []string) error {
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") {
+			continue
+		}
+		if s := root.SuggestionsFor(a); len(s) > 0 {
+			return fmt.Errorf("unknown command %q (did you mean %s?)", a, strings.Join(s, " or "))
+		}
+		return fmt.Errorf("unknown command %q", a)
 	}
-	fmt.Fprintln(w, "\nRun graylane COMMAND --help for a command's flags. Consul settings come from CONSUL_HTTP_ADDR,")
-	fmt.Fprintln(w, "CONSUL_HTTP_TOKEN, CONSUL_CACERT and the other standard variables, or --consul.")
+	return errors.New("no command given")
 }
 
-// checkNames refuses empty or malformed SERVICE, LANE and INSTANCE arguments before anything asks
-// Consul about them.
-func checkNames(cmd *command, positional []string) error {
-	names := strings.Fields(cmd.args)
-	for i, arg := range positional {
+// flagError words a flag parse error for the one-line report: a missing value names the flag as it
+// was typed (-f, --file), as the standard flag package did.
+func flagError(_ *cobra.Command, err error) error {
+	var need *pflag.ValueRequiredError
+	if errors.As(err, &need) {
+		dashes := "--"
+		if need.GetSpecifiedShortnames() != "" {
+			dashes = "-"
+		}
+		return &usageError{"flag needs an argument: " + dashes + need.GetSpecifiedName()}
+	}
+	return &usageError{err.Error()}
+}
+
+// checkArgs refuses too few or too many positional arguments, and empty or malformed SERVICE, LANE
+// and INSTANCE arguments, before anything asks Consul about them.
+func (c *command) checkArgs(_ *cobra.Command, args []string) error {
+	expected := "expected " + c.args
+	if c.args == "" {
+		expected = "graylane " + c.name + " takes no arguments"
+	}
+	if len(args) < c.nargs {
+		return &usageError{expected}
+	}
+	if most := max(c.nargs, c.maxargs); c.maxargs >= 0 && len(args) > most {
+		return &usageError{fmt.Sprintf("unexpected argument %q; %s", args[most], expected)}
+	}
+	names := strings.Fields(c.args)
+	for i, arg := range args {
 		if i >= len(names) {
 			break
 		}
@@ -224,6 +211,17 @@ func checkNames(cmd *command, positional []string) error {
 		if len(arg) > registrar.MaxNameLength {
 			return &usageError{fmt.Sprintf("%s %q...: %d characters, at most %d", what, arg[:20], len(arg), registrar.MaxNameLength)}
 		}
+	}
+	return nil
+}
+
+// check refuses flag values that are wrong for every command that takes the flag.
+func (o *opts) check() error {
+	if strings.Trim(o.prefix, "/") == "" {
+		return &usageError{fmt.Sprintf("--kv-prefix %q: name a KV folder, such as graylane", o.prefix)}
+	}
+	if o.output != "" && o.output != "table" && o.output != "json" {
+		return &usageError{fmt.Sprintf("-o %q: use table or json", o.output)}
 	}
 	return nil
 }
@@ -256,14 +254,6 @@ func upperFirst(s string) string {
 	return strings.ToUpper(s[:1]) + s[1:]
 }
 
-// headerList collects repeated -H 'Name: value' flags.
-type headerList []string
-
-func (h *headerList) String() string     { return strings.Join(*h, ", ") }
-func (h *headerList) Set(v string) error { *h = append(*h, v); return nil }
-
-// consulHint says what to check when an error came from not reaching Consul at addr, or from
-// something at addr that is not Consul; "" for any other error.
 // dialedConsul reports whether a failed dial was to the Consul agent at addr, and not to another
 // server a command talks to (a Prometheus, a webhook). Without a port to compare, it assumes so.
 func dialedConsul(op *net.OpError, addr string) bool {
@@ -278,6 +268,8 @@ func dialedConsul(op *net.OpError, addr string) bool {
 	return err1 != nil || err2 != nil || want == got
 }
 
+// consulHint says what to check when an error came from not reaching Consul at addr, or from
+// something at addr that is not Consul; "" for any other error.
 func consulHint(err error, addr string) string {
 	var syntax *json.SyntaxError
 	var op *net.OpError

@@ -165,7 +165,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 func TestEveryCommandHasHelp(t *testing.T) {
 	for _, c := range commands() {
 		var out, errOut bytes.Buffer
-		if code := run(context.Background(), []string{c.name, "--help"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "usage: graylane "+c.name) {
+		if code := run(context.Background(), []string{c.name, "--help"}, &out, &errOut); code != 0 || !strings.Contains(out.String(), "Usage:\n  graylane "+c.name) {
 			t.Errorf("%s --help: exit %d\n%s%s", c.name, code, out.String(), errOut.String())
 		}
 	}

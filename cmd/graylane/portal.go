@@ -5,56 +5,44 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/graylane/graylane/portal"
 	"github.com/graylane/graylane/registrar"
 )
 
-// portalOptions are the portal's own flags, kept beside the shared opts of one run.
-type portalOptions struct {
+// portalOpts holds the flags of graylane portal.
+type portalOpts struct {
 	listen, passwords, hashFor string
 	tlsCert, tlsKey            string
 	hosts                      string
 	readOnly, open             bool
 }
 
-var (
-	portalMu   sync.Mutex
-	portalOpts = map[*opts]*portalOptions{}
-)
-
-func portalFlags(fs *flag.FlagSet, o *opts) {
-	p := &portalOptions{}
-	portalMu.Lock()
-	portalOpts[o] = p
-	portalMu.Unlock()
-	fs.StringVar(&p.listen, "listen", "127.0.0.1:8089", "address to serve on (loopback unless told otherwise)")
-	fs.StringVar(&p.passwords, "passwords", "", "password file of the operators who may sign in (made with --hash-password)")
+func portalFlags(fs *pflag.FlagSet, o *opts) {
+	p := &o.portal
+	fs.StringVar(&p.listen, "listen", "127.0.0.1:8089", "`address` to serve on (loopback unless told otherwise)")
+	fs.StringVar(&p.passwords, "passwords", "", "password `file` of the operators who may sign in (made with --hash-password)")
 	fs.BoolVar(&p.readOnly, "read-only", false, "show everything, change nothing (for a dashboard on a wall)")
 	fs.BoolVar(&p.open, "no-sign-in", false, "serve without sign-in; only with --read-only")
-	fs.StringVar(&p.hashFor, "hash-password", "", "print a password file line for this operator, reading the password from stdin, and exit")
-	fs.StringVar(&p.tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM)")
-	fs.StringVar(&p.tlsKey, "tls-key", "", "the certificate's key (PEM)")
-	fs.StringVar(&p.hosts, "host", "", "with --no-sign-in: further host names the portal answers to, comma-separated "+
+	fs.StringVar(&p.hashFor, "hash-password", "", "print a password file line for this `operator`, reading the password from stdin, and exit")
+	fs.StringVar(&p.tlsCert, "tls-cert", "", "serve HTTPS with this certificate `file` (PEM)")
+	fs.StringVar(&p.tlsKey, "tls-key", "", "the certificate's key `file` (PEM)")
+	fs.StringVar(&p.hosts, "host", "", "with --no-sign-in: further host `names` the portal answers to, comma-separated "+
 		"(default: the listen address's own names; others get 421, against DNS rebinding)")
 }
 
 func runPortal(ctx context.Context, e *env, _ []string) error {
-	portalMu.Lock()
-	p := portalOpts[e.o]
-	delete(portalOpts, e.o)
-	portalMu.Unlock()
+	p := &e.o.portal
 	if p.hashFor != "" {
 		password, err := readPassword(os.Stdin, e.stderr, p.hashFor)
 		if err != nil {

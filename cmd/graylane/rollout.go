@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/rollout"
@@ -34,107 +34,193 @@ type rolloutOpts struct {
 	baseline                       string
 }
 
-func rolloutFlags(fs *flag.FlagSet, o *opts) {
-	fs.StringVar(&o.file, "f", "", "rollout plan (YAML); flags below override its fields")
+// planFlags are the flags that state a plan, or override the fields of the one -f reads.
+func planFlags(fs *pflag.FlagSet, o *opts) {
+	fs.StringVarP(&o.file, "file", "f", "", "rollout plan `file` (YAML); the flags below override its fields")
 	r := &o.rollout
-	fs.BoolVar(&r.notifyTest, "notify-test", false, "lint: post a test event to each of the plan's notifications")
-	fs.BoolVar(&r.wait, "wait", false, "start: follow the rollout here until it ends, driving it when no controller does")
-	fs.BoolVar(&r.noWait, "no-wait", false, "start --wait: exit when another controller drives the rollout, instead of following it")
-	fs.BoolVar(&r.detach, "detach", false, "start: record the rollout and return (the default; kept for scripts)")
-	fs.StringVar(&r.listen, "listen", "127.0.0.1:9466", "controller: address of its /metrics and /healthz")
-	fs.StringVar(&r.prometheus, "prometheus", "", "Prometheus base URL the gates query (default $GRAYLANE_PROMETHEUS)")
-	fs.StringVar(&r.steps, "steps", "", "steps as WEIGHT:HOLD or pause (a manual approval), comma-separated (0:10m,5:10m,pause,25:10m,100:10m)")
-	fs.StringVar(&r.window, "window", "", "range the gates read, as a duration (default 1m)")
-	fs.StringVar(&r.interval, "interval", "", "how often the gates are read (default 10s)")
+	fs.StringVar(&r.prometheus, "prometheus", "", "Prometheus base `URL` the gates query (default $GRAYLANE_PROMETHEUS)")
+	fs.StringVar(&r.steps, "steps", "", "`steps` as WEIGHT:HOLD or pause (a manual approval), comma-separated (0:10m,5:10m,pause,25:10m,100:10m)")
+	fs.StringVar(&r.window, "window", "", "range the gates read, as a `duration` (default 1m)")
+	fs.StringVar(&r.interval, "interval", "", "how often the gates are read, as a `duration` (default 10s)")
 	fs.Float64Var(&r.maxErrors, "max-error-ratio", 0, "gate: the lane's error ratio at most this (0.01 is 1%)")
 	fs.Float64Var(&r.maxErrorsVsBaseline, "max-error-ratio-vs-baseline", 0, "gate: the lane's error ratio at most this many times the baseline's")
-	fs.StringVar(&r.maxP99, "max-p99", "", "gate: the lane's p99 latency at most this (500ms)")
+	fs.StringVar(&r.maxP99, "max-p99", "", "gate: the lane's p99 latency at most this `duration` (500ms)")
 	fs.Float64Var(&r.maxP99VsBaseline, "max-p99-vs-baseline", 0, "gate: the lane's p99 at most this many times the baseline's")
 	fs.Float64Var(&r.minRequests, "min-requests", 0, "requests the lane must serve within the window before the gates count")
-	fs.StringVar(&r.baseline, "baseline", "", "the lane the gates compare with (default stable)")
+	fs.StringVar(&r.baseline, "baseline", "", "the `lane` the gates compare with (default stable)")
+}
+
+func startFlags(fs *pflag.FlagSet, o *opts) {
+	planFlags(fs, o)
+	followFlags(fs, o)
+}
+
+// followFlags say whether start follows the rollout.
+func followFlags(fs *pflag.FlagSet, o *opts) {
+	r := &o.rollout
+	fs.BoolVar(&r.wait, "wait", false, "follow the rollout here until it ends, driving it when no controller does")
+	fs.BoolVar(&r.noWait, "no-wait", false, "with --wait: exit when another controller drives the rollout, instead of following it")
+	fs.BoolVar(&r.detach, "detach", false, "record the rollout and return (the default; kept for scripts)")
+}
+
+func lintFlags(fs *pflag.FlagSet, o *opts) {
+	planFlags(fs, o)
+	notifyTestFlag(fs, o)
+}
+
+func notifyTestFlag(fs *pflag.FlagSet, o *opts) {
+	fs.BoolVar(&o.rollout.notifyTest, "notify-test", false, "post a test event to each of the plan's notifications")
+}
+
+func controllerFlags(fs *pflag.FlagSet, o *opts) {
+	fs.StringVar(&o.rollout.listen, "listen", "127.0.0.1:9466", "`address` of its /metrics and /healthz")
+}
+
+// rolloutFlags are the flags every rollout action took when graylane rollout was one command.
+func rolloutFlags(fs *pflag.FlagSet, o *opts) {
+	planFlags(fs, o)
+	followFlags(fs, o)
+	notifyTestFlag(fs, o)
+	controllerFlags(fs, o)
 	outputFlags(fs, o)
 }
 
-// runRollout dispatches graylane rollout ACTION SERVICE [LANE].
-func runRollout(ctx context.Context, e *env, args []string) error {
-	action := args[0]
-	if action == "controller" {
-		if len(args) > 1 {
-			return &usageError{"rollout controller takes no service: it drives every rollout"}
+// rolloutCommand is graylane rollout and its actions.
+func rolloutCommand() *command {
+	act := func(name, summary string) *command {
+		return &command{name: name, args: "SERVICE [LANE]", nargs: 1, maxargs: 2, summary: summary, compat: rolloutFlags, uses: changesState,
+			run:     func(ctx context.Context, e *env, args []string) error { return runRolloutAction(ctx, e, name, args) },
+			example: "  graylane rollout " + name + " bservice\n  graylane rollout " + name + " bservice canary"}
+	}
+	c := &command{name: "rollout", summary: "walk a lane through a plan's steps, gated on measured errors and latency; controller drives every rollout",
+		group: groupAuto, maxargs: -1, compat: rolloutFlags,
+		example: `  graylane rollout lint bservice canary -f examples/rollout/bservice-plan.yaml   # check it, queries included
+  graylane rollout start bservice canary -f examples/rollout/bservice-plan.yaml  # record it; the controller drives it
+  graylane rollout status bservice          # step, time left, last gate readings, controller
+  graylane rollout pause bservice
+  graylane rollout controller               # the controller as a service: every rollout, /metrics`,
+		subs: []*command{
+			{name: "start", args: "SERVICE [LANE]", nargs: 1, maxargs: 2, summary: "record a rollout of a lane, which the rollout controller drives (--wait: follow and drive it here)",
+				flags: startFlags, compat: rolloutFlags, uses: changesState, run: runRolloutStart,
+				example: `  graylane rollout start bservice canary -f examples/rollout/bservice-plan.yaml
+  graylane rollout start bservice canary -f examples/rollout/bservice-plan.yaml --wait
+  graylane rollout start bservice canary --steps 0:10m,5:10m,25:10m --max-error-ratio 0.01 --max-p99 500ms --prometheus http://127.0.0.1:9090`},
+			{name: "lint", args: "SERVICE [LANE]", nargs: 1, maxargs: 2, summary: "check a plan without starting it: its fields, and every query against Prometheus",
+				flags: lintFlags, compat: rolloutFlags, run: runRolloutLint,
+				example: `  graylane rollout lint bservice canary -f examples/rollout/bservice-plan.yaml
+  graylane rollout lint bservice canary -f examples/rollout/bservice-plan.yaml --notify-test`},
+			{name: "status", args: "SERVICE [LANE]", nargs: 1, maxargs: 2, summary: "a rollout's status, step, time left, last gate readings and controller",
+				flags: outputFlags, compat: rolloutFlags, uses: readsState, run: runRolloutStatus,
+				example: `  graylane rollout status bservice
+  graylane rollout status bservice canary -o json`},
+			act("pause", "hold a rollout at its step until resume"),
+			act("resume", "go on with a paused rollout from its step"),
+			act("abort", "end a rollout and roll its lane back (weight 0)"),
+			act("promote-now", "end a rollout and promote its lane at once"),
+			{name: "controller", summary: "the rollout controller as a long-lived service: it drives every rollout of the datacenter, with /metrics",
+				maxargs: -1, flags: controllerFlags, compat: rolloutFlags, uses: changesState, run: runRolloutController,
+				example: `  graylane rollout controller
+  graylane rollout controller --listen :9466 --who rollout-controller-1`},
+		},
+	}
+	c.run = func(_ context.Context, _ *env, args []string) error {
+		if len(args) == 0 {
+			return &usageError{"expected an action: " + c.actions()}
 		}
-		return runRolloutController(ctx, e)
+		return &usageError{fmt.Sprintf("rollout action %q: use %s", args[0], c.actions())}
 	}
-	if len(args) < 2 {
-		return &usageError{fmt.Sprintf("rollout %s needs a SERVICE", action)}
-	}
-	service, lane := args[1], ""
-	if len(args) > 2 {
-		lane = args[2]
-	}
+	return c
+}
+
+// rollouts returns the rollouts of the registrar, reporting failed notifications on stderr.
+func rollouts(e *env) (*rollout.Rollouts, error) {
 	r, err := e.registrar()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var outMu sync.Mutex
-	x := rollout.New(r).WithNotified(func(kind string, n *rollout.Notification, err error) {
+	return rollout.New(r).WithNotified(func(kind string, n *rollout.Notification, err error) {
 		if err != nil {
 			outMu.Lock()
 			fmt.Fprintf(e.stderr, "graylane: %v\n", err)
 			outMu.Unlock()
 		}
-	})
-	checkLane := func(st *rollout.State) error {
-		if lane != "" && st.Plan.Lane != lane {
-			return fmt.Errorf("the rollout of %s is of lane %s, not %s", service, st.Plan.Lane, lane)
-		}
-		return nil
-	}
-	switch action {
-	case "start":
-		return rolloutStart(ctx, e, x, service, lane)
-	case "lint":
-		return rolloutLint(ctx, e, service, lane)
-	case "status":
-		st, err := x.Get(ctx, service)
-		if err != nil {
-			return err
-		}
-		if err := checkLane(st); err != nil {
-			return err
-		}
-		who, running, err := x.Controller(ctx, service)
-		if err != nil {
-			return err
-		}
-		if e.asJSON() {
-			return e.writeJSON(struct {
-				*rollout.State
-				TimeLeft   string `json:"time_left"`
-				Controlled bool   `json:"controlled"`
-			}{st.Redacted(), st.TimeLeft(time.Now()).Round(time.Second).String(), running})
-		}
-		printRollout(e, st, who, running)
-		return nil
-	case "pause", "resume", "abort", "promote-now":
-		if st, err := x.Get(ctx, service); err != nil {
-			return err
-		} else if err := checkLane(st); err != nil {
-			return err
-		}
-		do := map[string]func(context.Context, string) (*rollout.State, error){
-			"pause": x.Pause, "resume": x.Resume, "abort": x.Abort, "promote-now": x.PromoteNow}[action]
-		st, err := do(ctx, service)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "rollout of %s lane %s: %s (%s)\n", service, st.Plan.Lane, st.Status, st.Message)
-		return nil
-	}
-	return &usageError{fmt.Sprintf("rollout action %q: use start, status, pause, resume, abort, promote-now, lint or controller", action)}
+	}), nil
 }
 
-func rolloutStart(ctx context.Context, e *env, x *rollout.Rollouts, service, lane string) error {
+// serviceLane returns the SERVICE and the optional LANE of a rollout action.
+func serviceLane(args []string) (service, lane string) {
+	if len(args) > 1 {
+		lane = args[1]
+	}
+	return args[0], lane
+}
+
+// checkLane refuses a rollout that is not of lane, when a LANE was given.
+func checkLane(st *rollout.State, service, lane string) error {
+	if lane != "" && st.Plan.Lane != lane {
+		return fmt.Errorf("the rollout of %s is of lane %s, not %s", service, st.Plan.Lane, lane)
+	}
+	return nil
+}
+
+func runRolloutStatus(ctx context.Context, e *env, args []string) error {
+	service, lane := serviceLane(args)
+	x, err := rollouts(e)
+	if err != nil {
+		return err
+	}
+	st, err := x.Get(ctx, service)
+	if err != nil {
+		return err
+	}
+	if err := checkLane(st, service, lane); err != nil {
+		return err
+	}
+	who, running, err := x.Controller(ctx, service)
+	if err != nil {
+		return err
+	}
+	if e.asJSON() {
+		return e.writeJSON(struct {
+			*rollout.State
+			TimeLeft   string `json:"time_left"`
+			Controlled bool   `json:"controlled"`
+		}{st.Redacted(), st.TimeLeft(time.Now()).Round(time.Second).String(), running})
+	}
+	printRollout(e, st, who, running)
+	return nil
+}
+
+// runRolloutAction runs pause, resume, abort or promote-now.
+func runRolloutAction(ctx context.Context, e *env, action string, args []string) error {
+	service, lane := serviceLane(args)
+	x, err := rollouts(e)
+	if err != nil {
+		return err
+	}
+	if st, err := x.Get(ctx, service); err != nil {
+		return err
+	} else if err := checkLane(st, service, lane); err != nil {
+		return err
+	}
+	do := map[string]func(context.Context, string) (*rollout.State, error){
+		"pause": x.Pause, "resume": x.Resume, "abort": x.Abort, "promote-now": x.PromoteNow}[action]
+	st, err := do(ctx, service)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "rollout of %s lane %s: %s (%s)\n", service, st.Plan.Lane, st.Status, st.Message)
+	return nil
+}
+
+func runRolloutStart(ctx context.Context, e *env, args []string) error {
+	service, lane := serviceLane(args)
 	plan, err := rolloutPlan(e, service, lane)
+	if err != nil {
+		return err
+	}
+	x, err := rollouts(e)
 	if err != nil {
 		return err
 	}
@@ -168,9 +254,10 @@ func rolloutStart(ctx context.Context, e *env, x *rollout.Rollouts, service, lan
 	return rolloutFollow(ctx, e, x, service)
 }
 
-// rolloutLint checks a plan without starting it: its fields, every query against Prometheus with
+// runRolloutLint checks a plan without starting it: its fields, every query against Prometheus with
 // the plan's labels filled in, and (--notify-test) each notification with a test event.
-func rolloutLint(ctx context.Context, e *env, service, lane string) error {
+func runRolloutLint(ctx context.Context, e *env, args []string) error {
+	service, lane := serviceLane(args)
 	plan, err := rolloutPlan(e, service, lane)
 	if err != nil {
 		return err
@@ -275,7 +362,10 @@ func rolloutEnded(e *env, st *rollout.State) error {
 
 // runRolloutController runs graylane rollout controller: the rollout controller as a service, with
 // its metrics on --listen, until interrupted.
-func runRolloutController(ctx context.Context, e *env) error {
+func runRolloutController(ctx context.Context, e *env, args []string) error {
+	if len(args) > 0 {
+		return &usageError{"rollout controller takes no service: it drives every rollout"}
+	}
 	r, err := e.registrar()
 	if err != nil {
 		return err
