@@ -96,7 +96,9 @@ func TestControllerServiceFailsOver(t *testing.T) {
 		t.Fatalf("the standby's metrics do not say it stands by:\n%s", got)
 	}
 
-	p := s.plan(t, "")
+	// The test is about the takeover: a machine slow enough to make a few readings unknown must not
+	// roll the canary back.
+	p := s.plan(t, "unknown_limit: 40\non_unknown: pause\n")
 	p.Steps = []rollout.Step{{Weight: 0, Hold: rollout.Duration(time.Second)}, {Weight: 2000, Hold: rollout.Duration(4 * time.Second)},
 		{Weight: 5000, Hold: rollout.Duration(2 * time.Second)}}
 	x := rollout.New(s.r)
@@ -123,6 +125,12 @@ func TestControllerServiceFailsOver(t *testing.T) {
 	killed := time.Now()
 	_ = a.cmd.Process.Kill()
 
+	defer func() {
+		if t.Failed() {
+			st, err := x.Get(context.Background(), "shop")
+			t.Logf("the rollout at the end: %+v %v\nctl-b:\n%s", st, err, b.out.String())
+		}
+	}()
 	waitFor(t, 40*time.Second, "ctl-b to take over", b.leads)
 	takeover := time.Since(killed)
 	if takeover > 25*time.Second { // twice the 10 s TTL, the 1 s lock delay, and the standby's wake-up
@@ -290,6 +298,7 @@ func TestStartRecordsAndAControllerDrives(t *testing.T) {
 interval: 250ms
 steps: [{weight: 0, hold: 1s}, {weight: 20, hold: 2s}]
 gates: {window: 4s, min_requests: 30, error_ratio: {max: 0.02}}
+unknown_limit: 40
 `, s.prom.URL)
 	if err := os.WriteFile(planFile, []byte(plan), 0o644); err != nil {
 		t.Fatal(err)
