@@ -26,7 +26,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo soak consul prometheus chromium docker-compose screenshot clean compose e2e-apisix requirements prometheus-install chromium-install docker-compose-install
+.PHONY: test check unit fuzz bench demo soak consul prometheus chromium docker-compose screenshot clean compose e2e-apisix requirements prometheus-install chromium-install docker-compose-install bench-apisix
 
 ## test: format and vet checks, the race-enabled test suite (real Consul), short fuzz runs and the
 ## compose file's validation
@@ -82,6 +82,13 @@ compose: docker-compose
 ## (defaults: the compose stack on 127.0.0.1)
 e2e-apisix:
 	$(GO) test -tags e2e -count=1 -v ./apisix/e2e
+
+## bench-apisix: what a graylane route costs on a running APISIX whose runner is graylane's (the
+## same variables as e2e-apisix): req/s, p50, p99 and gateway and runner CPU per request of a plain
+## route, traffic-split alone and graylane's route without and with a gray lane, as a markdown table
+## (GRAYLANE_BENCH_SERVICE, GRAYLANE_BENCH_DURATION, GRAYLANE_BENCH_CONNECTIONS, GRAYLANE_BENCH_ROUNDS)
+bench-apisix:
+	$(GO) run ./apisix/gatewaybench
 
 ## consul: the Consul agent the tests and the demo run ($(CONSUL)): built once when no consul
 ## $(CONSUL_VERSION) is on PATH, with progress as "package N of M"
