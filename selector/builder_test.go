@@ -21,7 +21,9 @@ import (
 // Propagation() follows the rules and carries the lane on.
 func TestBuilder(t *testing.T) {
 	kselector.SetGlobalSelector(selector.NewBuilder(&wrr.Builder{}, &direct.Builder{}, selector.WithStickyHeader("x-user-id")))
-	defer kselector.SetGlobalSelector(wrr.NewBuilder())
+	// Restored after the test's clients are closed (cleanups run last registered first): a gRPC
+	// client reads the global selector, unsynchronized, whenever it builds a picker.
+	t.Cleanup(func() { kselector.SetGlobalSelector(wrr.NewBuilder()) })
 
 	e := newEnv(t)
 	e.start("cservice", "c-stable", gray.Meta{}, nil)

@@ -118,11 +118,11 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	if cc == nil || !cc.clientOnly {
 		return decideView(ctx, cc, snap, cfg, warn)
 	}
-	// Most calls: a unary gRPC call made outside a handler, whose headers are all in its outgoing
-	// metadata. The decision reads that one map, and a lane tag found there is on its way to the
-	// callee already.
+	// Most calls: a unary gRPC call made outside a handler, whose headers are all in its client
+	// transport's header. The decision reads that header alone, and a lane tag found there is on
+	// its way to the callee already.
 	cc.forgetPick()
-	d := snap.DecideWithHeaders(cc.out.md, outgoingHeaders{&cc.call})
+	d := snap.Decide(outgoingHeaders{&cc.call})
 	if d.Wait {
 		cc.waitFor(snap.Service(), d.Lane)
 		return nil
@@ -133,8 +133,8 @@ func decide[T any](ctx context.Context, snap *gray.Snapshot[T], cfg *config, war
 	// A decision by tag found the tag on the call; any other one to be propagated sends its lane
 	// unless the call carries a tag (one naming a lane this service does not have) already.
 	if d.Reason != gray.ReasonTag && d.Propagate() {
-		if key := snap.TagKey().Lower(); len(cc.out.md[key]) == 0 {
-			cc.sendTag, cc.sendKey = d.Lane, key
+		if key := snap.TagKey(); len(cc.out.values(key)) == 0 {
+			cc.sendTag, cc.sendKey = d.Lane, key.Lower()
 		}
 	}
 	return d

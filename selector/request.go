@@ -5,9 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"reflect"
 	"strings"
-	"unsafe"
 
 	"github.com/go-kratos/kratos/v2/metadata"
 	"github.com/go-kratos/kratos/v2/transport"
@@ -42,8 +40,8 @@ type call struct {
 	// into which Kratos copies what client middleware set.
 	streamMD bool
 	// clientOnly: the client transport's headers are all the call shows (a unary gRPC call made
-	// outside a handler); a header not there is nowhere. Such a call is decided on that map
-	// (gray.Snapshot.DecideWithHeaders, with outgoingHeaders for the rest).
+	// outside a handler, through Kratos' gRPC transport); a header not there is nowhere. Such a
+	// call is decided through outgoingHeaders, which reads that transport header and nothing else.
 	clientOnly bool
 }
 
@@ -80,7 +78,7 @@ func (c *call) begin(ctx context.Context, stream bool) {
 	c.ctx, c.streamMD = ctx, stream
 	c.lookClient()
 	c.lookServer()
-	c.clientOnly = c.out.md != nil && !stream && c.in.kind == kindNone
+	c.clientOnly = c.out.kratosGRPC && !stream && c.in.kind == kindNone
 }
 
 // repick forgets what an earlier pick of the same call read from the lane tag: a retried pick
@@ -112,11 +110,13 @@ func (c *call) lookServer() {
 
 // side is what one Kratos transport of a call shows: the outgoing call's or the incoming request's.
 type side struct {
-	req    *http.Request       // HTTP: the request
-	header transport.Header    // the transport's headers when there is no request
-	md     map[string][]string // header's map when it is Kratos' gRPC carrier (lower-case keys)
-	op     string              // gRPC: the full method name
+	req    *http.Request    // HTTP: the request
+	header transport.Header // the transport's headers when there is no request
+	op     string           // gRPC: the full method name
 	kind   kind
+	// kratosGRPC: the transport is Kratos' gRPC transport, whose header holds the call's
+	// headers under lower-case keys.
+	kratosGRPC bool
 }
 
 func (s *side) look(tr transport.Transporter) {
@@ -131,21 +131,16 @@ func (s *side) look(tr transport.Transporter) {
 	if tr.Kind() == transport.KindGRPC {
 		s.kind, s.op = kindGRPC, tr.Operation()
 	}
+	_, s.kratosGRPC = tr.(*kgrpc.Transport)
 	s.header = tr.RequestHeader()
-	if s.kind == kindGRPC {
-		s.md, _ = grpcHeader(s.header)
-	}
 }
 
-// values reads a header: from the gRPC carrier's map or the HTTP request directly, else through the
-// transport's header.
+// values reads a header: from the HTTP request directly, else through the transport's header.
 func (s *side) values(key gray.HeaderKey) []string {
 	switch {
-	case s.md != nil:
-		return s.md[key.Lower()]
 	case s.req != nil:
 		return s.req.Header[key.Canonical()]
-	case s.header != nil: // in the spelling its transport keeps, so that it converts nothing
+	case s.header != nil: // in the spelling its transport keeps, so that no key is converted
 		if s.kind == kindGRPC {
 			return s.header.Values(key.Lower())
 		}
@@ -171,14 +166,13 @@ func (c *call) Header(key gray.HeaderKey) (string, bool) {
 	return v, w != foundNowhere
 }
 
-// outgoingHeaders is the request view of a call whose headers are all in its outgoing gRPC
-// metadata (clientOnly): Header reads that map and nothing else. DecideWithHeaders reads the map
-// itself and asks the view only for the rest (path, method), or for everything when a rule of the
-// service reads more than headers.
+// outgoingHeaders is the request view of a call whose headers are all in its client transport's
+// header (clientOnly): Header reads that header and nothing else; the rest (path, method) comes
+// from the call.
 type outgoingHeaders struct{ *call }
 
 func (v outgoingHeaders) Header(key gray.HeaderKey) (string, bool) {
-	return first(v.out.md[key.Lower()])
+	return first(v.out.values(key))
 }
 
 // tag returns the call's lane tag and where it was found, and remembers them for Header.
@@ -223,30 +217,6 @@ func (c *call) beyondClient(key gray.HeaderKey) (string, where) {
 		return v, foundElsewhere
 	}
 	return "", foundNowhere
-}
-
-// grpcCarrier is the type of Kratos' gRPC transport header: an unexported map type whose
-// underlying type is metadata.MD. Its Values lower-cases the key on every call; reading the map
-// directly with a key already in lower case skips that.
-var grpcCarrier = func() reflect.Type {
-	t := reflect.TypeOf((&kgrpc.Transport{}).RequestHeader())
-	if t == nil || t.Kind() != reflect.Map || t.Key().Kind() != reflect.String ||
-		t.Elem() != reflect.TypeOf([]string(nil)) || t.Name() == "" {
-		return nil
-	}
-	return t
-}()
-
-// ifaceWords is the memory layout of an interface value.
-type ifaceWords [2]unsafe.Pointer
-
-// grpcHeader returns h's map when h is Kratos' gRPC transport header. A map is stored in an
-// interface as its pointer (the interface's data word), so the word is the map itself.
-func grpcHeader(h transport.Header) (map[string][]string, bool) {
-	if grpcCarrier == nil || reflect.TypeOf(h) != grpcCarrier {
-		return nil, false
-	}
-	return *(*map[string][]string)(unsafe.Pointer(&(*ifaceWords)(unsafe.Pointer(&h))[1])), true
 }
 
 func first(vs []string) (string, bool) {

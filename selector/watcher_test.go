@@ -120,10 +120,17 @@ func TestWatcherMeta(t *testing.T) {
 	e.setMetaByHand("c1", "weight", "100")
 	waitFor(t, 10*time.Second, "the mended meta", func() bool { s, err := who(ctx, fresh); return err == nil && s == "c1" })
 
-	// A Builder with the watcher, on a client dialed after it became the global selector.
+	// A Builder with the watcher, on a client dialed after it became the global selector. A gRPC
+	// client reads Kratos' global selector, unsynchronized, whenever it builds a picker: change it
+	// only while no gRPC client of the test is open.
+	fresh.Close()
+	frozen.Close()
 	kselector.SetGlobalSelector(selector.NewBuilder(&wrr.Builder{}, &direct.Builder{}, selector.WithWatcher(w)))
-	defer kselector.SetGlobalSelector(wrr.NewBuilder())
 	built := e.dialPlain("bservice", selector.Propagation())
+	defer func() {
+		built.Close()
+		kselector.SetGlobalSelector(wrr.NewBuilder())
+	}()
 	waitFor(t, 10*time.Second, "the canary, through the Builder", func() bool { s, err := who(ctx, built); return err == nil && s == "c1" })
 	do(t, e.r, "bservice", registrar.Rollback{Lane: "canary"})
 	waitFor(t, 10*time.Second, "the rollback, through the Builder", func() bool { s, err := who(ctx, built); return err == nil && s == "s1" })

@@ -11,8 +11,8 @@
 //  1. removes a lane header the client sent, unless the client's address is in the conf's
 //     trusted_cidrs (a trusted client, such as a test harness, may pick its lane);
 //  2. decides the lane from what arrived with the call: headers, path, arguments, method and source
-//     address, read straight from the message APISIX sent (no Var or Body calls, which would each
-//     cost a round trip to APISIX);
+//     address, read through the runner's public request interface from the message APISIX sent
+//     (no Var or Body calls, which would each cost a round trip to APISIX);
 //  3. sets the lane header to a gray lane, overwriting whatever was there, or removes it for the
 //     base lane, so base decisions do not travel to the next hop and the route's own upstream
 //     (the service's base) serves the request;
@@ -24,8 +24,11 @@
 // last good snapshot stays in force.
 //
 // Concurrency: the runner calls ParseConf and RequestFilter from one goroutine per APISIX
-// connection; both are safe for concurrent use. RequestFilter allocates nothing of its own, except
-// to rebuild its small per-snapshot table of header values once after each Consul change. It asks
-// the runner for its Go header map (which the runner builds on first use, at some cost) only when
-// the lane header must change, and for its response header map only to echo the lane.
+// connection; both are safe for concurrent use. The plugin uses the runner's public API only
+// (pkg/http.Request and its Header). It reads the request's headers from Header().View(), which the
+// runner builds on the first call of each request (a Go map of every header, and a clone of it that
+// its answer is diffed against), and the arguments from Args() only when a rule reads the query. Of
+// its own, RequestFilter allocates only the one-value slice Header().Set stores when the lane
+// header must change, and its small per-snapshot table of echo values once after each Consul
+// change. It asks for the response header map only to echo the lane.
 package extplugin

@@ -98,7 +98,7 @@ type service struct {
 }
 
 // laneTable holds, for one snapshot, the header value of each lane as a one-element slice, so that
-// setting the lane header allocates nothing. The slices are shared and never written.
+// echoing the lane in a response header allocates nothing. The slices are shared and never written.
 type laneTable struct {
 	snap   *gray.Snapshot[registrar.Endpoint]
 	values map[string][]string
@@ -222,9 +222,11 @@ func (p *Plugin) Close() error {
 
 // RequestFilter implements the runner's plugin.Plugin: it decides the request's lane and sets or
 // removes the lane header. Once the runner has Consul's answer for the service it never writes to w
-// (that would answer the client instead of proxying), never blocks, and allocates nothing of its
-// own. Before that answer the request waits for it, up to the conf's unknown_wait_ms counted from
-// when the runner began to watch the service, and past that gets what on_unknown says.
+// (that would answer the client instead of proxying) and never blocks. Of its own it allocates only
+// the one-value slice that Header().Set stores when the lane header must change; the runner
+// allocates its header map (see request). Before that answer the request waits for it, up to the
+// conf's unknown_wait_ms counted from when the runner began to watch the service, and past that
+// gets what on_unknown says.
 func (p *Plugin) RequestFilter(c any, w http.ResponseWriter, r pkgHTTP.Request) {
 	cf, ok := c.(*conf)
 	if !ok {
@@ -249,19 +251,18 @@ func (p *Plugin) RequestFilter(c any, w http.ResponseWriter, r pkgHTTP.Request) 
 		p.decisions.Observe(snap.Service(), d.Lane, d.Reason)
 	}
 
-	// Touch the runner's header map only to change the lane header: building it costs more than
-	// the decision. The upstream must see exactly the decided lane, or no lane header at all.
-	table := cf.svc.lanes(snap)
+	// Change the lane header only when it must change, so that the runner's answer carries no
+	// header change otherwise. The upstream must see exactly the decided lane, or no lane header.
 	switch {
 	case d.Propagate():
 		if copies != 1 || sent != d.Lane {
-			setHeader(r, key.Canonical(), table.value(d.Lane), sent, copies > 0)
+			setHeader(r, key.Canonical(), d.Lane)
 		}
 	case copies > 0:
-		setHeader(r, key.Canonical(), nil, sent, true)
+		delHeader(r, key.Canonical())
 	}
 	if cf.echo != "" && d.Lane != "" {
-		r.RespHeader()[cf.echo] = table.value(d.Lane)
+		r.RespHeader()[cf.echo] = cf.svc.lanes(snap).value(d.Lane)
 	}
 }
 
@@ -308,11 +309,11 @@ func (p *Plugin) unknown(cf *conf, w http.ResponseWriter, r pkgHTTP.Request) {
 		key := cf.svc.view.Snapshot().TagKey()
 		q := requestPool.Get().(*request)
 		q.bind(r)
-		sent, copies := q.header(key)
+		_, copies := q.header(key)
 		trusted := copies > 0 && cf.trusts(q.ClientIP())
 		q.release()
 		if copies > 0 && !trusted {
-			setHeader(r, key.Canonical(), nil, sent, true)
+			delHeader(r, key.Canonical())
 		}
 		return
 	}
