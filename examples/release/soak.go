@@ -176,6 +176,8 @@ type sighting struct {
 // runSoak builds and starts the stack, runs the schedule for d (whole cycles of a minute, at least
 // one) and returns what it measured.
 func runSoak(ctx context.Context, out io.Writer, dir string, d time.Duration) (*soakReport, error) {
+	// The schedule and the rollout controller's goroutines both report events.
+	out = &lockedWriter{w: out}
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "graylane-soak-")
 		if err != nil {
@@ -713,6 +715,18 @@ func (k *soak) compare(svc *soakService, r *request, sent time.Time, lanes [2]st
 			k.report.firstDiffer = fmt.Sprintf("first disagreement: %s %s at %.1fs: gateway %s, mesh %s", svc.name, r.User, sent.Sub(k.start).Seconds(), lanes[0], lanes[1])
 		}
 	}
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // errSoakGoals is returned by the soak command when a goal was missed.
