@@ -160,6 +160,27 @@ func (st *State) routeLanes(service string) []string {
 	return st.Lanes[service]
 }
 
+// RouteHop reads a route as the gateway holds it: whether its runner hop is on (an
+// ext-plugin-pre-req that is not disabled) and the upstreams its traffic-split rules name, in order.
+func RouteHop(r map[string]any) (hop bool, upstreams []string) {
+	plugins, _ := r["plugins"].(map[string]any)
+	pre, _ := plugins["ext-plugin-pre-req"].(map[string]any)
+	meta, _ := pre["_meta"].(map[string]any)
+	ts, _ := plugins["traffic-split"].(map[string]any)
+	rules, _ := ts["rules"].([]any)
+	for _, rule := range rules {
+		r, _ := rule.(map[string]any)
+		weighted, _ := r["weighted_upstreams"].([]any)
+		for _, w := range weighted {
+			u, _ := w.(map[string]any)
+			if id, ok := u["upstream_id"].(string); ok {
+				upstreams = append(upstreams, id)
+			}
+		}
+	}
+	return pre != nil && meta["disable"] != true, upstreams
+}
+
 // SetLanes makes route r, a route of service, split by lanes (one traffic-split rule per lane,
 // the runner's hop enabled), or, with no lanes, take no hop and have no traffic-split; it keeps the
 // header its proxy-rewrite strips equal to the lane header, whatever the lanes, and reports whether

@@ -286,3 +286,22 @@ func TestRouteWithoutGrayLaneTakesNoHop(t *testing.T) {
 		t.Fatalf("after the last gray lane: %v", plugins)
 	}
 }
+
+// TestRouteHopReadsWhatSetLanesWrote: RouteHop reads back the hop and the upstreams a route was
+// given, in rule order, through JSON as the Admin API returns it.
+func TestRouteHopReadsWhatSetLanesWrote(t *testing.T) {
+	spec := RouteSpec{URI: "/api/*", Conf: extplugin.Conf{Service: "bservice"}}
+	for _, c := range []struct {
+		lanes []string
+		hop   bool
+		ups   []string
+	}{
+		{nil, false, nil},
+		{[]string{"canary", "stable"}, true, []string{"graylane-bservice-canary", "graylane-bservice-stable"}},
+	} {
+		route := clone(NewRoute(spec, gray.DefaultTagKey, c.lanes))
+		if hop, ups := RouteHop(route); hop != c.hop || !slices.Equal(ups, c.ups) {
+			t.Errorf("lanes %v: hop %v, upstreams %v; want %v, %v", c.lanes, hop, ups, c.hop, c.ups)
+		}
+	}
+}

@@ -358,28 +358,10 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *registrar.Watc
 			if r["id"] != spec.RouteID() {
 				continue
 			}
-			plugins, _ := r["plugins"].(map[string]any)
-			pre, _ := plugins["ext-plugin-pre-req"].(map[string]any)
-			meta, _ := pre["_meta"].(map[string]any)
-			if _, ok := plugins["proxy-rewrite"]; !ok {
+			if plugins, _ := r["plugins"].(map[string]any); plugins["proxy-rewrite"] == nil {
 				t.Fatalf("route %s lost its header strip: %v", spec.RouteID(), plugins)
 			}
-			var ups []string
-			ts, _ := plugins["traffic-split"].(map[string]any)
-			rules, _ := ts["rules"].([]any)
-			for _, rule := range rules {
-				b, _ := json.Marshal(rule)
-				var rr struct {
-					W []struct {
-						ID string `json:"upstream_id"`
-					} `json:"weighted_upstreams"`
-				}
-				json.Unmarshal(b, &rr)
-				for _, u := range rr.W {
-					ups = append(ups, u.ID)
-				}
-			}
-			return pre != nil && meta["disable"] != true, ups
+			return apisix.RouteHop(r)
 		}
 		t.Fatalf("route %s is gone", spec.RouteID())
 		return false, nil

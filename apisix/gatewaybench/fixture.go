@@ -176,27 +176,8 @@ func (f *fixture) hop(ctx context.Context) (bool, []string, error) {
 		if r["id"] != f.graylane.RouteID() {
 			continue
 		}
-		plugins, _ := r["plugins"].(map[string]any)
-		pre, _ := plugins["ext-plugin-pre-req"].(map[string]any)
-		meta, _ := pre["_meta"].(map[string]any)
-		ts, _ := plugins["traffic-split"].(map[string]any)
-		rules, _ := ts["rules"].([]any)
-		var ups []string
-		for _, rule := range rules {
-			b, _ := json.Marshal(rule)
-			var rr struct {
-				W []struct {
-					ID string `json:"upstream_id"`
-				} `json:"weighted_upstreams"`
-			}
-			if err := json.Unmarshal(b, &rr); err != nil {
-				return false, nil, fmt.Errorf("route %s: traffic-split rule %s: %w", f.graylane.RouteID(), b, err)
-			}
-			for _, u := range rr.W {
-				ups = append(ups, u.ID)
-			}
-		}
-		return pre != nil && meta["disable"] != true, ups, nil
+		hop, ups := apisix.RouteHop(r)
+		return hop, ups, nil
 	}
 	return false, nil, fmt.Errorf("route %s is gone from the gateway", f.graylane.RouteID())
 }
