@@ -17,8 +17,9 @@
 // The runner stops on SIGTERM or SIGINT, closing its Consul watches.
 //
 // Metrics: with GRAYLANE_METRICS_ADDR set (host:port; list it in nginx_config.envs too), the runner
-// serves Prometheus metrics at /metrics there: graylane_decisions_total{service,lane,reason} and the
-// Go runtime's. Per-lane status codes and latency at the gateway come from APISIX's own prometheus
+// serves Prometheus metrics at /metrics there: graylane_decisions_total{service,lane,reason},
+// graylane_consul_refused_total (requests the Consul agent refused with 429: raise its
+// limits.http_max_conns_per_client) and the Go runtime's. Per-lane status codes and latency at the gateway come from APISIX's own prometheus
 // plugin, since each lane has its own upstream.
 package main
 
@@ -29,6 +30,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/apache/apisix-go-plugin-runner/pkg/log"
@@ -41,6 +43,7 @@ import (
 
 	"github.com/graylane/graylane/apisix/extplugin"
 	"github.com/graylane/graylane/metrics"
+	"github.com/graylane/graylane/registrar"
 )
 
 func main() {
@@ -69,9 +72,25 @@ func run(args []string, opts ...extplugin.Option) int {
 		defer stop()
 	}
 
-	base := []extplugin.Option{extplugin.WithLogger(log.Warnf)}
+	// The watcher reports an agent refusing its connections (429) in the runner's log, once a
+	// minute, and the metrics count the refusals.
+	var source atomic.Pointer[extplugin.WatcherSource]
+	base := []extplugin.Option{extplugin.WithLogger(log.Warnf), extplugin.WithSource(func() (extplugin.Source, error) {
+		s, err := extplugin.NewWatcherSource(registrar.WithWatchLogger(log.Warnf))
+		if err != nil {
+			return nil, err
+		}
+		source.Store(s)
+		return s, nil
+	})}
+	refused := func() float64 {
+		if s := source.Load(); s != nil {
+			return float64(s.Refused())
+		}
+		return 0
+	}
 	if addr := os.Getenv(MetricsAddrEnv); addr != "" {
-		stop, decisions, err := serveMetrics(addr)
+		stop, decisions, err := serveMetrics(addr, refused)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "graylane-apisix-runner: %s=%s: %v\n", MetricsAddrEnv, addr, err)
 			return 1
@@ -121,9 +140,13 @@ func servePprof(addr string) (stop func(), err error) {
 }
 
 // serveMetrics serves /metrics on addr with the decision counter registered, until stop.
-func serveMetrics(addr string) (stop func(), d *metrics.Decisions, err error) {
+func serveMetrics(addr string, refused func() float64) (stop func(), d *metrics.Decisions, err error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "graylane_consul_refused_total",
+			Help: "Requests of the runner's Consul watcher that the agent refused with 429 Too Many Requests (its limits.http_max_conns_per_client).",
+		}, refused))
 	if d, err = metrics.NewDecisions(reg); err != nil {
 		return nil, nil, err
 	}

@@ -38,6 +38,15 @@ func TestRunnerMetrics(t *testing.T) {
 		laneOf(t, c, &apisixtest.Request{Token: token, ID: 2, IP: untrusted, Path: "/", Headers: [][2]string{{"x-user-id", stableUser(i)}}})
 	}
 	after := decisions(t, addr)
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	families, err := new(expfmt.TextParser).TextToMetricFamilies(resp.Body)
+	resp.Body.Close()
+	if f := families["graylane_consul_refused_total"]; err != nil || f == nil || f.GetMetric()[0].GetCounter().GetValue() != 0 {
+		t.Errorf("graylane_consul_refused_total: %v %v", f, err)
+	}
 	for key, want := range map[[2]string]float64{{"canary", "match"}: 30, {"stable", "base"}: 70} {
 		if got := after[key] - before[key]; got != want {
 			t.Errorf("decisions lane=%s reason=%s grew by %v, want %v (%v)", key[0], key[1], got, want, after)

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -70,6 +71,12 @@ func WithBackoff(first, max time.Duration) WatchOption {
 	return func(w *Watcher) { w.backoffFirst, w.backoffMax = first, max }
 }
 
+// WithWatchLogger sets where the watcher reports what an operator must act on: a Consul agent
+// refusing its connections (ConnLimitError), at most once a minute. Default: nowhere.
+func WithWatchLogger(logf func(format string, args ...any)) WatchOption {
+	return func(w *Watcher) { w.logf = logf }
+}
+
 // WithWatchKVPrefix sets the KV folder where the services' recorded state (with their decision
 // options) is kept, as the Registrar's WithKVPrefix. Default: DefaultKVPrefix.
 func WithWatchKVPrefix(prefix string) WatchOption {
@@ -86,6 +93,11 @@ type Watcher struct {
 	waitTime     time.Duration
 	backoffFirst time.Duration
 	backoffMax   time.Duration
+	agent        string
+	logf         func(format string, args ...any)
+
+	refused     atomic.Uint64 // requests the agent refused with 429
+	lastRefusal atomic.Int64  // when a refusal was last reported, Unix nanoseconds
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -102,7 +114,8 @@ func NewWatcher(cfg *api.Config, opts ...WatchOption) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{client: client, token: cfg.Token, prefix: DefaultKVPrefix, waitTime: 5 * time.Minute,
-		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*serviceWatch{}}
+		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*serviceWatch{},
+		agent: cfg.Address, logf: func(string, ...any) {}}
 	for _, o := range opts {
 		o(w)
 	}
@@ -368,6 +381,7 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 		}
 		if err != nil {
 			failures++
+			err = w.refusal(err)
 			// Ask without waiting once Consul is back: the view is fresh again as soon as it answers,
 			// not only at the next change. The content comparison keeps that from being a change.
 			index = 0
@@ -410,6 +424,44 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 		sw.mu.Unlock()
 	}
 }
+
+// ConnLimitError is a request the Consul agent refused with 429 Too Many Requests: the process
+// holds more connections to it than the agent's limits.http_max_conns_per_client allows (default
+// 200). A watcher holds two per watched service, so at the default about 90 services fit in one
+// process. The watcher keeps retrying with back-off, its views stay on their last answer (stale), and
+// it reports the refusal through its logger at most once a minute and counts it (Refused).
+type ConnLimitError struct {
+	Agent string
+	Err   error
+}
+
+func (e *ConnLimitError) Error() string {
+	return fmt.Sprintf("the Consul agent at %s refused a watch with 429 Too Many Requests: this process holds more "+
+		"connections to it than its limits.http_max_conns_per_client allows (default 200; graylane's watcher holds 2 "+
+		"per service): raise that limit in the agent's configuration, or follow fewer services per process", e.Agent)
+}
+
+func (e *ConnLimitError) Unwrap() error { return e.Err }
+
+// refusal turns a 429 from the agent into a *ConnLimitError, counts it and reports it at most once a
+// minute; other errors pass unchanged.
+func (w *Watcher) refusal(err error) error {
+	if httpStatus(err) != http.StatusTooManyRequests && !strings.Contains(err.Error(), "429") {
+		return err
+	}
+	w.refused.Add(1)
+	cerr := &ConnLimitError{Agent: w.agent, Err: err}
+	now := time.Now().UnixNano()
+	last := w.lastRefusal.Load()
+	if now-last >= int64(time.Minute) && w.lastRefusal.CompareAndSwap(last, now) {
+		w.logf("graylane: %v (%d refused requests so far)", cerr, w.refused.Load())
+	}
+	return cerr
+}
+
+// Refused returns how many of the watcher's requests the Consul agent refused with 429 Too Many
+// Requests (see ConnLimitError): a counter for a process's metrics.
+func (w *Watcher) Refused() uint64 { return w.refused.Load() }
 
 // behindPause is how long a watch waits before it asks again a server whose answer was older than
 // the one it holds; behindGrace is how long such answers may go on before the watch takes them.
@@ -477,7 +529,7 @@ func (w *Watcher) runOptions(sw *serviceWatch) {
 		if err != nil {
 			failures++
 			index = 0
-			err = redact(err, w.token)
+			err = w.refusal(redact(err, w.token))
 			sw.opts.err.Store(&err)
 			if isPermissionDenied(err) {
 				// The token may not read the options: decide with the defaults (and the overrides)

@@ -669,3 +669,61 @@ func TestWatcherSetsAsideAnOlderAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestConnLimitIsReportedLoudly: an agent at a low limits.http_max_conns_per_client refuses some of
+// a watcher's blocking queries with 429. The views that were refused say why, naming the setting to
+// raise; the watcher counts the refusals and logs them once, not at every retry.
+func TestConnLimitIsReportedLoudly(t *testing.T) {
+	a := consultest.StartWith(t, "-hcl", "limits { http_max_conns_per_client = 10 }")
+	r := newRegistrar(t, a, "alice")
+	const services = 12
+	var spec strings.Builder
+	for i := range services {
+		fmt.Fprintf(&spec, "- {name: lim-%d, id: lim-%d-1}\n", i, i)
+	}
+	specs, err := registrar.ParseSpecs("lim.yaml", []byte(spec.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var logged []string
+	w, err := registrar.NewWatcher(registrar.NewConfig(a.HTTPAddr), registrar.WithBackoff(50*time.Millisecond, 200*time.Millisecond),
+		registrar.WithWatchLogger(func(format string, args ...any) {
+			mu.Lock()
+			logged = append(logged, fmt.Sprintf(format, args...))
+			mu.Unlock()
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	views := make([]*registrar.ServiceView, services)
+	for i := range views {
+		views[i] = w.Service(fmt.Sprintf("lim-%d", i))
+	}
+	var refused *registrar.ConnLimitError
+	eventually.Wait(t, 20*time.Second, "a view refused by the agent's connection limit", func() bool {
+		for _, v := range views {
+			if errors.As(v.State().LastError, &refused) {
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(refused.Error(), "limits.http_max_conns_per_client") || !strings.Contains(refused.Error(), a.HTTPAddr) {
+		t.Fatalf("the refusal does not say what to raise where: %v", refused)
+	}
+	time.Sleep(2 * time.Second) // retries go on meanwhile
+	if n := w.Refused(); n < 2 {
+		t.Fatalf("refusals counted: %d", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(logged) != 1 || !strings.Contains(logged[0], "429 Too Many Requests") {
+		t.Fatalf("the refusals were logged %d times in 2 s (want once a minute): %q", len(logged), logged)
+	}
+	t.Logf("%d refusals; logged: %s", w.Refused(), logged[0])
+}

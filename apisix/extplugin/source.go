@@ -35,5 +35,9 @@ func (s *WatcherSource) View(service string, override gray.Options) View {
 	return s.w.ServiceWith(service, override)
 }
 
+// Refused returns how many of the watcher's requests the Consul agent refused with 429 (its
+// connection limit; see registrar.ConnLimitError).
+func (s *WatcherSource) Refused() uint64 { return s.w.Refused() }
+
 // Close implements Source.
 func (s *WatcherSource) Close() error { return s.w.Close() }

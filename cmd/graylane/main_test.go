@@ -481,3 +481,26 @@ func TestPromoteSaysWhatItWillDo(t *testing.T) {
 		t.Fatalf("promote of a colour beside stable instances does not say first that it becomes stable: %q", out)
 	}
 }
+
+// TestHintForAnAgentAtItsConnectionLimit: a command refused with 429 by an agent at its connection
+// limit says which setting to raise, against a real agent whose limit the test process exceeds.
+func TestHintForAnAgentAtItsConnectionLimit(t *testing.T) {
+	a := consultest.StartWith(t, "-hcl", "limits { http_max_conns_per_client = 2 }")
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range 2 { // idle connections from this address take the agent's two slots
+		c, err := net.Dial("tcp", a.HTTPAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	_, errOut, code := graylane(t, a, "status", "bservice")
+	if code != 1 || !strings.Contains(errOut, "limits.http_max_conns_per_client") {
+		t.Fatalf("status against a full agent: exit %d, %q", code, errOut)
+	}
+}

@@ -86,6 +86,18 @@ func Start(tb testing.TB) *Agent {
 	return a
 }
 
+// StartWith runs a dev agent with extra command-line flags (-hcl 'limits { ... }', say) and stops it
+// in the test's cleanup.
+func StartWith(tb testing.TB, flags ...string) *Agent {
+	tb.Helper()
+	a, err := startDev("", flags...)
+	if err != nil {
+		tb.Fatalf("consultest: %v", err)
+	}
+	tb.Cleanup(a.Stop)
+	return a
+}
+
 // ManagementToken is the management token of agents started with StartACL.
 const ManagementToken = "9b1e3c57-0000-4000-8000-000000000001"
 
