@@ -46,6 +46,16 @@ func benchRequest(token uint32, user int) *apisixtest.Request {
 		}}
 }
 
+// userMixes are the request mixes the runner benchmarks compare: sticky users spread over the
+// canary's weight, and every request in the base lane.
+var userMixes = []struct {
+	name string
+	user func(i int) string
+}{
+	{"users", func(i int) string { return fmt.Sprintf("user-%d", i%1000) }},
+	{"base", func(int) string { return stableUser(0) }},
+}
+
 // BenchmarkRoundTrip measures HTTPReqCall -> answer through the real runner over its unix socket,
 // graylane against a plugin that does nothing, interleaved call by call on one connection so that
 // both see the same machine. Metrics: ns per call of each and their ratio. Two request mixes:
@@ -55,13 +65,7 @@ func benchRequest(token uint32, user int) *apisixtest.Request {
 // the runner's header map on every call.
 func BenchmarkRoundTrip(b *testing.B) {
 	sock, g, n := benchEnv(b)
-	for _, mix := range []struct {
-		name string
-		user func(i int) string
-	}{
-		{"users", func(i int) string { return fmt.Sprintf("user-%d", i%1000) }},
-		{"base", func(int) string { return stableUser(0) }},
-	} {
+	for _, mix := range userMixes {
 		b.Run(mix.name, func(b *testing.B) {
 			c := apisixtest.Dial(b, sock)
 			var gray, base time.Duration
@@ -160,13 +164,7 @@ func BenchmarkRunnerCost(b *testing.B) {
 	lis.Close()
 	sock, g, n := benchEnv(b, MetricsAddrEnv+"="+addr)
 	const calls = 20000
-	for _, mix := range []struct {
-		name string
-		user func(i int) string
-	}{
-		{"users", func(i int) string { return fmt.Sprintf("user-%d", i%1000) }},
-		{"base", func(int) string { return stableUser(0) }},
-	} {
+	for _, mix := range userMixes {
 		b.Run(mix.name, func(b *testing.B) {
 			c := apisixtest.Dial(b, sock)
 			scrape := runnerStats(b, addr)
