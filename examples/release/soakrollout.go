@@ -129,14 +129,26 @@ func (k *soak) abortPay(ctx context.Context) error {
 	}
 	k.setLaneWeight("pay", 0)
 	k.event("rollout of pay aborted at %s", st.StepName())
-	inst, _, err := k.s.r.Instances(ctx, "pay")
-	if err != nil {
-		return err
-	}
-	for _, i := range inst {
-		if i.Lane() == string(gray.Green) && i.Gray.Weight != 0 {
-			return fmt.Errorf("soak: after the abort, %s has weight %s", i.ID, i.Gray.Weight)
+	// The catalog follows the agents' registrations within moments; green must be at 0 within the
+	// propagation bound.
+	for deadline := time.Now().Add(soakBound); ; {
+		inst, _, err := k.s.r.Instances(ctx, "pay")
+		if err != nil {
+			return err
 		}
+		held := ""
+		for _, i := range inst {
+			if i.Lane() == string(gray.Green) && i.Gray.Weight != 0 {
+				held = fmt.Sprintf("%s has weight %s", i.ID, i.Gray.Weight)
+			}
+		}
+		if held == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("soak: %v after the abort, after %v", held, soakBound)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
