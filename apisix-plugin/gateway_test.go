@@ -19,7 +19,7 @@ import (
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/apisixtest"
 	"github.com/graylane/graylane/internal/consultest"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // TestEndToEndThroughStandIns runs the end-to-end check (package e2e, which make e2e-apisix runs
@@ -52,7 +52,7 @@ func TestEndToEndThroughStandIns(t *testing.T) {
 	e2e.Run(t, e2e.Config{Gateway: gw.URL, Admin: admin.URL, AdminKey: admin.Key, Consul: agent.HTTPAddr, Service: "bservice"})
 
 	t.Run("runner down: degradation serves the base, spoofing still fails", func(t *testing.T) {
-		w, err := registrar.NewWatcher(&api.Config{Address: agent.HTTPAddr})
+		w, err := watch.New(&api.Config{Address: agent.HTTPAddr})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -43,7 +43,7 @@ import (
 
 	"github.com/graylane/graylane/apisix/extplugin"
 	"github.com/graylane/graylane/metrics"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 func main() {
@@ -76,7 +76,7 @@ func run(args []string, opts ...extplugin.Option) int {
 	// minute, and the metrics count the refusals.
 	var source atomic.Pointer[extplugin.WatcherSource]
 	base := []extplugin.Option{extplugin.WithLogger(log.Warnf), extplugin.WithSource(func() (extplugin.Source, error) {
-		s, err := extplugin.NewWatcherSource(registrar.WithWatchLogger(log.Warnf))
+		s, err := extplugin.NewWatcherSource(watch.WithLogger(log.Warnf))
 		if err != nil {
 			return nil, err
 		}

@@ -16,7 +16,7 @@ import (
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/apisixtest"
 	"github.com/graylane/graylane/internal/vectors"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // vectorRunnerEnv makes the test binary run as the runner, with the plugin's snapshots built from
@@ -41,12 +41,12 @@ type vectorSource []vectors.Case
 func (s vectorSource) View(service string, override gray.Options) extplugin.View {
 	n, err := strconv.Atoi(strings.TrimPrefix(service, "vector-"))
 	if err != nil || n < 0 || n >= len(s) {
-		return staticView{gray.NewSnapshot[registrar.Endpoint](service, nil, override)}
+		return staticView{gray.NewSnapshot[watch.Endpoint](service, nil, override)}
 	}
 	c := s[n]
-	var insts []gray.Instance[registrar.Endpoint]
+	var insts []gray.Instance[watch.Endpoint]
 	for _, in := range c.GrayInstances() {
-		insts = append(insts, gray.Instance[registrar.Endpoint]{ID: in.ID, Meta: in.Meta, Value: registrar.Endpoint{ID: in.ID}})
+		insts = append(insts, gray.Instance[watch.Endpoint]{ID: in.ID, Meta: in.Meta, Value: watch.Endpoint{ID: in.ID}})
 	}
 	return staticView{gray.NewSnapshot(c.Service, insts, c.Options.Override(override))}
 }
@@ -54,12 +54,12 @@ func (s vectorSource) View(service string, override gray.Options) extplugin.View
 func (vectorSource) Close() error { return nil }
 
 type staticView struct {
-	snap *gray.Snapshot[registrar.Endpoint]
+	snap *gray.Snapshot[watch.Endpoint]
 }
 
-func (v staticView) Snapshot() *gray.Snapshot[registrar.Endpoint] { return v.snap }
-func (v staticView) Changed() <-chan struct{}                     { return nil }
-func (staticView) Ready() <-chan struct{}                         { return answered }
+func (v staticView) Snapshot() *gray.Snapshot[watch.Endpoint] { return v.snap }
+func (v staticView) Changed() <-chan struct{}                 { return nil }
+func (staticView) Ready() <-chan struct{}                     { return answered }
 
 // answered is a closed channel: a static view has its answer from the start.
 var answered = func() chan struct{} { c := make(chan struct{}); close(c); return c }()

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/graylane/graylane/internal/retry"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // State is what the gateway should hold for the services a Sync manages.
@@ -52,9 +52,9 @@ type Target interface {
 	Apply(ctx context.Context, st *State) (Changes, error)
 }
 
-// ServiceViews hands out live views of services; *registrar.Watcher is one.
+// ServiceViews hands out live views of services; *watch.Watcher is one.
 type ServiceViews interface {
-	Service(name string) *registrar.ServiceView
+	Service(name string) *watch.ServiceView
 }
 
 // SyncOption configures a Sync.

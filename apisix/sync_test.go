@@ -20,7 +20,7 @@ import (
 	"github.com/graylane/graylane/apisix/extplugin"
 	"github.com/graylane/graylane/internal/apisixtest"
 	"github.com/graylane/graylane/internal/consultest"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 type logRecorder struct {
@@ -47,7 +47,7 @@ func (l *logRecorder) contains(s string) bool {
 
 type consulEnv struct {
 	client  *api.Client
-	watcher *registrar.Watcher
+	watcher *watch.Watcher
 }
 
 func startConsul(t *testing.T) *consulEnv {
@@ -57,7 +57,7 @@ func startConsul(t *testing.T) *consulEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := registrar.NewWatcher(&api.Config{Address: agent.HTTPAddr}, registrar.WithBackoff(10*time.Millisecond, 100*time.Millisecond))
+	w, err := watch.New(&api.Config{Address: agent.HTTPAddr}, watch.WithBackoff(10*time.Millisecond, 100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,7 +401,7 @@ func TestSyncWritesNothingBeforeConsulAnswers(t *testing.T) {
 	_, _, before := s.State()
 
 	slow := consultest.Slow(t, agent.HTTPAddr, time.Second)
-	w, err := registrar.NewWatcher(&api.Config{Address: slow})
+	w, err := watch.New(&api.Config{Address: slow})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // Labels graylane puts on what it writes, so that it prunes only its own objects.
@@ -63,10 +63,10 @@ func BaseUpstreamID(service string) string { return "graylane-" + service }
 // traffic when one does (green at weight 100 after a blue/green switch), else the snapshot's base
 // decision (stable, or its fallback when the base lane is empty). An id APISIX would refuse is an
 // error naming it; the others are still returned.
-func Desired(service string, snap *gray.Snapshot[registrar.Endpoint]) ([]Upstream, error) {
+func Desired(service string, snap *gray.Snapshot[watch.Endpoint]) ([]Upstream, error) {
 	var out []Upstream
 	var errs []error
-	add := func(id, lane, desc string, eps []registrar.Endpoint) {
+	add := func(id, lane, desc string, eps []watch.Endpoint) {
 		if !idPattern.MatchString(id) {
 			errs = append(errs, fmt.Errorf("apisix: service %s lane %s: upstream id %q is not a valid APISIX id (letters, digits, '-', '_', '.', at most 64)", service, lane, id))
 			return
@@ -97,12 +97,12 @@ func Desired(service string, snap *gray.Snapshot[registrar.Endpoint]) ([]Upstrea
 
 type laneEps struct {
 	name string
-	eps  []registrar.Endpoint
+	eps  []watch.Endpoint
 }
 
 // laneEndpoints returns each lane's instances, in lane order. A trusted tag naming a lane yields
 // exactly that lane's instances, so Decide with the tag reads them without reaching into the core.
-func laneEndpoints(snap *gray.Snapshot[registrar.Endpoint]) []laneEps {
+func laneEndpoints(snap *gray.Snapshot[watch.Endpoint]) []laneEps {
 	var out []laneEps
 	key := snap.TagKey()
 	for _, l := range snap.Lanes() {
@@ -116,7 +116,7 @@ func laneEndpoints(snap *gray.Snapshot[registrar.Endpoint]) []laneEps {
 }
 
 // hasGrayLane reports whether the snapshot has a lane that is not a base lane.
-func hasGrayLane(snap *gray.Snapshot[registrar.Endpoint]) bool {
+func hasGrayLane(snap *gray.Snapshot[watch.Endpoint]) bool {
 	for _, l := range snap.Lanes() {
 		if !l.Base {
 			return true
@@ -125,7 +125,7 @@ func hasGrayLane(snap *gray.Snapshot[registrar.Endpoint]) bool {
 	return false
 }
 
-func nodes(eps []registrar.Endpoint) map[string]int {
+func nodes(eps []watch.Endpoint) map[string]int {
 	out := make(map[string]int, len(eps))
 	for _, e := range eps {
 		if e.Address == "" || e.Port <= 0 || e.Port > 65535 {

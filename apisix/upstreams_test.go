@@ -6,16 +6,16 @@ import (
 	"testing"
 
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
-func snapshotOf(insts map[string]map[string]string) *gray.Snapshot[registrar.Endpoint] {
-	var out []gray.Instance[registrar.Endpoint]
+func snapshotOf(insts map[string]map[string]string) *gray.Snapshot[watch.Endpoint] {
+	var out []gray.Instance[watch.Endpoint]
 	port := 9000
 	for _, id := range slices.Sorted(mapKeys(insts)) {
 		port++
-		out = append(out, gray.Instance[registrar.Endpoint]{ID: id, Meta: insts[id],
-			Value: registrar.Endpoint{ID: id, Address: "10.0.0.1", Port: port}})
+		out = append(out, gray.Instance[watch.Endpoint]{ID: id, Meta: insts[id],
+			Value: watch.Endpoint{ID: id, Address: "10.0.0.1", Port: port}})
 	}
 	return gray.NewSnapshot("bservice", out, gray.Options{})
 }

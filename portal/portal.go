@@ -2,7 +2,7 @@
 // instances, problems, drift and history, explains how a request would be routed, and makes the
 // changes the graylane command makes (weight, promote, rollback, drain, undo of a history entry)
 // through the same registrar, after a confirmation that shows the planned before and after. Pages
-// follow Consul live: a registrar.Watcher and blocking queries on the recorded state feed
+// follow Consul live: a watch.Watcher and blocking queries on the recorded state feed
 // server-sent events.
 //
 // Every page needs a signed-in operator (see LoadPasswords), state-changing requests carry a
@@ -30,6 +30,7 @@ import (
 
 	"github.com/graylane/graylane/internal/retry"
 	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 //go:embed web/templates/*.html
@@ -87,7 +88,7 @@ func (s *Server) HTTPServer() *http.Server {
 type Server struct {
 	cfg      Config
 	reader   *registrar.Registrar
-	watcher  *registrar.Watcher
+	watcher  *watch.Watcher
 	tmpl     *template.Template
 	mux      *http.ServeMux
 	sess     sessions
@@ -118,7 +119,7 @@ type watched struct {
 	name   string
 	cancel context.CancelFunc
 	kick   chan struct{}
-	view   *registrar.ServiceView
+	view   *watch.ServiceView
 	model  atomic.Pointer[serviceModel]
 	reads  atomic.Uint64 // numbers the reads of the model, so that an older read never replaces a newer one
 }
@@ -188,7 +189,7 @@ func New(cfg Config) (*Server, error) {
 			s.cfg.Rates = c
 		}
 	}
-	if s.watcher, err = registrar.NewWatcher(cfg.Consul, registrar.WithWatchKVPrefix(cfg.KVPrefix), registrar.WithWaitTime(time.Minute)); err != nil {
+	if s.watcher, err = watch.New(cfg.Consul, watch.WithKVPrefix(cfg.KVPrefix), watch.WithWaitTime(time.Minute)); err != nil {
 		return nil, err
 	}
 	s.tmpl, err = template.New("").Funcs(funcs).ParseFS(templateFS, "web/templates/*.html")

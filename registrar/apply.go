@@ -52,7 +52,7 @@ func (r *Registrar) applyService(ctx context.Context, service string, specs []Sp
 	if err != nil {
 		return nil, err
 	}
-	plan := &Plan{Service: service, Action: "apply", stateIndex: index, state: st.clone(), instances: map[string]Instance{}}
+	plan := &Plan{Service: service, Action: "apply", stateIndex: index, state: st.Clone(), instances: map[string]Instance{}}
 	var applied []Applied
 	var regs []*api.AgentServiceRegistration
 	for _, s := range specs {
@@ -250,7 +250,7 @@ func (r *Registrar) forget(ctx context.Context, service, id string) (*Result, er
 		return nil, err
 	}
 	plan := &Plan{Service: service, Action: "deregister " + id, stateIndex: index, deregister: true,
-		state: st.clone(), instances: map[string]Instance{}}
+		state: st.Clone(), instances: map[string]Instance{}}
 	delete(plan.state.Instances, id)
 	for _, inst := range instances {
 		if inst.ID == id {

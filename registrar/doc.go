@@ -1,7 +1,8 @@
-// Package registrar is graylane's Consul side: it registers instances with gray meta, changes that
-// meta in place (weight, match rules, promote, roll back, drain), records every change with
-// check-and-set and history in Consul KV, and watches services, publishing an immutable gray snapshot
-// of each.
+// Package registrar is graylane's control plane on Consul: it registers instances with gray meta,
+// changes that meta in place (weight, match rules, promote, roll back, drain), and records every
+// change with check-and-set and history in Consul KV. The data planes read what it writes through
+// package watch (each service's instances and decision options, as immutable gray snapshots):
+// registrar may import watch, and watch never imports registrar.
 //
 // Desired state: a change made with graylane is recorded per instance in KV under
 // graylane/services/<service>/state, then written into each instance's meta by re-registering it
@@ -12,6 +13,6 @@
 // DesiredMeta and keeps it with Keep, which also repairs the Kratos registry's re-registration of its
 // original meta after a failed TTL update.
 //
-// Connections: New and NewWatcher read the standard CONSUL_* environment (address, token, TLS). A
-// token never appears in an error or a log line.
+// Connections: New reads the standard CONSUL_* environment (address, token, TLS) through NewConfig,
+// as watch.New does. A token never appears in an error or a log line.
 package registrar

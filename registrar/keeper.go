@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consulclient"
+	"github.com/graylane/graylane/internal/record"
 	"github.com/graylane/graylane/internal/retry"
 )
 
@@ -82,7 +84,7 @@ func (k *Keeper) watchState() {
 		}
 		desired := k.spec
 		if pair != nil {
-			var st desiredState
+			var st record.State
 			if json.Unmarshal(pair.Value, &st) == nil {
 				if rec, ok := st.Instances[k.id]; ok {
 					if m, err := gray.ParseMeta(rec); err == nil {
@@ -249,10 +251,10 @@ func (g *Registration) Close() error {
 		g.wg.Wait()
 		g.keeper.Close()
 		err = g.r.client.Agent().ServiceDeregister(g.spec.ID)
-		if httpStatus(err) == 404 {
+		if consulclient.HTTPStatus(err) == 404 {
 			err = nil
 		}
-		err = redact(err, g.r.cfg.Token)
+		err = consulclient.Redact(err, g.r.cfg.Token)
 	})
 	return err
 }

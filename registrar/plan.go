@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/record"
 )
 
 // An Op is a change to a service's gray meta: SetWeight, SetMatch, Promote, Rollback, Restore.
@@ -293,9 +294,9 @@ func (r *Registrar) Plan(ctx context.Context, service string, op Op) (*Plan, err
 }
 
 // newPlan turns a planner's edits into a Plan and the new desired state.
-func (r *Registrar) newPlan(service, action string, st desiredState, index uint64, p *planner) (*Plan, error) {
+func (r *Registrar) newPlan(service, action string, st record.State, index uint64, p *planner) (*Plan, error) {
 	plan := &Plan{Service: service, Action: action, Notes: p.notes, Effect: p.effect, stateIndex: index,
-		state: st.clone(), instances: map[string]Instance{}}
+		state: st.Clone(), instances: map[string]Instance{}}
 	for _, inst := range p.instances {
 		plan.instances[inst.ID] = inst
 		after, ok := p.after[inst.ID]

@@ -40,26 +40,12 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consulclient"
+	"github.com/graylane/graylane/internal/record"
 )
 
-// desiredState is the state graylane keeps in KV for one service: the gray meta of each instance
-// that a graylane change touched, which wins over the instance's own spec when it registers again,
-// and the service's decision options.
-type desiredState struct {
-	Instances map[string]map[string]string `json:"instances"`
-	Options   *gray.Options                `json:"options,omitempty"`
-}
-
-func (st desiredState) clone() desiredState {
-	c := desiredState{Instances: maps.Clone(st.Instances), Options: st.Options}
-	if c.Instances == nil {
-		c.Instances = map[string]map[string]string{}
-	}
-	return c
-}
-
 func (r *Registrar) stateKey(service string) string {
-	return r.prefix + "/services/" + service + "/state"
+	return record.StateKey(r.prefix, service)
 }
 
 func (r *Registrar) historyPrefix(service string) string {
@@ -68,8 +54,8 @@ func (r *Registrar) historyPrefix(service string) string {
 
 // readState returns the service's desired state and the KV index to check-and-set against (0 when
 // the key does not exist yet).
-func (r *Registrar) readState(ctx context.Context, service string) (desiredState, uint64, error) {
-	st := desiredState{Instances: map[string]map[string]string{}}
+func (r *Registrar) readState(ctx context.Context, service string) (record.State, uint64, error) {
+	st := record.State{Instances: map[string]map[string]string{}}
 	pair, _, err := r.client.KV().Get(r.stateKey(service), (&api.QueryOptions{RequireConsistent: true}).WithContext(ctx))
 	if err != nil {
 		return st, 0, r.wrap(err, "reading the gray state of %s", service)
@@ -89,7 +75,7 @@ func (r *Registrar) readState(ctx context.Context, service string) (desiredState
 // current reads a service's recorded state (with its check-and-set index) and its instances, each
 // with the gray meta the record gives it: changes are planned from the record, never from catalog
 // meta, which may still show an older change.
-func (r *Registrar) current(ctx context.Context, service string) (desiredState, uint64, []Instance, error) {
+func (r *Registrar) current(ctx context.Context, service string) (record.State, uint64, []Instance, error) {
 	st, index, err := r.readState(ctx, service)
 	if err != nil {
 		return st, 0, nil, err
@@ -154,7 +140,7 @@ func (r *Registrar) SetServiceOptions(ctx context.Context, service string, o gra
 	if before == o {
 		return nil, fmt.Errorf("%s on %s: %w", action, service, ErrUnchanged)
 	}
-	plan := &Plan{Service: service, Action: action, stateIndex: index, state: st.clone(), instances: map[string]Instance{},
+	plan := &Plan{Service: service, Action: action, stateIndex: index, state: st.Clone(), instances: map[string]Instance{},
 		optionsBefore: &before, optionsAfter: &o}
 	plan.state.Options = &o
 	if o == (gray.Options{}) {
@@ -189,7 +175,7 @@ func (r *Registrar) RecordEvent(ctx context.Context, service, action, reason str
 		if err != nil {
 			return err
 		}
-		p := &Plan{Service: service, Action: action, Reason: reason, stateIndex: index, state: st.clone(), instances: map[string]Instance{}}
+		p := &Plan{Service: service, Action: action, Reason: reason, stateIndex: index, state: st.Clone(), instances: map[string]Instance{}}
 		for _, w := range writes {
 			p.RequireAndWrite(w)
 		}
@@ -333,18 +319,6 @@ func (e *PermissionError) Is(target error) bool { return target == ErrPermission
 
 func (e *PermissionError) Unwrap() error { return e.Err }
 
-// isPermissionDenied reports whether Consul refused a request for its token.
-func isPermissionDenied(err error) bool {
-	if err == nil {
-		return false
-	}
-	if code := httpStatus(err); code == http.StatusForbidden {
-		return true
-	}
-	msg := err.Error()
-	return strings.Contains(msg, "Permission denied") || strings.Contains(msg, "ACL not found")
-}
-
 // InstanceChange is the change a plan makes to one instance.
 type InstanceChange struct {
 	ID     string
@@ -368,7 +342,7 @@ type Plan struct {
 	Reason string
 
 	stateIndex                  uint64
-	state                       desiredState
+	state                       record.State
 	instances                   map[string]Instance
 	deregister                  bool
 	optionsBefore, optionsAfter *gray.Options
@@ -435,7 +409,7 @@ func (r *Registrar) Commit(ctx context.Context, p *Plan) (*Result, error) {
 	if p.deregister {
 		for _, c := range p.Changes {
 			inst := p.instances[c.ID]
-			if err := r.deregister(ctx, &inst); err != nil && httpStatus(err) != http.StatusNotFound {
+			if err := r.deregister(ctx, &inst); err != nil && consulclient.HTTPStatus(err) != http.StatusNotFound {
 				applyErr = &ApplyError{Failed: map[string]error{c.ID: err}}
 				break
 			}
@@ -501,8 +475,8 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 	}
 	ok, resp, _, err := r.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		if isPermissionDenied(err) {
-			return nil, &PermissionError{Service: p.Service, Action: p.Action, Err: redact(err, r.cfg.Token)}
+		if consulclient.IsPermissionDenied(err) {
+			return nil, &PermissionError{Service: p.Service, Action: p.Action, Err: consulclient.Redact(err, r.cfg.Token)}
 		}
 		return nil, r.wrap(err, "recording %s on %s", p.Action, p.Service)
 	}
@@ -620,7 +594,7 @@ type Drift struct {
 }
 
 // drift compares the record with the instances' catalog meta.
-func drift(st desiredState, instances []Instance) []Drift {
+func drift(st record.State, instances []Instance) []Drift {
 	var out []Drift
 	for _, inst := range instances {
 		rec, ok := st.Instances[inst.ID]

@@ -18,6 +18,7 @@ import (
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 const blueGreenSpec = `
@@ -235,7 +236,7 @@ func TestHiddenInstances(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hidden *registrar.HiddenInstancesError
+	var hidden *watch.HiddenInstancesError
 	if _, _, err := r.Instances(context.Background(), "bservice"); !errors.As(err, &hidden) || !errors.Is(err, registrar.ErrPermission) {
 		t.Fatalf("listing instances: %v, want a HiddenInstancesError", err)
 	}
@@ -314,7 +315,7 @@ func TestServiceOptionsReachTheWatcher(t *testing.T) {
 	a := consultest.Start(t)
 	r := newRegistrar(t, a, "alice")
 	applyFile(t, r, "testdata/bservice.yaml")
-	w, err := registrar.NewWatcher(registrar.NewConfig(a.HTTPAddr))
+	w, err := watch.New(watch.NewConfig(a.HTTPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,7 +332,7 @@ func TestServiceOptionsReachTheWatcher(t *testing.T) {
 		}
 	}
 	req := &gray.StaticRequest{Headers: map[string]string{"userid": user, "x-override": user}}
-	decideN := func(view *registrar.ServiceView) map[string]int {
+	decideN := func(view *watch.ServiceView) map[string]int {
 		lanes := map[string]int{}
 		for range 200 {
 			lanes[view.Snapshot().Decide(req).Lane]++

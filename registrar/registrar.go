@@ -17,11 +17,13 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consulclient"
+	"github.com/graylane/graylane/watch"
 )
 
 // DefaultKVPrefix is the Consul KV folder where graylane keeps the desired gray state of each service
 // and its change history.
-const DefaultKVPrefix = "graylane"
+const DefaultKVPrefix = watch.DefaultKVPrefix
 
 // NodeMetaHTTPAddr is the node meta key an agent may set to tell graylane where its HTTP API is
 // (host:port), when that is not the node address on the port graylane was given.
@@ -34,7 +36,8 @@ var (
 	// ErrNotFound: no such service, lane or instance.
 	ErrNotFound = errors.New("registrar: not found")
 	// ErrPermission: the token may not make the change; a retry with the same token will not help.
-	ErrPermission = errors.New("registrar: permission denied")
+	// It is watch.ErrPermission, which a watcher's HiddenInstancesError matches too.
+	ErrPermission = watch.ErrPermission
 	// ErrUnchanged: the change asks for what the recorded state already holds; nothing was recorded.
 	ErrUnchanged = errors.New("nothing to change: the service is in that state already")
 	// ErrPrecondition: a key the plan requires (Plan.RequireAndWrite) changed since it was read; nothing
@@ -81,42 +84,28 @@ func WithAgentAddress(f func(node *api.Node) string) Option {
 // NewConfig returns the Consul client configuration from the standard environment
 // (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...), with addr overriding the address when
 // set, and a transport that keeps enough idle connections for many concurrent blocking queries (a
-// watcher holds two per service).
-func NewConfig(addr string) *api.Config {
-	cfg := api.DefaultConfig()
-	if addr != "" {
-		cfg.Address = addr
-	}
-	cfg.Transport.MaxIdleConnsPerHost = 512
-	cfg.Transport.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	return cfg
-}
+// watcher holds two per service). It is watch.NewConfig.
+func NewConfig(addr string) *api.Config { return watch.NewConfig(addr) }
 
-// newClient returns a Consul client for cfg (nil: NewConfig("")) and the configuration it used.
-func newClient(cfg *api.Config) (*api.Client, *api.Config, error) {
-	if cfg == nil {
-		cfg = NewConfig("")
-	}
-	filled, timed, err := withAnswerTimeout(cfg, answerTimeoutFor)
-	if err != nil {
-		return nil, cfg, redact(err, cfg.Token)
-	}
-	client, err := api.NewClient(timed)
-	return client, filled, redact(err, cfg.Token)
-}
+// AnswerTimeout bounds how long a request to Consul that is not a blocking query may wait for the
+// first byte of its answer. A Consul address that accepts connections and never answers (a
+// stopped process, a wrong port held by something else) would otherwise hang every command.
+// Blocking queries wait as long as they asked to.
+const AnswerTimeout = consulclient.AnswerTimeout
 
-// answerTimeoutFor is AnswerTimeout; the tests shorten it.
-var answerTimeoutFor = AnswerTimeout
+// NoAnswerError is returned when Consul at Address accepted a request and did not answer it within
+// After (AnswerTimeout). It is watch.NoAnswerError.
+type NoAnswerError = watch.NoAnswerError
 
 // New returns a Registrar for the Consul agent in cfg (nil: NewConfig("")).
 func New(cfg *api.Config, opts ...Option) (*Registrar, error) {
-	client, cfg, err := newClient(cfg)
+	client, cfg, err := consulclient.New(cfg)
 	if err != nil {
 		return nil, err
 	}
 	httpClient, err := api.NewHttpClient(cfg.Transport, cfg.TLSConfig)
 	if err != nil {
-		return nil, redact(err, cfg.Token)
+		return nil, consulclient.Redact(err, cfg.Token)
 	}
 	httpClient.Timeout = 10 * time.Second
 	r := &Registrar{cfg: *cfg, client: client, httpClient: httpClient, prefix: DefaultKVPrefix, now: time.Now, agents: map[string]*api.Client{}}
@@ -150,19 +139,11 @@ func (r *Registrar) Operator() string { return r.operator }
 // Client returns the Consul client of the configured agent.
 func (r *Registrar) Client() *api.Client { return r.client }
 
-// redact removes a secret from an error's text: a token never appears in a log or an error.
-func redact(err error, secret string) error {
-	if err == nil || secret == "" || !strings.Contains(err.Error(), secret) {
-		return err
-	}
-	return errors.New(strings.ReplaceAll(err.Error(), secret, "[redacted]"))
-}
-
 func (r *Registrar) wrap(err error, format string, args ...any) error {
 	if err == nil {
 		return nil
 	}
-	return redact(fmt.Errorf(format+": %w", append(args, err)...), r.cfg.Token)
+	return consulclient.Redact(fmt.Errorf(format+": %w", append(args, err)...), r.cfg.Token)
 }
 
 // Instance is one registered instance as the catalog and its checks show it.
@@ -200,7 +181,7 @@ func (r *Registrar) Instances(ctx context.Context, service string) ([]Instance, 
 		return nil, 0, r.wrap(err, "listing instances of %s", service)
 	}
 	if meta.ResultsFilteredByACLs {
-		return nil, 0, &HiddenInstancesError{Service: service}
+		return nil, 0, &watch.HiddenInstancesError{Service: service}
 	}
 	out := make([]Instance, 0, len(entries))
 	for _, e := range entries {
@@ -253,9 +234,9 @@ func (r *Registrar) agentFor(ctx context.Context, inst *Instance) (*api.Client, 
 	}
 	cfg := r.cfg
 	cfg.Address = addr
-	c, _, err := newClient(&cfg)
+	c, _, err := consulclient.New(&cfg)
 	if err != nil {
-		return nil, redact(err, cfg.Token)
+		return nil, consulclient.Redact(err, cfg.Token)
 	}
 	r.agents[addr] = c
 	return c, nil
@@ -323,16 +304,4 @@ func (r *Registrar) deregister(ctx context.Context, inst *Instance) error {
 		return err
 	}
 	return r.wrap(agent.Agent().ServiceDeregisterOpts(inst.ID, (&api.QueryOptions{}).WithContext(ctx)), "deregistering %s", inst.ID)
-}
-
-// httpStatus extracts the HTTP status code of a Consul API error, or 0.
-func httpStatus(err error) int {
-	var se api.StatusError
-	if errors.As(err, &se) {
-		return se.Code
-	}
-	if err != nil && strings.Contains(err.Error(), "Unexpected response code: 404") {
-		return http.StatusNotFound
-	}
-	return 0
 }

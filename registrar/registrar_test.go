@@ -15,8 +15,10 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consulclient"
 	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // TestApplyArticleSpec registers the source article's example and reads it back from the catalog.
@@ -324,7 +326,7 @@ func TestApplyRefusesOverbookedWeights(t *testing.T) {
 // command's request with a NoAnswerError naming the address, instead of hanging it; a blocking
 // query is not cut short by the same timeout.
 func TestConsulThatNeverAnswers(t *testing.T) {
-	defer registrar.SetAnswerTimeout(300 * time.Millisecond)()
+	defer consulclient.SetAnswerTimeout(300 * time.Millisecond)()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -364,7 +366,7 @@ func TestConsulThatNeverAnswers(t *testing.T) {
 
 	// A blocking query through the same client waits past the timeout.
 	a := consultest.Start(t)
-	w, err := registrar.NewWatcher(registrar.NewConfig(a.HTTPAddr), registrar.WithWaitTime(time.Second))
+	w, err := watch.New(watch.NewConfig(a.HTTPAddr), watch.WithWaitTime(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consulclient"
 )
 
 // Spec is one instance to register: its service, address, health check and meta. In a spec file
@@ -451,7 +452,7 @@ func taggedAddresses(endpoints []string) (map[string]api.ServiceAddress, error) 
 		if err != nil || port <= 0 || port > 65535 {
 			return nil, fmt.Errorf("%q: %s is not a port", e, u.Port())
 		}
-		if consulsOwnAddress(u.Scheme) {
+		if consulclient.ConsulsOwnAddress(u.Scheme) {
 			return nil, fmt.Errorf("%q: %s is Consul's own tagged address", e, u.Scheme)
 		}
 		if _, dup := out[u.Scheme]; dup {
@@ -460,15 +461,6 @@ func taggedAddresses(endpoints []string) (map[string]api.ServiceAddress, error) 
 		out[u.Scheme] = api.ServiceAddress{Address: e, Port: port}
 	}
 	return out, nil
-}
-
-// consulsOwnAddress reports whether a tagged address is one Consul keeps itself.
-func consulsOwnAddress(tag string) bool {
-	switch tag {
-	case "lan_ipv4", "wan_ipv4", "lan_ipv6", "wan_ipv6", "lan", "wan":
-		return true
-	}
-	return false
 }
 
 // KratosMetadata returns the Metadata a Kratos app registers with the Kratos consul registry for this

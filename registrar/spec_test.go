@@ -1,10 +1,13 @@
 package registrar_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -82,5 +85,42 @@ func TestSpecForms(t *testing.T) {
 	specs, _ := registrar.ParseSpecs("s.yaml", []byte("name: a\nid: a-1\n---\nname: b\n"))
 	if len(specs) != 2 || specs[1].ID != "b" {
 		t.Fatalf("two documents: %+v", specs)
+	}
+}
+
+// TestSpecOverConsulLimits: a spec whose meta Consul would refuse fails with a clear error before
+// anything is written; long rules are split over several keys and accepted.
+func TestSpecOverConsulLimits(t *testing.T) {
+	var many strings.Builder
+	many.WriteString("name: big\nport: 1\nmeta:\n")
+	for i := 0; i < 65; i++ {
+		fmt.Fprintf(&many, "  k%d: v\n", i)
+	}
+	_, err := registrar.ParseSpecs("big.yaml", []byte(many.String()))
+	if err == nil || !strings.Contains(err.Error(), "big.yaml:3: instance big: meta: ") || !strings.Contains(err.Error(), "at most 64") {
+		t.Fatalf("too many keys: %v", err)
+	}
+	_, err = registrar.ParseSpecs("dot.yaml", []byte("name: dot\nmeta:\n  app.version: v1\n"))
+	if err == nil || !strings.Contains(err.Error(), `meta key "app.version": Consul allows only letters`) {
+		t.Fatalf("dotted key: %v", err)
+	}
+
+	var long strings.Builder
+	long.WriteString("name: long\nid: long-1\nport: 1\nmeta:\n  canary: true\n  match:\n")
+	for i := 0; i < 30; i++ {
+		fmt.Fprintf(&long, "    - header: [{key: x-tenant-%02d, regex: '^tenant-(alpha|beta|gamma)-[0-9]{4}$'}]\n", i)
+	}
+	specs, err := registrar.ParseSpecs("long.yaml", []byte(long.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	instances, _, err := r.Instances(context.Background(), "long")
+	if err != nil || len(instances) != 1 || instances[0].Meta["match_3"] == "" || len(instances[0].Gray.Match) != 30 {
+		t.Fatalf("long rules: %v %+v", err, instances)
 	}
 }

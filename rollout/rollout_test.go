@@ -29,6 +29,7 @@ import (
 	"github.com/graylane/graylane/metrics"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/rollout"
+	"github.com/graylane/graylane/watch"
 )
 
 // app is a real Kratos HTTP server that counts its requests per lane with metrics.Server and can be
@@ -82,7 +83,7 @@ type stack struct {
 	stable  *app
 	canary  *app
 	prom    *promtest.Server
-	watcher *registrar.Watcher
+	watcher *watch.Watcher
 }
 
 func startStack(t *testing.T) *stack {
@@ -110,7 +111,7 @@ func startStack(t *testing.T) *stack {
 	}
 	s.prom = promtest.Start(t, s.stable.addr, s.canary.addr)
 	s.prom.WaitScraped(t, 2)
-	if s.watcher, err = registrar.NewWatcher(registrar.NewConfig(s.consul.HTTPAddr)); err != nil {
+	if s.watcher, err = watch.New(watch.NewConfig(s.consul.HTTPAddr)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.watcher.Close() })

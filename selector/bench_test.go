@@ -22,8 +22,8 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consultest"
-	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
 // benchNodes returns n instances of bservice as the Kratos consul registry maps them: one in ten a
@@ -145,7 +145,7 @@ func BenchmarkSelect(b *testing.B) {
 // cpu-ns/op counts the collector's work on other CPUs too: filter.Version allocates a slice per call.
 func BenchmarkFilter(b *testing.B) {
 	ctx := callContext(b, benchServer(b))
-	w, err := registrar.NewWatcher(registrar.NewConfig(consultest.Start(b).HTTPAddr))
+	w, err := watch.New(watch.NewConfig(consultest.Start(b).HTTPAddr))
 	if err != nil {
 		b.Fatal(err)
 	}

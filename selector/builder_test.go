@@ -39,7 +39,7 @@ func TestBuilder(t *testing.T) {
 	})
 	for _, call := range []func(ctx context.Context, h ...string) (string, error){
 		func(ctx context.Context, h ...string) (string, error) { return who(ctx, toB, h...) },
-		func(ctx context.Context, h ...string) (string, error) { return watch(ctx, toB, h...) },
+		func(ctx context.Context, h ...string) (string, error) { return watchStream(ctx, toB, h...) },
 	} {
 		got := count(t, 50, func(int) (string, error) { return call(ctx, "userid", "123") })
 		if got["b-canary>c-canary"] != 50 {

@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
 // slowProxy is a TCP proxy that waits before it connects each new connection to its target: an
@@ -117,7 +117,7 @@ func TestFreshClientsNeverSendProductionToATestOnlyCanary(t *testing.T) {
 	e.start("coldsvc", "c1", gray.Meta{Canary: true}, nil)
 	e.waitRegistered("coldsvc", 2)
 
-	w, err := registrar.NewWatcher(registrar.NewConfig(e.agent.HTTPAddr))
+	w, err := watch.New(watch.NewConfig(e.agent.HTTPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}

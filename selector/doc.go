@@ -27,7 +27,7 @@
 // Instances come from the Kratos registry (the consul contrib registry maps Consul service meta to
 // the node's metadata verbatim). That registry waits for a 1 s ticker between its blocking queries,
 // so a change committed soon after another reaches the client up to a second later. With
-// WithWatcher the filter takes each node's meta from graylane's own watcher (registrar.Watcher),
+// WithWatcher the filter takes each node's meta from graylane's own watcher (watch.Watcher),
 // whose blocking query answers as soon as Consul commits a change, matched to the node by address;
 // the registry still says which instances there are, and a node the watcher does not know keeps
 // its own meta. The filter keeps a gray.Snapshot keyed by the node set it is

@@ -9,9 +9,10 @@ import (
 	"github.com/go-kratos/kratos/v2/transport/grpc"
 	"github.com/go-kratos/kratos/v2/transport/http"
 	"github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
 // A Kratos gRPC client of bservice that follows bservice's gray rules and carries the lane on.
@@ -69,7 +70,7 @@ func ExampleWithWatcher() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	w, err := registrar.NewWatcher(nil) // the same CONSUL_HTTP_ADDR and friends
+	w, err := watch.New(nil) // the same CONSUL_HTTP_ADDR and friends
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -84,5 +85,21 @@ func ExampleWithWatcher() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer conn.Close()
+}
+
+// A client that counts its decisions and records its calls by the callee's lane, for the rollout
+// gates and the dashboards.
+func ExampleWithMetrics() {
+	ctx := context.Background()
+	client, err := api.NewClient(api.DefaultConfig())
+	if err != nil {
+		log.Fatal(err)
+	}
+	r := consul.New(client)
+
+	m, _ := selector.NewMetrics(prometheus.DefaultRegisterer)
+	conn, _ := grpc.DialInsecure(ctx, grpc.WithEndpoint("discovery:///bservice"), grpc.WithDiscovery(r),
+		grpc.WithMiddleware(m.Middleware()), selector.GRPC(selector.WithMetrics(m)))
 	defer conn.Close()
 }

@@ -307,8 +307,8 @@ func who(ctx context.Context, conn *grpc.ClientConn, headers ...string) (string,
 	return out.GetValue(), err
 }
 
-// watch opens a server stream with the given headers and returns its one answer.
-func watch(ctx context.Context, conn *grpc.ClientConn, headers ...string) (string, error) {
+// watchStream opens a server stream with the given headers and returns its one answer.
+func watchStream(ctx context.Context, conn *grpc.ClientConn, headers ...string) (string, error) {
 	ctx = grpcmd.AppendToOutgoingContext(ctx, headers...)
 	s, err := conn.NewStream(ctx, &echoDesc.Streams[0], watchMethod)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 func nextHop(conn **grpc.ClientConn) func(ctx context.Context) (string, error) {
 	return func(ctx context.Context) (string, error) {
 		if tr, ok := transport.FromServerContext(ctx); ok && tr.Operation() == watchMethod {
-			return watch(ctx, *conn)
+			return watchStream(ctx, *conn)
 		}
 		return who(ctx, *conn)
 	}
@@ -52,7 +52,7 @@ func TestThreeHops(t *testing.T) {
 		call func(ctx context.Context, headers ...string) (string, error)
 	}{
 		{"unary", func(ctx context.Context, h ...string) (string, error) { return who(ctx, toA, h...) }},
-		{"stream", func(ctx context.Context, h ...string) (string, error) { return watch(ctx, toA, h...) }},
+		{"stream", func(ctx context.Context, h ...string) (string, error) { return watchStream(ctx, toA, h...) }},
 		// An HTTP Invoke to A's HTTP server, whose handler calls B over gRPC.
 		{"http", func(ctx context.Context, h ...string) (string, error) { return getWho(ctx, httpA, h...) }},
 	} {

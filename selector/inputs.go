@@ -9,7 +9,7 @@ import (
 	kselector "github.com/go-kratos/kratos/v2/selector"
 
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // inputs is what a snapshot is prepared from besides the node set, in the form a call compares
@@ -19,7 +19,7 @@ import (
 type inputs struct {
 	source    gray.Options
 	published *gray.Options
-	instances *registrar.Instances // nil without a watcher, before it answers, and while it is stale
+	instances *watch.Instances // nil without a watcher, before it answers, and while it is stale
 }
 
 // same reports whether a and b are the same inputs. Source options are compared only when there is
@@ -30,8 +30,8 @@ func (a *inputs) same(b *inputs, valued bool) bool {
 
 // watched is what a Filter follows through WithWatcher's watcher for its one service.
 type watched struct {
-	instances *registrar.ServiceView
-	options   *registrar.OptionsView
+	instances *watch.ServiceView
+	options   *watch.OptionsView
 }
 
 // live reports whether the inputs can change during the Filter's life: without an options source
@@ -82,7 +82,7 @@ func (f *Filter) watch(service string) bool {
 // instancesOf turns nodes into the core's instances: each with the watcher's meta for its address
 // when the watcher knows it, else its own, and without the lanes the client must never enter. A
 // node of graylane's balancer whose connection is not ready is a pending instance.
-func instancesOf[N kselector.Node](nodes []N, cfg *config, fresh *registrar.Instances) []gray.Instance[N] {
+func instancesOf[N kselector.Node](nodes []N, cfg *config, fresh *watch.Instances) []gray.Instance[N] {
 	byAddress := metaByAddress(fresh)
 	instances := make([]gray.Instance[N], 0, len(nodes))
 	for _, n := range nodes {
@@ -104,12 +104,12 @@ func instancesOf[N kselector.Node](nodes []N, cfg *config, fresh *registrar.Inst
 // Address has) to the instance's meta: the hosts of its tagged addresses (Kratos' registry keeps
 // its endpoint URLs there) and its service address. An address two instances claim is left out, so
 // that its node keeps its own meta.
-func metaByAddress(list *registrar.Instances) map[string]map[string]string {
+func metaByAddress(list *watch.Instances) map[string]map[string]string {
 	if list == nil {
 		return nil
 	}
-	owner := make(map[string]*registrar.Endpoint, 2*len(list.Endpoints))
-	claim := func(addr string, ep *registrar.Endpoint) {
+	owner := make(map[string]*watch.Endpoint, 2*len(list.Endpoints))
+	claim := func(addr string, ep *watch.Endpoint) {
 		if prev, ok := owner[addr]; ok && (prev == nil || prev.ID != ep.ID) {
 			owner[addr] = nil // ambiguous
 			return

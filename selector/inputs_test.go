@@ -7,14 +7,14 @@ import (
 	"github.com/go-kratos/kratos/v2/registry"
 	kselector "github.com/go-kratos/kratos/v2/selector"
 
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // TestMetaByAddress: a node takes the watcher's meta for its address, from a tagged address or the
 // service address; an address two instances claim is nobody's; a node the watcher does not know
 // keeps its own.
 func TestMetaByAddress(t *testing.T) {
-	list := &registrar.Instances{Endpoints: []registrar.Endpoint{
+	list := &watch.Instances{Endpoints: []watch.Endpoint{
 		{ID: "a", Address: "10.0.0.1", Port: 9000, Meta: map[string]string{"canary": "true"},
 			TaggedAddresses: map[string]string{"grpc": "grpc://10.0.0.1:9000", "http": "http://10.0.0.1:8000"}},
 		{ID: "b", Address: "10.0.0.2", Port: 9000, Meta: map[string]string{"weight": "5"}},
@@ -54,7 +54,7 @@ func FuzzMetaByAddress(f *testing.F) {
 	f.Add("%zz", "", 0, "grpc://[::1]:9000", "::1", 9000)
 	f.Add("http://user@host:1/path?q#f", "host", 1, "", "host", -1)
 	f.Fuzz(func(t *testing.T, tagged1, addr1 string, port1 int, tagged2, addr2 string, port2 int) {
-		list := &registrar.Instances{Endpoints: []registrar.Endpoint{
+		list := &watch.Instances{Endpoints: []watch.Endpoint{
 			{ID: "1", Address: addr1, Port: port1, TaggedAddresses: map[string]string{"grpc": tagged1}, Meta: map[string]string{"id": "1"}},
 			{ID: "2", Address: addr2, Port: port2, TaggedAddresses: map[string]string{"grpc": tagged2}, Meta: map[string]string{"id": "2"}},
 		}}
@@ -64,7 +64,7 @@ func FuzzMetaByAddress(f *testing.F) {
 			if id == "1" {
 				other = list.Endpoints[1]
 			}
-			for a := range metaByAddress(&registrar.Instances{Endpoints: []registrar.Endpoint{other}}) {
+			for a := range metaByAddress(&watch.Instances{Endpoints: []watch.Endpoint{other}}) {
 				if a == addr {
 					t.Fatalf("%q given to instance %s, though %s claims it too", addr, id, other.ID)
 				}

@@ -12,6 +12,7 @@ import (
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
 // BenchmarkCommitToCall measures, on a real Consul with the Kratos consul registry (its default
@@ -41,7 +42,7 @@ func BenchmarkCommitToCall(b *testing.B) {
 			e.discOpts = nil // the registry's defaults
 			opts := []selector.Option{selector.WithStickyHeader("x-user-id")}
 			if bc.watcher {
-				w, err := registrar.NewWatcher(registrar.NewConfig(e.agent.HTTPAddr))
+				w, err := watch.New(watch.NewConfig(e.agent.HTTPAddr))
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -5,7 +5,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // Option configures a Filter.
@@ -14,7 +14,7 @@ type Option func(*config)
 type config struct {
 	options  gray.Options
 	source   OptionsSource
-	watcher  *registrar.Watcher
+	watcher  *watch.Watcher
 	never    []string
 	strict   bool
 	filters  []kselector.NodeFilter
@@ -24,7 +24,7 @@ type config struct {
 }
 
 // OptionsSource supplies the service's decision options, kept once with the service in Consul so
-// that the gateway and every client decide alike; registrar's options view implements it. Load is
+// that the gateway and every client decide alike; watch.OptionsView implements it. Load is
 // called on every call and must be cheap and safe for concurrent use.
 type OptionsSource interface {
 	Load() gray.Options
@@ -57,7 +57,7 @@ func WithServiceOptions(src OptionsSource) Option { return func(c *config) { c.s
 // The filter starts watching its service through w on its first call; w is the caller's: close it
 // after the clients that use it (closed earlier, its views turn stale, and the clients go on with
 // the registry's meta). Options given with WithServiceOptions take the place of w's.
-func WithWatcher(w *registrar.Watcher) Option { return func(c *config) { c.watcher = w } }
+func WithWatcher(w *watch.Watcher) Option { return func(c *config) { c.watcher = w } }
 
 // WithOptions sets the client's decision options; their non-empty fields override the service's.
 func WithOptions(o gray.Options) Option {

@@ -6,11 +6,11 @@ import (
 	"time"
 
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
-var _ selector.OptionsSource = (*registrar.OptionsView)(nil)
+var _ selector.OptionsSource = (*watch.OptionsView)(nil)
 
 // TestServiceOptionsFromConsul: the sticky header is the service's, kept in Consul with the
 // registrar; a change of it reaches a running client; a client option overrides it.
@@ -22,7 +22,7 @@ func TestServiceOptionsFromConsul(t *testing.T) {
 	if _, err := e.r.SetServiceOptions(ctx, "bservice", gray.Options{StickyHeader: "x-user-id"}); err != nil {
 		t.Fatal(err)
 	}
-	w, err := registrar.NewWatcher(registrar.NewConfig(e.agent.HTTPAddr))
+	w, err := watch.New(watch.NewConfig(e.agent.HTTPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -352,7 +352,7 @@ func TestNoGoroutineAfterClose(t *testing.T) {
 		if _, err := who(ctx, conn, "userid", "123"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := watch(ctx, conn, "userid", "123"); err != nil {
+		if _, err := watchStream(ctx, conn, "userid", "123"); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := getWho(ctx, hc, "userid", "123"); err != nil {

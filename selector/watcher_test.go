@@ -25,6 +25,7 @@ import (
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
 // metaAsFirstSeen is a resolver for the contrib consul registry that maps Consul's answer as the
@@ -67,7 +68,7 @@ func TestWatcherMeta(t *testing.T) {
 	e.discOpts = append(e.discOpts, kconsul.WithServiceResolver(metaAsFirstSeen()))
 	e.start("bservice", "s1", gray.Meta{}, nil)
 	e.start("bservice", "c1", gray.Meta{Canary: true, Match: matchUser123}, nil)
-	w, err := registrar.NewWatcher(registrar.NewConfig(e.agent.HTTPAddr))
+	w, err := watch.New(watch.NewConfig(e.agent.HTTPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func TestWatcherUnreachable(t *testing.T) {
 	e := newEnv(t)
 	e.start("bservice", "s1", gray.Meta{}, nil)
 	e.start("bservice", "c1", gray.Meta{Canary: true, Weight: gray.MaxWeight}, nil)
-	w, err := registrar.NewWatcher(registrar.NewConfig("127.0.0.1:1")) // nothing listens there
+	w, err := watch.New(watch.NewConfig("127.0.0.1:1")) // nothing listens there
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +170,7 @@ func TestWatcherStale(t *testing.T) {
 	e.start("bservice", "s1", gray.Meta{}, nil)
 	e.start("bservice", "c1", gray.Meta{Canary: true, Weight: gray.MaxWeight}, nil)
 	way := newCuttable(t, e.agent.HTTPAddr)
-	w, err := registrar.NewWatcher(registrar.NewConfig(way.addr()), registrar.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	w, err := watch.New(watch.NewConfig(way.addr()), watch.WithBackoff(10*time.Millisecond, 50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,6 +44,7 @@ import (
 	"github.com/graylane/graylane/apisix/extplugin"
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // Config says where the gateway, its Admin API and Consul are.
@@ -115,7 +116,7 @@ func Run(t *testing.T, cfg Config) {
 	if u, err := url.Parse(consul); err == nil && u.Host != "" {
 		consulHost = u.Host
 	}
-	w, err := registrar.NewWatcher(registrar.NewConfig(consul))
+	w, err := watch.New(watch.NewConfig(consul))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +284,7 @@ func Run(t *testing.T, cfg Config) {
 
 	t.Run("a service without a gray lane takes no hop", func(t *testing.T) {
 		key := view.Snapshot().TagKey().Lower()
-		pick := func(lane string) registrar.Endpoint {
+		pick := func(lane string) watch.Endpoint {
 			d := view.Snapshot().Decide(&gray.StaticRequest{Headers: map[string]string{key: lane}})
 			if len(d.Instances) == 0 {
 				t.Fatalf("%s has no %s instance", service, lane)
@@ -299,15 +300,15 @@ func Run(t *testing.T, cfg Config) {
 // registered with a match rule turns the hop on and gets the matched requests, and only them; when
 // the canary goes, the route is plain again. The service's instances reuse the addresses of the
 // main service's stable and canary instances, so that the gateway reaches them wherever it runs.
-func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *registrar.Watcher, admin *apisix.Admin,
-	stableEP, canaryEP registrar.Endpoint, logf func(string, ...any)) {
+func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher, admin *apisix.Admin,
+	stableEP, canaryEP watch.Endpoint, logf func(string, ...any)) {
 	gateway := strings.TrimRight(cfg.Gateway, "/")
 	client, err := api.NewClient(registrar.NewConfig(cfg.Consul))
 	if err != nil {
 		t.Fatal(err)
 	}
 	plain := cfg.Service + "-e2e-plain"
-	register := func(id string, ep registrar.Endpoint, meta map[string]string) {
+	register := func(id string, ep watch.Endpoint, meta map[string]string) {
 		t.Helper()
 		if err := client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: plain, Address: ep.Address, Port: ep.Port, Meta: meta}); err != nil {
 			t.Fatal(err)

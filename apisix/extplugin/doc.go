@@ -18,7 +18,7 @@
 //     (the service's base) serves the request;
 //  4. optionally echoes the lane in a response header.
 //
-// The snapshot comes from one shared registrar.Watcher: every conf naming a service shares one
+// The snapshot comes from one shared watch.Watcher: every conf naming a service shares one
 // Consul watch, started when the first conf names it. A request never waits for Consul: before the
 // first answer the snapshot is empty and every request goes to the base; while Consul is away the
 // last good snapshot stays in force.

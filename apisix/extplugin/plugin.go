@@ -16,7 +16,7 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/metrics"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // Name is the plugin's name in ext-plugin-pre-req's conf list.
@@ -32,11 +32,11 @@ type Source interface {
 	Close() error
 }
 
-// View is the live state of one service; *registrar.ServiceView is one. Its methods are called
+// View is the live state of one service; *watch.ServiceView is one. Its methods are called
 // concurrently and must not block.
 type View interface {
 	// Snapshot returns the current snapshot, never nil.
-	Snapshot() *gray.Snapshot[registrar.Endpoint]
+	Snapshot() *gray.Snapshot[watch.Endpoint]
 	// Changed returns a channel closed at the next change.
 	Changed() <-chan struct{}
 	// Ready returns a channel closed once the snapshot is built from Consul's answer: before, the
@@ -47,7 +47,7 @@ type View interface {
 // Option configures a Plugin.
 type Option func(*Plugin)
 
-// WithSource sets where snapshots come from. Default: a registrar.Watcher on the Consul agent that
+// WithSource sets where snapshots come from. Default: a watch.Watcher on the Consul agent that
 // the standard CONSUL_* environment names, created when the first conf is parsed.
 func WithSource(newSource func() (Source, error)) Option {
 	return func(p *Plugin) { p.newSource = newSource }
@@ -100,7 +100,7 @@ type service struct {
 // laneTable holds, for one snapshot, the header value of each lane as a one-element slice, so that
 // echoing the lane in a response header allocates nothing. The slices are shared and never written.
 type laneTable struct {
-	snap   *gray.Snapshot[registrar.Endpoint]
+	snap   *gray.Snapshot[watch.Endpoint]
 	values map[string][]string
 }
 
@@ -325,7 +325,7 @@ func (p *Plugin) unknown(cf *conf, w http.ResponseWriter, r pkgHTTP.Request) {
 
 // lastError describes why a view has no answer yet, when it can say.
 func lastError(v View) string {
-	if s, ok := v.(interface{ State() registrar.WatchState }); ok {
+	if s, ok := v.(interface{ State() watch.State }); ok {
 		if err := s.State().LastError; err != nil {
 			return " (last error: " + err.Error() + ")"
 		}
@@ -349,7 +349,7 @@ func (c *conf) trusts(addr netip.Addr) bool {
 }
 
 // lanes returns the lane table of snap, building it once per snapshot.
-func (s *service) lanes(snap *gray.Snapshot[registrar.Endpoint]) *laneTable {
+func (s *service) lanes(snap *gray.Snapshot[watch.Endpoint]) *laneTable {
 	if t := s.table.Load(); t != nil && t.snap == snap {
 		return t
 	}

@@ -13,7 +13,7 @@ import (
 	pkgHTTP "github.com/apache/apisix-go-plugin-runner/pkg/http"
 
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // fakeRequest stands in for the runner's request, which only the runner can build, so that the
@@ -42,30 +42,30 @@ func (r *fakeRequest) Body() ([]byte, error)      { return nil, errors.New("no B
 func (r *fakeRequest) Context() context.Context   { return context.Background() }
 func (r *fakeRequest) RespHeader() http.Header    { return r.respHdr }
 
-type staticSource map[string]*gray.Snapshot[registrar.Endpoint]
+type staticSource map[string]*gray.Snapshot[watch.Endpoint]
 
 func (s staticSource) View(service string, _ gray.Options) View { return staticView{s[service]} }
 func (staticSource) Close() error                               { return nil }
 
 type staticView struct {
-	snap *gray.Snapshot[registrar.Endpoint]
+	snap *gray.Snapshot[watch.Endpoint]
 }
 
-func (v staticView) Snapshot() *gray.Snapshot[registrar.Endpoint] { return v.snap }
-func (staticView) Changed() <-chan struct{}                       { return nil }
-func (staticView) Ready() <-chan struct{}                         { return answered }
+func (v staticView) Snapshot() *gray.Snapshot[watch.Endpoint] { return v.snap }
+func (staticView) Changed() <-chan struct{}                   { return nil }
+func (staticView) Ready() <-chan struct{}                     { return answered }
 
 // answered is a closed channel: a static view has its answer from the start.
 var answered = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 func testPlugin(t testing.TB, conf string) (*Plugin, any) {
 	t.Helper()
-	insts := []gray.Instance[registrar.Endpoint]{
-		{ID: "s1", Meta: map[string]string{}, Value: registrar.Endpoint{ID: "s1"}},
+	insts := []gray.Instance[watch.Endpoint]{
+		{ID: "s1", Meta: map[string]string{}, Value: watch.Endpoint{ID: "s1"}},
 		{ID: "c1", Meta: map[string]string{"canary": "true", "weight": "10",
 			"match": `[{"header":[{"key":"userid","value_match":"123"}],"uri":[{"prefix":["/api/user"]}]},{"query":[{"name":"beta","value_match":"1"}]}]`},
-			Value: registrar.Endpoint{ID: "c1"}},
-		{ID: "g1", Meta: map[string]string{"bluegreen": "green"}, Value: registrar.Endpoint{ID: "g1"}},
+			Value: watch.Endpoint{ID: "c1"}},
+		{ID: "g1", Meta: map[string]string{"bluegreen": "green"}, Value: watch.Endpoint{ID: "g1"}},
 	}
 	snap := gray.NewSnapshot("bservice", insts, gray.Options{StickyHeader: "x-user-id"})
 	p := New(WithSource(func() (Source, error) { return staticSource{"bservice": snap}, nil }))

@@ -2,7 +2,7 @@ package extplugin
 
 import (
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // defaultSource watches the Consul agent named by the standard CONSUL_* environment. APISIX starts
@@ -12,17 +12,17 @@ func defaultSource() (Source, error) {
 	return NewWatcherSource()
 }
 
-// WatcherSource is the Source on Consul: one registrar.Watcher, so that every conf naming a service
+// WatcherSource is the Source on Consul: one watch.Watcher, so that every conf naming a service
 // shares one watch of its instances and one of its decision options.
 type WatcherSource struct {
-	w *registrar.Watcher
+	w *watch.Watcher
 }
 
 // NewWatcherSource returns a Source on the Consul agent that the CONSUL_* environment names,
 // passing opts to the watcher. It fails only on a client configuration that cannot be used (a
 // missing TLS file, say); it does not contact Consul.
-func NewWatcherSource(opts ...registrar.WatchOption) (*WatcherSource, error) {
-	w, err := registrar.NewWatcher(registrar.NewConfig(""), opts...)
+func NewWatcherSource(opts ...watch.Option) (*WatcherSource, error) {
+	w, err := watch.New(watch.NewConfig(""), opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -36,7 +36,7 @@ func (s *WatcherSource) View(service string, override gray.Options) View {
 }
 
 // Refused returns how many of the watcher's requests the Consul agent refused with 429 (its
-// connection limit; see registrar.ConnLimitError).
+// connection limit; see watch.ConnLimitError).
 func (s *WatcherSource) Refused() uint64 { return s.w.Refused() }
 
 // Close implements Source.

@@ -15,7 +15,7 @@ import (
 	"github.com/graylane/graylane/apisix/e2e"
 	"github.com/graylane/graylane/apisix/extplugin"
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // fixture is what the bench writes into Consul and the gateway, and removes at the end: the bench
@@ -26,11 +26,11 @@ import (
 type fixture struct {
 	admin    *apisix.Admin
 	consul   *api.Client
-	w        *registrar.Watcher
-	service  string             // <service>-bench
-	stable   registrar.Endpoint // the instance of the given service whose address is reused
-	gateway  string             // http://host:port
-	graylane apisix.RouteSpec   // graylane's route
+	w        *watch.Watcher
+	service  string           // <service>-bench
+	stable   watch.Endpoint   // the instance of the given service whose address is reused
+	gateway  string           // http://host:port
+	graylane apisix.RouteSpec // graylane's route
 	plainID  string
 	splitID  string
 	logf     func(string, ...any)

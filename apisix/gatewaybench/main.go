@@ -58,7 +58,7 @@ import (
 
 	"github.com/graylane/graylane/apisix"
 	"github.com/graylane/graylane/apisix/e2e"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // logOut receives progress and diagnostics; the report goes to stdout.
@@ -138,11 +138,11 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	consul, err := api.NewClient(registrar.NewConfig(cfg.Consul))
+	consul, err := api.NewClient(watch.NewConfig(cfg.Consul))
 	if err != nil {
 		return err
 	}
-	w, err := registrar.NewWatcher(registrar.NewConfig(cfg.Consul))
+	w, err := watch.New(watch.NewConfig(cfg.Consul))
 	if err != nil {
 		return err
 	}
@@ -270,18 +270,18 @@ func targets(results [][]measure) string {
 }
 
 // baseInstance returns one instance of the service's base lane, waiting for Consul's first answer.
-func baseInstance(ctx context.Context, w *registrar.Watcher, service, consul string) (registrar.Endpoint, error) {
+func baseInstance(ctx context.Context, w *watch.Watcher, service, consul string) (watch.Endpoint, error) {
 	view := w.Service(service)
 	select {
 	case <-view.Ready():
 	case <-ctx.Done():
-		return registrar.Endpoint{}, ctx.Err()
+		return watch.Endpoint{}, ctx.Err()
 	case <-time.After(30 * time.Second):
-		return registrar.Endpoint{}, fmt.Errorf("no answer from Consul at %s for %s within 30s: %+v", consul, service, view.State())
+		return watch.Endpoint{}, fmt.Errorf("no answer from Consul at %s for %s within 30s: %+v", consul, service, view.State())
 	}
 	base := view.Snapshot().Base().Instances
 	if len(base) == 0 {
-		return registrar.Endpoint{}, fmt.Errorf("%s has no passing instance in its base lane", service)
+		return watch.Endpoint{}, fmt.Errorf("%s has no passing instance in its base lane", service)
 	}
 	return base[0], nil
 }

@@ -20,7 +20,7 @@ import (
 	"github.com/graylane/graylane/apisix"
 	"github.com/graylane/graylane/apisix/extplugin"
 	"github.com/graylane/graylane/gray"
-	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // apisixOpts holds the flags of graylane apisix sync and route.
@@ -134,8 +134,8 @@ func (e *env) adminAPI() (*apisix.Admin, error) {
 	return admin, nil
 }
 
-func (e *env) watcher() (*registrar.Watcher, error) {
-	return registrar.NewWatcher(registrar.NewConfig(e.o.consul), registrar.WithWatchKVPrefix(e.o.prefix))
+func (e *env) watcher() (*watch.Watcher, error) {
+	return watch.New(watch.NewConfig(e.o.consul), watch.WithKVPrefix(e.o.prefix))
 }
 
 func runAPISIXSync(ctx context.Context, e *env, args []string) error {

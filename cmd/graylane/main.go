@@ -45,6 +45,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/graylane/graylane/internal/consulclient"
 	"github.com/graylane/graylane/registrar"
 )
 
@@ -276,7 +277,7 @@ func consulHint(err error, addr string) string {
 	switch {
 	case errors.As(err, &syntax):
 		return fmt.Sprintf("hint: what answers at %s is not Consul's HTTP API (its answer is not JSON); point --consul or CONSUL_HTTP_ADDR at the agent (usually port 8500)", addr)
-	case strings.Contains(err.Error(), "429"):
+	case consulclient.IsConnLimit(err):
 		return fmt.Sprintf("hint: the Consul agent at %s refuses more connections from this address (its limits.http_max_conns_per_client, "+
 			"default 200): processes on this host that follow many services hold them; raise the limit in the agent's configuration", addr)
 	case errors.As(err, &op) && op.Op == "dial" && dialedConsul(op, addr):

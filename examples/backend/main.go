@@ -58,6 +58,7 @@ import (
 	"github.com/graylane/graylane/metrics"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
 // Config is the service's configuration (from the environment in main).
@@ -208,7 +209,7 @@ func Run(ctx context.Context, cfg Config, ready chan<- [2]int) error {
 	if cfg.Next != "" {
 		// graylane's watcher shows the next hop's meta as soon as Consul commits a change; the
 		// registry says which instances there are. Closed after the client (defers run last first).
-		w, err := registrar.NewWatcher(cfg.Consul)
+		w, err := watch.New(cfg.Consul)
 		if err != nil {
 			hl.Close()
 			gl.Close()

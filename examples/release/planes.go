@@ -28,8 +28,8 @@ import (
 	"github.com/graylane/graylane/examples/echo"
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/runnerclient"
-	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
+	"github.com/graylane/graylane/watch"
 )
 
 // stickyHeader is the sticky key of every data plane in the demo: the gateway's plugin conf, the
@@ -72,7 +72,7 @@ type plane interface {
 // to a node of that upstream over HTTP.
 type gateway struct {
 	sock  string
-	w     *registrar.Watcher
+	w     *watch.Watcher
 	conns chan *runnerclient.Conn
 	http  *http.Client
 	id    atomic.Uint32
@@ -84,11 +84,11 @@ type gateway struct {
 }
 
 type upstreamCache struct {
-	snap  *gray.Snapshot[registrar.Endpoint]
+	snap  *gray.Snapshot[watch.Endpoint]
 	nodes map[string][]string // upstream id -> "host:port" nodes
 }
 
-func newGateway(sock string, w *registrar.Watcher) *gateway {
+func newGateway(sock string, w *watch.Watcher) *gateway {
 	return &gateway{sock: sock, w: w, conns: make(chan *runnerclient.Conn, 16), tokens: map[string]uint32{},
 		ups: map[string]*upstreamCache{}, http: &http.Client{Timeout: 10 * time.Second,
 			Transport: &http.Transport{MaxIdleConnsPerHost: 16}}}
@@ -301,7 +301,7 @@ func (g *gateway) send(ctx context.Context, node string, r *request, lane string
 type kratosClient struct {
 	mu      sync.Mutex
 	consul  func() *kconsul.Registry
-	watcher *registrar.Watcher // the nodes' meta as soon as Consul commits it
+	watcher *watch.Watcher // the nodes' meta as soon as Consul commits it
 	conns   map[string]*grpc.ClientConn
 	nodes   map[string]*atomic.Pointer[[]kselector.Node] // per service, the nodes of the last pick
 }

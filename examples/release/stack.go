@@ -19,6 +19,7 @@ import (
 
 	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
 // stack is everything the demo starts: a Consul agent, example service processes and the plugin
@@ -29,7 +30,7 @@ type stack struct {
 	agent  *consultest.Agent
 	client *api.Client
 	r      *registrar.Registrar
-	w      *registrar.Watcher
+	w      *watch.Watcher
 
 	mu    sync.Mutex
 	procs []*proc
@@ -120,7 +121,7 @@ func (s *stack) startConsul(persistent bool) error {
 	if s.r, err = registrar.New(cfg, registrar.WithOperator("demo")); err != nil {
 		return err
 	}
-	s.w, err = registrar.NewWatcher(cfg)
+	s.w, err = watch.New(cfg)
 	return err
 }
 

@@ -1,4 +1,4 @@
-package registrar
+package watch
 
 // The watcher. One goroutine per watched service runs blocking queries on the service's passing
 // instances. Each answer whose content differs from the last (the index alone proves nothing) is
@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -29,6 +28,8 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consulclient"
+	"github.com/graylane/graylane/internal/record"
 	"github.com/graylane/graylane/internal/retry"
 )
 
@@ -56,30 +57,30 @@ type Instances struct {
 	Endpoints []Endpoint
 }
 
-// WatchOption configures a Watcher.
-type WatchOption func(*Watcher)
+// Option configures a Watcher.
+type Option func(*Watcher)
 
 // WithSnapshotOptions sets options that override, field by field, the decision options each service
 // keeps in Consul, for every view of this watcher.
-func WithSnapshotOptions(o gray.Options) WatchOption { return func(w *Watcher) { w.options = o } }
+func WithSnapshotOptions(o gray.Options) Option { return func(w *Watcher) { w.options = o } }
 
 // WithWaitTime sets how long one blocking query may wait. Default 5 minutes.
-func WithWaitTime(d time.Duration) WatchOption { return func(w *Watcher) { w.waitTime = d } }
+func WithWaitTime(d time.Duration) Option { return func(w *Watcher) { w.waitTime = d } }
 
 // WithBackoff sets the first and the longest delay between retries after errors. Default 100ms, 10s.
-func WithBackoff(first, max time.Duration) WatchOption {
+func WithBackoff(first, max time.Duration) Option {
 	return func(w *Watcher) { w.backoffFirst, w.backoffMax = first, max }
 }
 
-// WithWatchLogger sets where the watcher reports what an operator must act on: a Consul agent
+// WithLogger sets where the watcher reports what an operator must act on: a Consul agent
 // refusing its connections (ConnLimitError), at most once a minute. Default: nowhere.
-func WithWatchLogger(logf func(format string, args ...any)) WatchOption {
+func WithLogger(logf func(format string, args ...any)) Option {
 	return func(w *Watcher) { w.logf = logf }
 }
 
-// WithWatchKVPrefix sets the KV folder where the services' recorded state (with their decision
-// options) is kept, as the Registrar's WithKVPrefix. Default: DefaultKVPrefix.
-func WithWatchKVPrefix(prefix string) WatchOption {
+// WithKVPrefix sets the KV folder where the services' recorded state (with their decision options)
+// is kept, as registrar.WithKVPrefix does for the registrar. Default: DefaultKVPrefix.
+func WithKVPrefix(prefix string) Option {
 	return func(w *Watcher) { w.prefix = strings.Trim(prefix, "/") }
 }
 
@@ -107,9 +108,9 @@ type Watcher struct {
 	services map[string]*serviceWatch
 }
 
-// NewWatcher returns a Watcher for the agent in cfg (nil: NewConfig("")).
-func NewWatcher(cfg *api.Config, opts ...WatchOption) (*Watcher, error) {
-	client, cfg, err := newClient(cfg)
+// New returns a Watcher for the agent in cfg (nil: NewConfig("")).
+func New(cfg *api.Config, opts ...Option) (*Watcher, error) {
+	client, cfg, err := consulclient.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -129,7 +130,7 @@ type serviceWatch struct {
 	name string
 	opts *OptionsView
 
-	state atomic.Pointer[WatchState] // shared by the views; Changes is filled in per view
+	state atomic.Pointer[State] // shared by the views; Changes is filled in per view
 
 	endpoints atomic.Pointer[Instances] // nil before the first answer
 
@@ -149,7 +150,7 @@ func (w *Watcher) watch(name string) *serviceWatch {
 	sw := &serviceWatch{name: name, views: map[gray.Options]*ServiceView{},
 		opts: &OptionsView{changed: make(chan struct{}), ready: make(chan struct{})}}
 	sw.opts.value.Store(&gray.Options{})
-	sw.state.Store(&WatchState{Stale: true})
+	sw.state.Store(&State{Stale: true})
 	w.services[name] = sw
 	if w.ctx.Err() == nil {
 		w.wg.Add(2)
@@ -190,8 +191,8 @@ func (w *Watcher) Options(name string) *OptionsView {
 	return w.watch(name).opts
 }
 
-// ErrWatcherClosed is the LastError of every view of a closed Watcher.
-var ErrWatcherClosed = errors.New("registrar: the watcher is closed")
+// ErrClosed is the LastError of every view of a closed Watcher.
+var ErrClosed = errors.New("watch: the watcher is closed")
 
 // Close stops watching and waits for every goroutine to end. Its views keep their last snapshot and
 // turn stale: nothing follows Consul for them any more.
@@ -202,7 +203,7 @@ func (w *Watcher) Close() error {
 	defer w.mu.Unlock()
 	for _, sw := range w.services {
 		sw.mu.Lock()
-		sw.setState(WatchState{Stale: true, LastError: ErrWatcherClosed}, false)
+		sw.setState(State{Stale: true, LastError: ErrClosed}, false)
 		sw.mu.Unlock()
 	}
 	return nil
@@ -211,14 +212,14 @@ func (w *Watcher) Close() error {
 // HiddenInstancesError says that Consul left instances of a service out of an answer because the
 // token may not read them. Consul does not refuse such a query: it answers without the instances on
 // nodes the token may not read (all of them for a token without node read), which would look like a
-// service that lost its instances. Registrar.Instances returns it instead of a short list; a Watcher
-// keeps its last complete answer and turns stale with it. It matches ErrPermission.
+// service that lost its instances. A Watcher keeps its last complete answer and turns stale with it;
+// the registrar's Instances returns it instead of a short list. It matches ErrPermission.
 type HiddenInstancesError struct {
 	Service string
 }
 
 func (e *HiddenInstancesError) Error() string {
-	return fmt.Sprintf("registrar: Consul left instances of %s out of its answer because the token may not read them; "+
+	return fmt.Sprintf("watch: Consul left instances of %s out of its answer because the token may not read them; "+
 		"the token needs service read on %s and node read on the nodes they run on (node_prefix \"\" read)", e.Service, e.Service)
 }
 
@@ -237,8 +238,8 @@ type ServiceView struct {
 	changes   uint64
 }
 
-// WatchState describes a view's freshness.
-type WatchState struct {
+// State describes a view's freshness.
+type State struct {
 	// Stale is set while Consul cannot be reached (and before the first answer): the snapshot is the
 	// last good one.
 	Stale bool
@@ -263,7 +264,7 @@ func (v *ServiceView) Instances() *Instances { return v.watch.endpoints.Load() }
 func (v *ServiceView) Stale() bool { return v.watch.state.Load().Stale }
 
 // State returns the view's freshness.
-func (v *ServiceView) State() WatchState {
+func (v *ServiceView) State() State {
 	s := *v.watch.state.Load()
 	v.mu.Lock()
 	s.Changes = v.changes
@@ -343,7 +344,7 @@ func (sw *serviceWatch) publishAll() {
 }
 
 // setState stores the watch's freshness: updated says the snapshots changed now. sw.mu must be held.
-func (sw *serviceWatch) setState(st WatchState, updated bool) {
+func (sw *serviceWatch) setState(st State, updated bool) {
 	prev := sw.state.Load()
 	st.Updated = prev.Updated
 	if updated {
@@ -386,7 +387,7 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 			// not only at the next change. The content comparison keeps that from being a change.
 			index = 0
 			sw.mu.Lock()
-			sw.setState(WatchState{Stale: true, LastError: redact(err, w.token)}, false)
+			sw.setState(State{Stale: true, LastError: consulclient.Redact(err, w.token)}, false)
 			sw.mu.Unlock()
 			if !retry.Sleep(w.ctx, retry.Backoff(w.backoffFirst, w.backoffMax, failures)) {
 				return
@@ -420,7 +421,7 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 			sw.endpoints.Store(list)
 			sw.publishAll()
 		}
-		sw.setState(WatchState{Index: meta.LastIndex}, changed)
+		sw.setState(State{Index: meta.LastIndex}, changed)
 		sw.mu.Unlock()
 	}
 }
@@ -446,7 +447,7 @@ func (e *ConnLimitError) Unwrap() error { return e.Err }
 // refusal turns a 429 from the agent into a *ConnLimitError, counts it and reports it at most once a
 // minute; other errors pass unchanged.
 func (w *Watcher) refusal(err error) error {
-	if httpStatus(err) != http.StatusTooManyRequests && !strings.Contains(err.Error(), "429") {
+	if !consulclient.IsConnLimit(err) {
 		return err
 	}
 	w.refused.Add(1)
@@ -517,7 +518,7 @@ func dropsAny(prev *Instances, entries []*api.ServiceEntry) bool {
 // runOptions follows the service's recorded state for its decision options.
 func (w *Watcher) runOptions(sw *serviceWatch) {
 	defer w.wg.Done()
-	key := w.prefix + "/services/" + sw.name + "/state"
+	key := record.StateKey(w.prefix, sw.name)
 	var index, held uint64
 	var behind behindServer
 	failures := 0
@@ -529,9 +530,9 @@ func (w *Watcher) runOptions(sw *serviceWatch) {
 		if err != nil {
 			failures++
 			index = 0
-			err = w.refusal(redact(err, w.token))
+			err = w.refusal(consulclient.Redact(err, w.token))
 			sw.opts.err.Store(&err)
-			if isPermissionDenied(err) {
+			if consulclient.IsPermissionDenied(err) {
 				// The token may not read the options: decide with the defaults (and the overrides)
 				// rather than never becoming ready.
 				sw.mu.Lock()
@@ -564,7 +565,7 @@ func (w *Watcher) runOptions(sw *serviceWatch) {
 		}
 		var o gray.Options
 		if pair != nil {
-			var st desiredState
+			var st record.State
 			// A record that does not decode keeps the options last seen: the registrar refuses to
 			// plan from it, and status reports it.
 			if json.Unmarshal(pair.Value, &st) != nil {
@@ -613,7 +614,7 @@ func endpoints(entries []*api.ServiceEntry) []gray.Instance[Endpoint] {
 func ownTaggedAddresses(tagged map[string]api.ServiceAddress) map[string]string {
 	var out map[string]string
 	for tag, a := range tagged {
-		if consulsOwnAddress(tag) {
+		if consulclient.ConsulsOwnAddress(tag) {
 			continue
 		}
 		if out == nil {

@@ -1,4 +1,4 @@
-package registrar_test
+package watch_test
 
 import (
 	"context"
@@ -25,23 +25,24 @@ import (
 	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/internal/eventually"
 	"github.com/graylane/graylane/registrar"
+	"github.com/graylane/graylane/watch"
 )
 
-func newWatcher(t *testing.T, a *consultest.Agent, opts ...registrar.WatchOption) *registrar.Watcher {
+func newWatcher(t *testing.T, a *consultest.Agent, opts ...watch.Option) *watch.Watcher {
 	t.Helper()
-	w, err := registrar.NewWatcher(registrar.NewConfig(a.HTTPAddr), opts...)
+	w, err := watch.New(watch.NewConfig(a.HTTPAddr), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return w
 }
 
-// watchedBService applies testdata/bservice.yaml to a dev agent and watches it.
-func watchedBService(t *testing.T) (*consultest.Agent, *registrar.Registrar, *registrar.Watcher, *registrar.ServiceView) {
+// watchedBService applies the registrar's testdata/bservice.yaml to a dev agent and watches it.
+func watchedBService(t *testing.T) (*consultest.Agent, *registrar.Registrar, *watch.Watcher, *watch.ServiceView) {
 	t.Helper()
 	a := consultest.Start(t)
 	r := newRegistrar(t, a, "alice")
-	applyFile(t, r, "testdata/bservice.yaml")
+	applyFile(t, r, bserviceYAML)
 	w := newWatcher(t, a)
 	t.Cleanup(func() { w.Close() })
 	v := w.Service("bservice")
@@ -49,7 +50,7 @@ func watchedBService(t *testing.T) (*consultest.Agent, *registrar.Registrar, *re
 	return a, r, w, v
 }
 
-func canaryWeight(v *registrar.ServiceView) gray.Weight {
+func canaryWeight(v *watch.ServiceView) gray.Weight {
 	for _, l := range v.Snapshot().Lanes() {
 		if l.Name == "canary" {
 			return l.Weight
@@ -110,7 +111,7 @@ func TestWatchedInstances(t *testing.T) {
 
 	// An instance registered the way Kratos' consul registry does it: endpoint URLs as tagged
 	// addresses.
-	client, err := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+	client, err := api.NewClient(watch.NewConfig(a.HTTPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestWatchedInstances(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if st := v.State(); !v.Stale() || !errors.Is(st.LastError, registrar.ErrWatcherClosed) || v.Instances() == nil {
+	if st := v.State(); !v.Stale() || !errors.Is(st.LastError, watch.ErrClosed) || v.Instances() == nil {
 		t.Fatalf("after Close: stale %v, state %+v", v.Stale(), st)
 	}
 }
@@ -165,9 +166,9 @@ func TestWatchedInstances(t *testing.T) {
 func TestWatcherSurvivesConsulRestart(t *testing.T) {
 	a := consultest.StartPersistent(t)
 	r := newRegistrar(t, a, "alice")
-	applyFile(t, r, "testdata/bservice.yaml")
+	applyFile(t, r, bserviceYAML)
 	do(t, r, "bservice", registrar.SetWeight{Lane: "canary", Weight: 2500})
-	w := newWatcher(t, a, registrar.WithBackoff(20*time.Millisecond, 200*time.Millisecond))
+	w := newWatcher(t, a, watch.WithBackoff(20*time.Millisecond, 200*time.Millisecond))
 	v := w.Service("bservice")
 	<-v.Ready()
 	if canaryWeight(v) != 2500 {
@@ -204,7 +205,7 @@ func TestWatcherSurvivesConsulRestart(t *testing.T) {
 func TestWatcherFollowsNewLeader(t *testing.T) {
 	agents := consultest.StartCluster(t, 3)
 	leader := func(a *consultest.Agent) string {
-		c, _ := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+		c, _ := api.NewClient(watch.NewConfig(a.HTTPAddr))
 		l, _ := c.Status().Leader()
 		return l
 	}
@@ -212,7 +213,7 @@ func TestWatcherFollowsNewLeader(t *testing.T) {
 	var killed *consultest.Agent
 	var alive []*consultest.Agent
 	for _, a := range agents {
-		c, _ := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+		c, _ := api.NewClient(watch.NewConfig(a.HTTPAddr))
 		self, err := c.Agent().Self()
 		if err != nil {
 			t.Fatal(err)
@@ -228,8 +229,8 @@ func TestWatcherFollowsNewLeader(t *testing.T) {
 	}
 	owner, watcherAgent := alive[0], alive[1]
 	r := newRegistrar(t, owner, "alice")
-	applyFile(t, r, "testdata/bservice.yaml")
-	w := newWatcher(t, watcherAgent, registrar.WithBackoff(20*time.Millisecond, 200*time.Millisecond))
+	applyFile(t, r, bserviceYAML)
+	w := newWatcher(t, watcherAgent, watch.WithBackoff(20*time.Millisecond, 200*time.Millisecond))
 	defer w.Close()
 	v := w.Service("bservice")
 	<-v.Ready()
@@ -311,97 +312,6 @@ func TestMalformedMetaInConsul(t *testing.T) {
 	}
 }
 
-// TestDrain: the drained instance gets weight 0 and the drain mark, the watcher sees it, then it is
-// deregistered; the history shows both steps.
-func TestDrain(t *testing.T) {
-	_, r, _, v := watchedBService(t)
-
-	sawDrain := make(chan struct{})
-	go func() {
-		for {
-			changed := v.Changed()
-			for _, l := range v.Snapshot().Lanes() {
-				if l.Name == "canary" {
-					goto next
-				}
-			}
-			if len(v.Snapshot().Lanes()) > 0 {
-				close(sawDrain)
-				return
-			}
-		next:
-			select {
-			case <-changed:
-			case <-time.After(10 * time.Second):
-				return
-			}
-		}
-	}()
-	start := time.Now()
-	if _, err := r.Drain(context.Background(), "bservice-canary-1", registrar.DrainOptions{Grace: 300 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-sawDrain:
-	case <-time.After(time.Second):
-		t.Fatal("the watcher never showed the canary drained")
-	}
-	if time.Since(start) < 300*time.Millisecond {
-		t.Fatal("deregistered before the grace period")
-	}
-	instances, _, _ := r.Instances(context.Background(), "bservice")
-	for _, inst := range instances {
-		if inst.ID == "bservice-canary-1" {
-			t.Fatal("drained instance still registered")
-		}
-	}
-	hist, _ := r.History(context.Background(), "bservice")
-	var actions []string
-	for _, h := range hist {
-		actions = append(actions, h.Action)
-	}
-	if strings.Join(actions, ",") != "apply,drain bservice-canary-1,deregister bservice-canary-1" {
-		t.Fatalf("history %v", actions)
-	}
-}
-
-// TestSpecOverConsulLimits: a spec whose meta Consul would refuse fails with a clear error before
-// anything is written; long rules are split over several keys and accepted.
-func TestSpecOverConsulLimits(t *testing.T) {
-	var many strings.Builder
-	many.WriteString("name: big\nport: 1\nmeta:\n")
-	for i := 0; i < 65; i++ {
-		fmt.Fprintf(&many, "  k%d: v\n", i)
-	}
-	_, err := registrar.ParseSpecs("big.yaml", []byte(many.String()))
-	if err == nil || !strings.Contains(err.Error(), "big.yaml:3: instance big: meta: ") || !strings.Contains(err.Error(), "at most 64") {
-		t.Fatalf("too many keys: %v", err)
-	}
-	_, err = registrar.ParseSpecs("dot.yaml", []byte("name: dot\nmeta:\n  app.version: v1\n"))
-	if err == nil || !strings.Contains(err.Error(), `meta key "app.version": Consul allows only letters`) {
-		t.Fatalf("dotted key: %v", err)
-	}
-
-	var long strings.Builder
-	long.WriteString("name: long\nid: long-1\nport: 1\nmeta:\n  canary: true\n  match:\n")
-	for i := 0; i < 30; i++ {
-		fmt.Fprintf(&long, "    - header: [{key: x-tenant-%02d, regex: '^tenant-(alpha|beta|gamma)-[0-9]{4}$'}]\n", i)
-	}
-	specs, err := registrar.ParseSpecs("long.yaml", []byte(long.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := consultest.Start(t)
-	r := newRegistrar(t, a, "alice")
-	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	instances, _, err := r.Instances(context.Background(), "long")
-	if err != nil || len(instances) != 1 || instances[0].Meta["match_3"] == "" || len(instances[0].Gray.Match) != 30 {
-		t.Fatalf("long rules: %v %+v", err, instances)
-	}
-}
-
 // TestManyServicesShareConnections: one watcher follows 30 services; every change on every service is
 // seen, and its blocking queries reuse their connections when changes come in bursts, instead of
 // dialling anew.
@@ -420,19 +330,19 @@ func TestManyServicesShareConnections(t *testing.T) {
 	if _, err := r.Apply(context.Background(), specs, registrar.ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := registrar.NewConfig(a.HTTPAddr)
+	cfg := watch.NewConfig(a.HTTPAddr)
 	var dials atomic.Int64
 	dial := cfg.Transport.DialContext
 	cfg.Transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		dials.Add(1)
 		return dial(ctx, network, addr)
 	}
-	w, err := registrar.NewWatcher(cfg)
+	w, err := watch.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	views := make([]*registrar.ServiceView, services)
+	views := make([]*watch.ServiceView, services)
 	for i := range views {
 		views[i] = w.Service(fmt.Sprintf("svc-%d", i))
 		<-views[i].Ready()
@@ -477,31 +387,31 @@ func TestManyServicesShareConnections(t *testing.T) {
 func TestWatcherHiddenInstances(t *testing.T) {
 	a := consultest.StartACL(t)
 	admin := aclAdmin(t, a)
-	applyFile(t, admin, "testdata/bservice.yaml")
+	applyFile(t, admin, bserviceYAML)
 	passing, _, err := admin.Client().Health().Service("bservice", "", true, nil)
 	if err != nil || len(passing) == 0 {
 		t.Fatalf("the management token sees %d instances (%v)", len(passing), err)
 	}
-	watch := func(token string) *registrar.ServiceView {
-		cfg := registrar.NewConfig(a.HTTPAddr)
+	viewFor := func(token string) *watch.ServiceView {
+		cfg := watch.NewConfig(a.HTTPAddr)
 		cfg.Token = token
-		w, err := registrar.NewWatcher(cfg, registrar.WithWaitTime(time.Second), registrar.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
+		w, err := watch.New(cfg, watch.WithWaitTime(time.Second), watch.WithBackoff(20*time.Millisecond, 100*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { w.Close() })
 		return w.Service("bservice")
 	}
-	hidden := func(v *registrar.ServiceView) bool {
-		var e *registrar.HiddenInstancesError
+	hidden := func(v *watch.ServiceView) bool {
+		var e *watch.HiddenInstancesError
 		st := v.State()
-		return st.Stale && errors.As(st.LastError, &e) && errors.Is(st.LastError, registrar.ErrPermission)
+		return st.Stale && errors.As(st.LastError, &e) && errors.Is(st.LastError, watch.ErrPermission)
 	}
 	const readServices = `service_prefix "" { policy = "read" }
 		key_prefix "graylane/" { policy = "read" }`
 
 	// Without node read from the start: never ready, never an empty service.
-	v := watch(aclToken(t, admin, readServices).SecretID)
+	v := viewFor(aclToken(t, admin, readServices).SecretID)
 	eventually.Wait(t, 10*time.Second, "the watcher without node read to report the hidden instances", func() bool { return hidden(v) })
 	if msg := v.State().LastError.Error(); !strings.Contains(msg, "bservice") || !strings.Contains(msg, "node read") {
 		t.Errorf("the error does not name the service and the missing permission: %s", msg)
@@ -517,7 +427,7 @@ func TestWatcherHiddenInstances(t *testing.T) {
 
 	// With node read it sees every instance; when the token loses node read it keeps them.
 	full := aclToken(t, admin, readServices+"\nnode_prefix \"\" { policy = \"read\" }")
-	v = watch(full.SecretID)
+	v = viewFor(full.SecretID)
 	select {
 	case <-v.Ready():
 	case <-time.After(10 * time.Second):
@@ -600,12 +510,12 @@ func (p *replayProxy) replay(n int) {
 func TestWatcherSetsAsideAnOlderAnswer(t *testing.T) {
 	a := consultest.Start(t)
 	r := newRegistrar(t, a, "alice")
-	applyFile(t, r, "testdata/bservice.yaml")
+	applyFile(t, r, bserviceYAML)
 	proxy := newReplayProxy(t, a.HTTPAddr)
 	proxy.record(t, "bservice") // bservice-1, -2 and the canary
 
 	// bservice-3 joins: the watcher holds an answer newer than the recorded one.
-	client, err := api.NewClient(registrar.NewConfig(a.HTTPAddr))
+	client, err := api.NewClient(watch.NewConfig(a.HTTPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,7 +525,7 @@ func TestWatcherSetsAsideAnOlderAnswer(t *testing.T) {
 		}
 	}
 	reg("bservice-3", 9004)
-	w, err := registrar.NewWatcher(registrar.NewConfig(strings.TrimPrefix(proxy.srv.URL, "http://")))
+	w, err := watch.New(watch.NewConfig(strings.TrimPrefix(proxy.srv.URL, "http://")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -690,8 +600,8 @@ func TestConnLimitIsReportedLoudly(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var logged []string
-	w, err := registrar.NewWatcher(registrar.NewConfig(a.HTTPAddr), registrar.WithBackoff(50*time.Millisecond, 200*time.Millisecond),
-		registrar.WithWatchLogger(func(format string, args ...any) {
+	w, err := watch.New(watch.NewConfig(a.HTTPAddr), watch.WithBackoff(50*time.Millisecond, 200*time.Millisecond),
+		watch.WithLogger(func(format string, args ...any) {
 			mu.Lock()
 			logged = append(logged, fmt.Sprintf(format, args...))
 			mu.Unlock()
@@ -700,11 +610,11 @@ func TestConnLimitIsReportedLoudly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	views := make([]*registrar.ServiceView, services)
+	views := make([]*watch.ServiceView, services)
 	for i := range views {
 		views[i] = w.Service(fmt.Sprintf("lim-%d", i))
 	}
-	var refused *registrar.ConnLimitError
+	var refused *watch.ConnLimitError
 	eventually.Wait(t, 20*time.Second, "a view refused by the agent's connection limit", func() bool {
 		for _, v := range views {
 			if errors.As(v.State().LastError, &refused) {

@@ -1,4 +1,4 @@
-package registrar
+package consulclient
 
 import (
 	"context"
