@@ -17,9 +17,15 @@ const (
 	// ReasonFallback: the service has no registered base instance; the request goes where the
 	// service's Fallback policy says (see the package documentation), or nowhere.
 	ReasonFallback
+	// ReasonExcluded: a lane's rule or weight range would have taken the request, but the lane
+	// excludes a segment holding the request's user (Decision.Segment), or its exclusion cannot be
+	// checked (Segment empty; see Snapshot.Problems); the request goes to the base lane instead.
+	// Decision.ExcludedFrom names the lane. (When the base lane has no registered instance, the
+	// decision is ReasonFallback with ExcludedFrom set.)
+	ReasonExcluded
 )
 
-var reasonNames = [...]string{"base", "tag", "match", "weight", "fallback"}
+var reasonNames = [...]string{"base", "tag", "match", "weight", "fallback", "excluded"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
@@ -37,6 +43,14 @@ type Decision[T any] struct {
 	Instances []T
 	// Rule is the index of the matched rule for ReasonMatch, else -1.
 	Rule int
+	// Segment names the segment that decided: for ReasonMatch, the segment of the matched rule's
+	// in_segment condition (several joined with ','; empty when the rule has none); for
+	// ReasonExcluded, the excluded segment that holds the request's user (empty when the lane's
+	// exclusion cannot be checked and the lane takes no matched or weighted traffic).
+	Segment string
+	// ExcludedFrom names the lane that kept the request out, for ReasonExcluded (or ReasonFallback
+	// after an exclusion); else empty.
+	ExcludedFrom string
 	// Wait is set when the chosen lane has registered instances but none that can take the request
 	// now (Instance.Pending): Instances is empty, and the enforcer holds the request until one is
 	// ready, within the request's deadline, rather than sending it to another lane.
@@ -62,6 +76,9 @@ func (s *Snapshot[T]) Decide(r Request) *Decision[T] {
 		if d := s.tagged(tag); d != nil {
 			return d
 		}
+	}
+	if s.excluding {
+		return s.decideExcluding(r, nil, false)
 	}
 	for _, l := range s.matchLanes {
 		if i := l.rules.match(r); i >= 0 {
@@ -102,15 +119,21 @@ func (s *Snapshot[T]) Base() *Decision[T] { return &s.base }
 // bucket returns the request's bucket in [0, 10000): from the sticky key when the request has one,
 // else random.
 func (s *Snapshot[T]) bucket(r Request) uint32 {
-	if !s.stickyHeader.IsZero() {
-		if v, ok := r.Header(s.stickyHeader); ok && v != "" {
-			return bucketOf(s.seed, v)
-		}
-	}
-	if key, ok := s.stickyCookieValue(r); ok {
-		return bucketOf(s.seed, key)
+	if v, ok := s.stickyValue(r); ok {
+		return bucketOf(s.seed, v)
 	}
 	return randomBucket()
+}
+
+// stickyValue returns the request's sticky key, its user: the sticky header's value, else the
+// sticky cookie's; false when it has neither (or they are empty).
+func (s *Snapshot[T]) stickyValue(r Request) (string, bool) {
+	if !s.stickyHeader.IsZero() {
+		if v, ok := r.Header(s.stickyHeader); ok && v != "" {
+			return v, true
+		}
+	}
+	return s.stickyCookieValue(r)
 }
 
 // randomBucket is the bucket of a request without a sticky key.

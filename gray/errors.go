@@ -1,6 +1,7 @@
 package gray
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -83,3 +84,68 @@ func (e *AmbiguousBaseError) Error() string {
 	}
 	return prefix + "; they form the base together and unmatched traffic is spread across them"
 }
+
+// SegmentMissingError reports a segment that a lane's match rules or exclusion names but that the
+// snapshot was not given (see WithSegments). Nothing fails open: a condition on a missing segment
+// matches no request, and a lane whose exclusion names one takes no matched or weighted traffic,
+// only tagged requests, until a snapshot is built with the segment.
+type SegmentMissingError struct {
+	Service string
+	Lane    string
+	// Instances are the IDs of the lane's instances whose meta names the segment.
+	Instances []string
+	// Key is the meta key that names it: KeyMatch or KeyExcludeSegment.
+	Key     string
+	Segment string
+	// NotLoaded is set when the snapshot was given no segments at all (WithSegments was not used,
+	// or was given nil): the segment may exist but is not known yet. Otherwise the collection given
+	// has no segment of that name.
+	NotLoaded bool
+}
+
+func (e *SegmentMissingError) Error() string {
+	state := "which does not exist"
+	if e.NotLoaded {
+		state = "which is not loaded (the snapshot was built without segments)"
+	}
+	effect := "the condition matches no request"
+	if e.Key == KeyExcludeSegment {
+		effect = "the lane takes no matched or weighted traffic, only tagged requests"
+	}
+	return fmt.Sprintf("gray: service %q: lane %q: instances %s: meta key %q names segment %q, %s; %s",
+		e.Service, e.Lane, strings.Join(e.Instances, ", "), e.Key, e.Segment, state, effect)
+}
+
+// Reasons an exclusion cannot be applied, found in ExclusionError.Err.
+var (
+	// ErrExclusionWithoutStickyKey: the options name no sticky key, so no request has a user to
+	// check against the lane's exclusion. The lane takes no matched or weighted traffic, only tagged
+	// requests.
+	ErrExclusionWithoutStickyKey = errors.New("the options name no sticky key (sticky_header or sticky_cookie), so no request has a user to check")
+	// ErrExclusionOnBase: the lane is a base lane. The base takes what the other lanes leave, and an
+	// excluded user has nowhere else to go; the exclusion is ignored.
+	ErrExclusionOnBase = errors.New("the lane is a base lane, which takes every request the other lanes leave")
+)
+
+// ExclusionError reports a lane exclusion (exclude_segment) that cannot be applied as written. Err is
+// ErrExclusionWithoutStickyKey or ErrExclusionOnBase; inspect it with errors.Is.
+type ExclusionError struct {
+	Service string
+	Lane    string
+	// Instances are the IDs of the lane's instances whose meta sets exclude_segment.
+	Instances []string
+	// Segments are the lane's excluded segments.
+	Segments []string
+	Err      error
+}
+
+func (e *ExclusionError) Error() string {
+	resolution := "the lane takes no matched or weighted traffic, only tagged requests"
+	if errors.Is(e.Err, ErrExclusionOnBase) {
+		resolution = "the exclusion is ignored (set it on a gray lane, or remove it)"
+	}
+	return fmt.Sprintf("gray: service %q: lane %q: instances %s: meta key %q excludes %s, but %v; %s",
+		e.Service, e.Lane, strings.Join(e.Instances, ", "), KeyExcludeSegment, strings.Join(e.Segments, ", "), e.Err, resolution)
+}
+
+func (e *ExclusionError) Unwrap() error { return e.Err }

@@ -81,3 +81,49 @@ func ExampleSnapshot_Problems() {
 	// gray: instance "b-2": meta key "weight": "5%" is not a percentage between 0 and 100 with at most two decimals (write 5, 0.5 or 12.25)
 	// stable [b-1] share 100
 }
+
+// Segments: a canary takes the beta testers by rule and 100 % of other users by weight, but never a
+// VIP. A watcher learns the segments to load from the instances (or from a snapshot built without
+// them), loads them and builds the snapshot with them.
+func ExampleWithSegments() {
+	instances := []gray.Instance[string]{
+		{ID: "b-1", Meta: map[string]string{}, Value: "10.0.0.1:8000"},
+		{ID: "b-2", Meta: map[string]string{"canary": "true", "weight": "100", "exclude_segment": "vip",
+			"match": `[{"header":[{"key":"x-user-id","in_segment":"beta-testers"}]}]`}, Value: "10.0.0.2:8000"},
+	}
+	fmt.Println("to load:", gray.ReferencedSegments(instances))
+
+	vip, _ := gray.NewSegment("vip", []string{"u-1", "u-2"})
+	beta, _ := gray.NewSegment("beta-testers", []string{"u-2", "u-3"})
+	snap := gray.NewSnapshot("bservice", instances, gray.Options{StickyHeader: "x-user-id"},
+		gray.WithSegments(gray.NewSegments(vip, beta)))
+
+	for _, user := range []string{"u-3", "u-2", "u-9"} {
+		d := snap.Decide(&gray.StaticRequest{Headers: map[string]string{"x-user-id": user}})
+		fmt.Printf("%s -> %s (%s) segment=%q excluded_from=%q\n", user, d.Lane, d.Reason, d.Segment, d.ExcludedFrom)
+	}
+	// Output:
+	// to load: [beta-testers vip]
+	// u-3 -> canary (match) segment="beta-testers" excluded_from=""
+	// u-2 -> stable (excluded) segment="vip" excluded_from="canary"
+	// u-9 -> canary (weight) segment="" excluded_from=""
+}
+
+// Before the segments are loaded, nothing is let through on their account: the rule matches nothing
+// and the excluding lane takes tagged requests only.
+func ExampleWithSegments_notLoaded() {
+	snap := gray.NewSnapshot("bservice", []gray.Instance[string]{
+		{ID: "b-1", Meta: map[string]string{}},
+		{ID: "b-2", Meta: map[string]string{"canary": "true", "weight": "100", "exclude_segment": "vip"}},
+	}, gray.Options{StickyHeader: "x-user-id"})
+	fmt.Println("needs:", snap.SegmentNames())
+	for _, p := range snap.Problems() {
+		fmt.Println(p)
+	}
+	d := snap.Decide(&gray.StaticRequest{Headers: map[string]string{"x-user-id": "u-9"}})
+	fmt.Println(d.Lane, d.Reason, d.ExcludedFrom)
+	// Output:
+	// needs: [vip]
+	// gray: service "bservice": lane "canary": instances b-2: meta key "exclude_segment" names segment "vip", which is not loaded (the snapshot was built without segments); the lane takes no matched or weighted traffic, only tagged requests
+	// stable excluded canary
+}

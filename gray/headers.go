@@ -19,6 +19,9 @@ func (s *Snapshot[T]) DecideWithHeaders(headers map[string][]string, r Request) 
 			return d
 		}
 	}
+	if s.excluding {
+		return s.decideExcluding(r, headers, true)
+	}
 	for _, l := range s.matchLanes {
 		for i, rule := range l.headerRules {
 			if matchHeaders(rule, headers) {
@@ -36,7 +39,7 @@ func (s *Snapshot[T]) DecideWithHeaders(headers map[string][]string, r Request) 
 func matchHeaders(rule []*headerCondition, headers map[string][]string) bool {
 	for _, c := range rule {
 		v, ok := firstValue(headers[c.key.lower])
-		if c.vm.op == opRegex {
+		if c.vm.op == opRegex || c.vm.op == opSegment {
 			if !c.vm.matches(v, ok) {
 				return false
 			}
@@ -49,19 +52,27 @@ func matchHeaders(rule []*headerCondition, headers map[string][]string) bool {
 
 // bucketOfHeaders is bucket on a header map.
 func (s *Snapshot[T]) bucketOfHeaders(headers map[string][]string) uint32 {
+	if v, ok := s.stickyOfHeaders(headers); ok {
+		return bucketOf(s.seed, v)
+	}
+	return randomBucket()
+}
+
+// stickyOfHeaders is stickyValue on a header map.
+func (s *Snapshot[T]) stickyOfHeaders(headers map[string][]string) (string, bool) {
 	if !s.stickyHeader.IsZero() {
 		if v, _ := firstValue(headers[s.stickyHeader.lower]); v != "" {
-			return bucketOf(s.seed, v)
+			return v, true
 		}
 	}
 	if s.stickyCookie != "" {
 		if h, ok := firstValue(headers[cookieKey.lower]); ok {
 			if v, ok := cookieValue(h, s.stickyCookie); ok && v != "" {
-				return bucketOf(s.seed, v)
+				return v, true
 			}
 		}
 	}
-	return randomBucket()
+	return "", false
 }
 
 func firstValue(vs []string) (string, bool) {

@@ -5,8 +5,10 @@ package gray
 // required literal (a substring every match must contain) that rejects most non-matching values with
 // one strings.Contains instead of a regexp run. Inside a rule the conditions are ordered by cost so
 // that a request that fails a cheap condition never reaches a regexp. Regular expressions run on a
-// deterministic automaton where they allow it (dfa.go), else on regexp. Matching allocates nothing,
-// except to unescape a query value that holds '%' or '+'.
+// deterministic automaton where they allow it (dfa.go), else on regexp. An in_segment condition
+// compiles to the segment's name and is bound to the *Segment when a snapshot is built (a nil
+// segment, not given to the snapshot, matches nothing). Matching allocates nothing, except to
+// unescape a query value that holds '%' or '+'.
 
 import (
 	"cmp"
@@ -60,13 +62,16 @@ const (
 	opRegex
 	opPresent
 	opAbsent
+	opSegment
 )
 
-// valueMatcher is a compiled ValueMatch.
+// valueMatcher is a compiled ValueMatch. For opSegment, s is the segment's name and seg the segment,
+// set when a snapshot is built (bindSegments); a nil seg matches nothing.
 type valueMatcher struct {
 	op  valueOp
 	s   string
 	re  *pattern
+	seg *Segment
 	raw ValueMatch
 }
 
@@ -97,24 +102,34 @@ func compileValueMatch(vm ValueMatch) (valueMatcher, error) {
 		set++
 		m.op = opAbsent
 	}
+	if vm.InSegment != "" {
+		set++
+		if err := ValidateSegmentName(vm.InSegment); err != nil {
+			return m, fmt.Errorf("in_segment: %w", err)
+		}
+		m.op, m.s = opSegment, vm.InSegment
+	}
 	switch set {
 	case 1:
 		return m, nil
 	case 0:
-		return m, errors.New("needs one of value_match, prefix, regex, present or absent (an empty value_match is not allowed: use present)")
+		return m, errors.New("needs one of value_match, prefix, regex, present, absent or in_segment (an empty value_match is not allowed: use present)")
 	}
-	return m, errors.New("sets more than one of value_match, prefix, regex, present and absent")
+	return m, errors.New("sets more than one of value_match, prefix, regex, present, absent and in_segment")
 }
 
 func (m *valueMatcher) matches(v string, ok bool) bool {
-	if m.op == opRegex {
+	switch m.op {
+	case opRegex:
 		return ok && m.re.matchString(v)
+	case opSegment:
+		return ok && m.seg.Contains(v)
 	}
 	return m.matchesPlain(v, ok)
 }
 
-// matchesPlain is matches for every operation but opRegex: without the regular expression's call
-// it is small enough to be inlined where a loop checks many conditions.
+// matchesPlain is matches for every operation but opRegex and opSegment: without their calls it is
+// small enough to be inlined where a loop checks many conditions.
 func (m *valueMatcher) matchesPlain(v string, ok bool) bool {
 	switch m.op {
 	case opExact:
@@ -129,10 +144,30 @@ func (m *valueMatcher) matchesPlain(v string, ok bool) bool {
 }
 
 func (m *valueMatcher) cost() int {
-	if m.op == opRegex {
+	switch m.op {
+	case opRegex:
 		return 50
+	case opSegment:
+		return 20 // a hash and a table probe
 	}
 	return 10
+}
+
+// segmentMatcher returns the value matcher of a condition on a segment, or nil.
+func segmentMatcher(c condition) *valueMatcher {
+	var vm *valueMatcher
+	switch c := c.(type) {
+	case *headerCondition:
+		vm = &c.vm
+	case *cookieCondition:
+		vm = &c.vm
+	case *queryCondition:
+		vm = &c.vm
+	}
+	if vm == nil || vm.op != opSegment {
+		return nil
+	}
+	return vm
 }
 
 type headerCondition struct {
@@ -272,6 +307,9 @@ func compileRule(rule *Rule) (compiledRule, error) {
 		vm, err := compileValueMatch(c.ValueMatch)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		if c.Name == "" && vm.op == opSegment {
+			return nil, fmt.Errorf("%s: in_segment needs a cookie name: the whole Cookie header is no member of a segment", what)
 		}
 		conds = append(conds, &cookieCondition{name: c.Name, vm: vm})
 	}

@@ -18,6 +18,9 @@ const (
 	KeyMatch     = "match"
 	KeyLane      = "lane"
 	KeyDrain     = "drain"
+	// KeyExcludeSegment holds the segments whose users the instance's lane must not take, as
+	// comma-separated segment names ("vip,internal").
+	KeyExcludeSegment = "exclude_segment"
 )
 
 // Lane names the decision knows without being told.
@@ -116,6 +119,10 @@ func allDigits(s string) bool {
 //	    uri:
 //	      - prefix:
 //	          - "/api/user"
+//	  - header:
+//	      - key: "userid"
+//	        in_segment: "beta-testers"
+//	exclude_segment: vip # or "vip,internal", or [vip, internal]
 //
 // The zero Meta is a stable instance.
 type Meta struct {
@@ -127,6 +134,10 @@ type Meta struct {
 	Lane string
 	// Drain marks an instance that is being drained: no new traffic is chosen for it.
 	Drain bool
+	// ExcludeSegments names segments whose users the lane must not take by match rule or weight
+	// (a tag still sends them). In meta it is one comma-separated value under exclude_segment; each
+	// name is a segment name (see ValidateSegmentName), named once.
+	ExcludeSegments []string
 }
 
 // LaneName returns the instance's lane: Lane if set, else "canary" for a canary, else the colour,
@@ -147,7 +158,7 @@ func (m *Meta) LaneName() string {
 // IsMetaKey reports whether key is one of the meta keys graylane owns (including match chunks).
 func IsMetaKey(key string) bool {
 	switch key {
-	case KeyCanary, KeyBlueGreen, KeyWeight, KeyMatch, KeyLane, KeyDrain:
+	case KeyCanary, KeyBlueGreen, KeyWeight, KeyMatch, KeyLane, KeyDrain, KeyExcludeSegment:
 		return true
 	}
 	_, ok := matchChunkIndex(key)
@@ -247,6 +258,13 @@ func parseMeta(meta map[string]string) (Meta, ruleSet, error) {
 		}
 		m.Drain = b
 	}
+	if v, ok := meta[KeyExcludeSegment]; ok {
+		names, err := parseSegmentList(v)
+		if err != nil {
+			fail(KeyExcludeSegment, err)
+		}
+		m.ExcludeSegments = names
+	}
 	if m.Lane == StableLane && (m.Canary || m.BlueGreen != "") {
 		fail(KeyLane, fmt.Errorf("%q is the base lane; a canary or a colour cannot join it (remove lane, or use another lane name)", StableLane))
 	}
@@ -337,6 +355,15 @@ func validateLane(s string) error {
 	return nil
 }
 
+// SegmentNames returns the segments the meta names, in its exclusion and its match rules, sorted
+// and each once. It allocates.
+func (m *Meta) SegmentNames() []string {
+	names := slices.Clone(m.ExcludeSegments)
+	names = appendRuleSegments(names, m.Match)
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
 // Validate checks the meta as ParseMeta would after encoding it.
 func (m *Meta) Validate() error {
 	_, err := m.Encode()
@@ -373,6 +400,13 @@ func (m *Meta) Encode() (map[string]string, error) {
 	}
 	if m.Drain {
 		out[KeyDrain] = "true"
+	}
+	if len(m.ExcludeSegments) > 0 {
+		if err := validateSegmentNames(m.ExcludeSegments); err != nil {
+			fail(KeyExcludeSegment, err)
+		} else {
+			out[KeyExcludeSegment] = strings.Join(m.ExcludeSegments, ",")
+		}
 	}
 	if len(m.Match) > 0 {
 		if _, err := compileRules(m.Match); err != nil {

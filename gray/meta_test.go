@@ -80,6 +80,11 @@ func TestRoundTrips(t *testing.T) {
 			{Cookie: []gray.CookieMatch{{Name: "uid", ValueMatch: gray.ValueMatch{Prefix: "qa-"}}},
 				Header: []gray.HeaderMatch{{Key: "x-legacy", ValueMatch: gray.ValueMatch{Absent: true}}}},
 		}},
+		{Lane: "beta", Weight: 500, ExcludeSegments: []string{"vip", "internal.staff"}, Match: []gray.Rule{
+			{Header: []gray.HeaderMatch{{Key: "x-user-id", ValueMatch: gray.ValueMatch{InSegment: "beta-testers"}}}},
+			{Cookie: []gray.CookieMatch{{Name: "uid", ValueMatch: gray.ValueMatch{InSegment: "beta-testers"}}},
+				Query: []gray.QueryMatch{{Name: "tenant", ValueMatch: gray.ValueMatch{InSegment: "tenants_2"}}}},
+		}},
 	}
 	for i, m := range models {
 		meta, err := m.Encode()

@@ -35,6 +35,11 @@ type ValueMatch struct {
 	Regex   string `json:"regex,omitempty" yaml:"regex,omitempty"` // RE2 syntax, unanchored
 	Present bool   `json:"present,omitempty" yaml:"present,omitempty"`
 	Absent  bool   `json:"absent,omitempty" yaml:"absent,omitempty"`
+	// InSegment names a segment (see Segment) that must hold the value, compared byte for byte. The
+	// snapshot looks the segment up when it is built (WithSegments); while it has no segment of
+	// that name the condition matches no request and the snapshot reports a *SegmentMissingError.
+	// Not allowed on the whole Cookie header (a cookie condition without a name).
+	InSegment string `json:"in_segment,omitempty" yaml:"in_segment,omitempty"`
 }
 
 // HeaderMatch is a condition on one request header.

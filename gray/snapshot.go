@@ -131,6 +131,17 @@ type Snapshot[T any] struct {
 	baseLanes []*lane[T]
 	problems  []error
 
+	segments     *Segments
+	segmentNames []string
+	// excluding: some lane has an exclusion to check (or is closed), so Decide takes the path that
+	// reads the request's user first (decideExcluding).
+	excluding bool
+	// fallbackExcluders: the base is a weighted fallback over lanes of which these exclude
+	// segments. A request whose user one of them excludes falls back to fallbackSafe, which leaves
+	// them out.
+	fallbackExcluders []*lane[T]
+	fallbackSafe      Decision[T]
+
 	// headersOnly: every match rule has header conditions only, so that DecideWithHeaders decides
 	// from the header map alone (headers.go).
 	headersOnly bool
@@ -148,13 +159,45 @@ type lane[T any] struct {
 	// headerRules are rules as their header conditions, when the snapshot is headersOnly.
 	headerRules [][]*headerCondition
 
+	// excludeNames is the union of its instances' exclude_segment, sorted. The exclusion applies
+	// (exclude holds the segments, in the same order) unless the lane is a base lane; closed is set
+	// when it applies but cannot be checked: the lane then takes tagged requests only.
+	excludeNames []string
+	exclude      []*Segment
+	closed       bool
+
 	// The decisions that send a request to this lane, prepared once.
 	tagged  Decision[T]   // by its tag
 	matched []Decision[T] // by each of its match rules
+	// The decisions that keep a request out of this lane: to the base, by each of its exclusions
+	// (excluded[i] for exclude[i]), and by its being closed (shut).
+	excluded []Decision[T]
+	shut     Decision[T]
+}
+
+// excludes reports whether the lane has an exclusion to check.
+func (l *lane[T]) excludes() bool { return l.closed || len(l.exclude) > 0 }
+
+// keptOut returns the decision that keeps a request whose user is user (known: the request has a
+// sticky key) out of the lane, or nil when the lane may take it. A request without a user is in no
+// segment; a closed lane keeps every request out.
+func (l *lane[T]) keptOut(user string, known bool) *Decision[T] {
+	if l.closed {
+		return &l.shut
+	}
+	if known {
+		for i, seg := range l.exclude {
+			if seg.Contains(user) {
+				return &l.excluded[i]
+			}
+		}
+	}
+	return nil
 }
 
 type weightRange[T any] struct {
 	upper    uint32 // the lane takes buckets below upper (and at or above the previous range's upper)
+	lane     *lane[T]
 	decision Decision[T]
 }
 
@@ -173,10 +216,32 @@ type decoded struct {
 	err   error
 }
 
+// SnapshotOption configures what a snapshot is built with, beside Options.
+type SnapshotOption func(*snapshotConfig)
+
+type snapshotConfig struct {
+	segments *Segments
+}
+
+// WithSegments gives a snapshot the segments its match rules (in_segment) and lane exclusions
+// (exclude_segment) name. The snapshot keeps the *Segment values it uses, not the collection's later
+// versions: build a new snapshot when a segment changes. A nil collection, like building without
+// this option, means the segments are not known yet: every segment the meta names is reported
+// missing (SegmentMissingError.NotLoaded), its conditions match nothing and lanes excluding it take
+// tagged requests only.
+func WithSegments(segs *Segments) SnapshotOption {
+	return func(c *snapshotConfig) { c.segments = segs }
+}
+
 // NewSnapshot decodes the instances' meta and prepares the decision. Instances whose meta does not
 // decode are reported in Problems and left out of every lane. instances is not retained or modified.
-// It costs O(instances); identical meta is decoded once.
-func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *Snapshot[T] {
+// It costs O(instances); identical meta is decoded once. Segments are looked up once per distinct
+// meta, in O(1) each.
+func NewSnapshot[T any](service string, instances []Instance[T], opts Options, options ...SnapshotOption) *Snapshot[T] {
+	var cfg snapshotConfig
+	for _, o := range options {
+		o(&cfg)
+	}
 	if opts.TagKey == "" {
 		opts.TagKey = DefaultTagKey
 	}
@@ -186,6 +251,7 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 		stickyCookie: opts.StickyCookie,
 		seed:         bucketSeed(service),
 		fallback:     opts.Fallback.OrDefault(),
+		segments:     cfg.segments,
 	}
 	if opts.StickyHeader != "" {
 		s.stickyHeader = NewHeaderKey(opts.StickyHeader)
@@ -195,8 +261,9 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 	byName := make(map[string]*lane[T])
 	laneInstances := make(map[*lane[T]][]*decoded)
 	var draining, drainingProduction []T
+	var drainingSafe []T // draining production instances that exclude no segment
 	for _, inst := range instances {
-		d := decodeCached(cache, inst.Meta)
+		d := decodeCached(cache, inst.Meta, s.segments)
 		if d.err != nil {
 			s.problems = append(s.problems, withInstance(d.err, inst.ID))
 			continue
@@ -206,6 +273,9 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 				draining = append(draining, inst.Value)
 				if d.takesProduction() {
 					drainingProduction = append(drainingProduction, inst.Value)
+					if len(d.meta.ExcludeSegments) == 0 {
+						drainingSafe = append(drainingSafe, inst.Value)
+					}
 				}
 			}
 			continue
@@ -253,12 +323,26 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 		}
 	}
 
+	for _, l := range s.lanes {
+		s.reportMissingRuleSegments(l)
+		s.resolveExclusion(l, laneInstances[l], opts)
+	}
+	for _, d := range cache {
+		if d.err == nil {
+			s.segmentNames = append(s.segmentNames, d.meta.SegmentNames()...)
+		}
+	}
+	slices.Sort(s.segmentNames)
+	s.segmentNames = slices.Compact(s.segmentNames)
+
 	s.prepareHeaderRules()
 	var total int
 	for _, l := range s.lanes {
 		l.tagged = l.decision(ReasonTag, -1)
 		for i := range l.rules {
-			l.matched = append(l.matched, l.decision(ReasonMatch, i))
+			d := l.decision(ReasonMatch, i)
+			d.Segment = ruleSegments(&l.match[i])
+			l.matched = append(l.matched, d)
 		}
 		if len(l.rules) > 0 {
 			s.matchLanes = append(s.matchLanes, l)
@@ -279,10 +363,11 @@ func NewSnapshot[T any](service string, instances []Instance[T], opts Options) *
 			l.weight = Weight(int(l.weight) * int(MaxWeight) / total)
 		}
 		upper += uint32(l.weight)
-		s.weighted = append(s.weighted, weightRange[T]{upper: upper, decision: l.decision(ReasonWeight, -1)})
+		s.weighted = append(s.weighted, weightRange[T]{upper: upper, lane: l, decision: l.decision(ReasonWeight, -1)})
 	}
 
-	s.base = s.baseDecision(draining, drainingProduction)
+	s.base = s.baseDecision(draining, drainingProduction, drainingSafe)
+	s.prepareExclusions()
 	return s
 }
 
@@ -340,7 +425,11 @@ func (s *Snapshot[T]) resolvePolicy(l *lane[T], ds []*decoded) {
 // policy says: weighted lanes then draining production instances, nothing, or every active
 // instance then every draining one. Instances whose meta did not decode are never chosen: with
 // nothing else, the decision has no instances.
-func (s *Snapshot[T]) baseDecision(draining, drainingProduction []T) Decision[T] {
+//
+// A closed lane takes no weighted traffic, so it is no weighted fallback either. When a weighted
+// fallback lane excludes segments, fallbackSafe is prepared too: the same fallback without the lanes
+// (and draining instances) that exclude any, for the requests whose users they exclude.
+func (s *Snapshot[T]) baseDecision(draining, drainingProduction, drainingSafe []T) Decision[T] {
 	var names []string
 	var base []T
 	for _, l := range s.baseLanes {
@@ -350,21 +439,35 @@ func (s *Snapshot[T]) baseDecision(draining, drainingProduction []T) Decision[T]
 	if len(s.baseLanes) > 0 {
 		return Decision[T]{Lane: strings.Join(names, "+"), Reason: ReasonBase, Instances: base, Rule: -1, Wait: len(base) == 0}
 	}
-	fallback := Decision[T]{Reason: ReasonFallback, Rule: -1}
 	var candidates []*lane[T]
 	switch s.fallback {
 	case FallbackNone:
-		return fallback
+		return Decision[T]{Reason: ReasonFallback, Rule: -1}
 	case FallbackAny:
 		candidates = s.lanes
 	default: // FallbackWeighted
+		var safe []*lane[T]
 		for _, l := range s.lanes {
-			if l.weight > 0 {
+			if l.weight > 0 && !l.closed {
 				candidates = append(candidates, l)
+				if l.excludes() {
+					s.fallbackExcluders = append(s.fallbackExcluders, l)
+				} else {
+					safe = append(safe, l)
+				}
 			}
+		}
+		if len(s.fallbackExcluders) > 0 {
+			s.fallbackSafe = fallbackOver(safe, drainingSafe)
 		}
 		draining = drainingProduction
 	}
+	return fallbackOver(candidates, draining)
+}
+
+// fallbackOver is the fallback decision over candidate lanes, then draining instances.
+func fallbackOver[T any](candidates []*lane[T], draining []T) Decision[T] {
+	fallback := Decision[T]{Reason: ReasonFallback, Rule: -1}
 	for _, l := range candidates {
 		fallback.Instances = append(fallback.Instances, l.instances...)
 	}
@@ -378,7 +481,9 @@ func (s *Snapshot[T]) baseDecision(draining, drainingProduction []T) Decision[T]
 	return fallback
 }
 
-func decodeCached(cache map[string]*decoded, meta map[string]string) *decoded {
+// decodeCached decodes meta once per distinct gray keys, and binds the segment conditions of its
+// rules to segs (nil where segs has no segment of their name).
+func decodeCached(cache map[string]*decoded, meta map[string]string, segs *Segments) *decoded {
 	key := grayFingerprint(meta)
 	if d, ok := cache[key]; ok {
 		return d
@@ -387,6 +492,13 @@ func decodeCached(cache map[string]*decoded, meta map[string]string) *decoded {
 	d.meta, d.rules, d.err = parseMeta(meta)
 	if d.err == nil && len(d.meta.Match) > 0 {
 		d.match = RulesJSON(d.meta.Match)
+		for _, rule := range d.rules {
+			for _, c := range rule {
+				if vm := segmentMatcher(c); vm != nil {
+					vm.seg = segs.Lookup(vm.s)
+				}
+			}
+		}
 	}
 	cache[key] = d
 	return d
@@ -415,9 +527,19 @@ func grayFingerprint(meta map[string]string) string {
 func (s *Snapshot[T]) Service() string { return s.service }
 
 // Problems returns what went wrong while building the snapshot: *MetaError for instances left out,
-// *LaneConflictError and *WeightOverflowError for policies that were adjusted. The slice is shared:
-// do not modify it.
+// *LaneConflictError and *WeightOverflowError for policies that were adjusted, *SegmentMissingError
+// for segments named but not given, and *ExclusionError for exclusions that cannot be applied. The
+// slice is shared: do not modify it.
 func (s *Snapshot[T]) Problems() []error { return s.problems }
+
+// SegmentNames returns the names of the segments that the meta of the snapshot's instances names,
+// in match rules and exclusions, sorted and each once: the segments a watcher must load and give
+// to the next snapshot (WithSegments). Instances whose meta does not decode are left out; draining
+// instances are not. The slice is shared: do not modify it.
+func (s *Snapshot[T]) SegmentNames() []string { return s.segmentNames }
+
+// Segments returns the segments the snapshot was built with; nil when it was given none.
+func (s *Snapshot[T]) Segments() *Segments { return s.segments }
 
 // LaneInfo describes one lane of a snapshot, for status displays and tools.
 type LaneInfo struct {
@@ -431,6 +553,13 @@ type LaneInfo struct {
 	Share Weight
 	// Match holds the lane's match rules after conflicts.
 	Match []Rule
+	// Exclude names the segments whose users the lane does not take by rule or weight: the union of
+	// its instances' exclude_segment, sorted. On a base lane the exclusion is ignored (and reported).
+	Exclude []string
+	// Closed is set when the lane's exclusion cannot be checked (the options name no sticky key, or
+	// a segment is missing): the lane takes tagged requests only, and its weight range goes to the
+	// base (its Share is 0).
+	Closed bool
 	// Instances holds the IDs of the lane's active instances.
 	Instances []string
 }
@@ -438,9 +567,12 @@ type LaneInfo struct {
 // Lanes describes the lanes in decision order, base lanes last. It allocates; it is meant for tools,
 // not for the request path.
 func (s *Snapshot[T]) Lanes() []LaneInfo {
-	var weighted uint32
-	if len(s.weighted) > 0 {
-		weighted = s.weighted[len(s.weighted)-1].upper
+	var weighted, lower uint32
+	for _, w := range s.weighted {
+		if !w.lane.closed {
+			weighted += w.upper - lower
+		}
+		lower = w.upper
 	}
 	rest := uint32(MaxWeight) - weighted
 	baseCount := 0
@@ -449,11 +581,12 @@ func (s *Snapshot[T]) Lanes() []LaneInfo {
 	}
 	var out []LaneInfo
 	add := func(l *lane[T], base bool) {
-		info := LaneInfo{Name: l.name, Base: base, Weight: l.weight, Match: l.match, Instances: slices.Clone(l.ids)}
+		info := LaneInfo{Name: l.name, Base: base, Weight: l.weight, Match: l.match, Exclude: slices.Clone(l.excludeNames),
+			Closed: l.closed, Instances: slices.Clone(l.ids)}
 		switch {
 		case base:
 			info.Share = Weight(rest * uint32(len(l.ids)) / uint32(baseCount))
-		case l.name != StableLane:
+		case l.name != StableLane && !l.closed:
 			info.Share = l.weight
 		}
 		out = append(out, info)

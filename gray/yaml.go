@@ -3,6 +3,7 @@ package gray
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -40,6 +41,24 @@ func (m *Meta) UnmarshalYAML(node *yaml.Node) error {
 				return &MetaError{Key: key, Line: v.Line, Err: errors.New("expected a single value")}
 			}
 			flat[key] = v.Value
+		case KeyExcludeSegment:
+			// One name, names separated by commas as in meta, or a list of names.
+			switch {
+			case v.Kind == yaml.ScalarNode && v.Tag != "!!null":
+				flat[key] = v.Value
+			case v.Kind == yaml.SequenceNode && len(v.Content) > 0:
+				names := make([]string, len(v.Content))
+				for j, item := range v.Content {
+					item = resolveAlias(item)
+					if item.Kind != yaml.ScalarNode || item.Tag == "!!null" || strings.Contains(item.Value, ",") {
+						return &MetaError{Key: key, Line: item.Line, Err: errors.New("expected a list of segment names")}
+					}
+					names[j] = item.Value
+				}
+				flat[key] = strings.Join(names, ",")
+			default:
+				return &MetaError{Key: key, Line: v.Line, Err: errors.New("expected a segment name, names separated by commas, or a list of names")}
+			}
 		case KeyMatch:
 			if v.Kind == yaml.ScalarNode && v.Tag == "!!str" {
 				flat[key] = v.Value // the JSON text, as it is stored in meta
@@ -47,8 +66,8 @@ func (m *Meta) UnmarshalYAML(node *yaml.Node) error {
 				structured = v
 			}
 		default:
-			return &MetaError{Key: key, Line: k.Line, Err: fmt.Errorf("not a gray meta key (%s, %s, %s, %s, %s, %s)",
-				KeyCanary, KeyBlueGreen, KeyWeight, KeyMatch, KeyLane, KeyDrain)}
+			return &MetaError{Key: key, Line: k.Line, Err: fmt.Errorf("not a gray meta key (%s, %s, %s, %s, %s, %s, %s)",
+				KeyCanary, KeyBlueGreen, KeyWeight, KeyMatch, KeyLane, KeyDrain, KeyExcludeSegment)}
 		}
 	}
 	decoded, _, err := parseMeta(flat)
@@ -117,6 +136,9 @@ func (m Meta) MarshalYAML() (any, error) {
 	}
 	if m.Drain {
 		add(KeyDrain, scalar("!!bool", "true"))
+	}
+	if len(m.ExcludeSegments) > 0 {
+		add(KeyExcludeSegment, scalar("!!str", strings.Join(m.ExcludeSegments, ",")))
 	}
 	return out, nil
 }
