@@ -26,7 +26,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo soak consul prometheus chromium docker-compose screenshot clean compose e2e-apisix requirements prometheus-install chromium-install docker-compose-install bench-apisix
+.PHONY: test check unit fuzz bench demo soak consul prometheus chromium docker-compose screenshot clean compose e2e-apisix try requirements prometheus-install chromium-install docker-compose-install bench-apisix
 
 ## test: format and vet checks, the race-enabled test suite (real Consul), short fuzz runs and the
 ## compose file's validation
@@ -64,6 +64,13 @@ bench: consul
 ## and through a Kratos client with the selector (examples/release)
 demo: consul
 	$(GO) run ./examples/release
+
+## try: the demo's stack left running to explore, on loopback: a Consul agent, bservice with a canary
+## that takes the test header and 5 % of users, cservice, graylane's plugin runner, an HTTP entry
+## through either data plane, and the release portal; the graylane command is built into .tools/try.
+## It prints what to try; Ctrl-C stops everything it started.
+try: consul
+	$(GO) run ./examples/release -try -dir $(TOOLS)/try
 
 ## soak: both data planes under traffic for $(SOAK) while a schedule restarts and kills service
 ## processes, pauses one past its health check, restarts the plugin runner and the Consul agent,
@@ -142,9 +149,9 @@ docker-compose:
 docker-compose-install:
 	$(call debian_install,docker-compose,docker-compose,install docker-compose v1 or v2 (brew install docker-compose; dnf install docker-compose))
 
-## screenshot: redraw docs/portal.png, the portal during a release, from the browser test
+## screenshot: redraw docs/portal.png, the portal of make try during its release (canary at 25 %)
 screenshot: consul chromium
-	GRAYLANE_UPDATE_SCREENSHOT=1 $(GO) test -count=1 -run='^TestBrowser$$' ./portal
+	GRAYLANE_UPDATE_SCREENSHOT=1 $(GO) test -count=1 -run='^TestTry$$' ./examples/release
 
 clean:
 	rm -rf $(TOOLS)

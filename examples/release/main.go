@@ -57,14 +57,21 @@ const (
 func main() {
 	dir := flag.String("dir", "", "where to put binaries, sockets and logs (default: a temporary directory, removed at the end)")
 	soakFor := flag.Duration("soak", 0, "instead of the demo, soak both planes under churn this long (whole minutes; make soak)")
+	try := flag.Bool("try", false, "instead of the demo, start the stack with a canary at 5 % and the portal, and leave it running until Ctrl-C (make try)")
 	flag.Parse()
 	klog.SetLogger(klog.NewStdLogger(io.Discard))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
-	if *soakFor > 0 {
+	switch {
+	case *soakFor > 0:
 		err = soakMain(ctx, os.Stdout, *dir, *soakFor)
-	} else {
+	case *try:
+		if err = tryMain(ctx, os.Stdout, *dir, nil); err == nil {
+			fmt.Println("\nstopped: everything make try started")
+			return
+		}
+	default:
 		err = run(ctx, os.Stdout, *dir)
 	}
 	if ctx.Err() != nil {
