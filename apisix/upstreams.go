@@ -60,7 +60,7 @@ func BaseUpstreamID(service string) string { return "graylane-" + service }
 // Desired returns the upstreams a service's snapshot asks for: the base upstream and one per lane,
 // sorted by id. The base upstream, the route's own, serves what the plugin does not label (and
 // everything while the runner is down): the live lane, which is the lane taking all unmatched
-// traffic when one does (green at weight 100 after a blue/green switch), else the snapshot's base
+// traffic when one does (green at weight 100 after a blue/green switch) and excludes no segment, else the snapshot's base
 // decision (stable, or its fallback when the base lane is empty). An id APISIX would refuse is an
 // error naming it; the others are still returned.
 func Desired(service string, snap *gray.Snapshot[watch.Endpoint]) ([]Upstream, error) {
@@ -79,7 +79,9 @@ func Desired(service string, snap *gray.Snapshot[watch.Endpoint]) ([]Upstream, e
 	baseEps := snap.Base().Instances
 	lanes := laneEndpoints(snap)
 	for _, info := range snap.Lanes() {
-		if !info.Base && info.Share == gray.MaxWeight {
+		// A lane that keeps a segment's users out is never the route's own upstream: while the runner
+		// is down (allow_degradation) those users would reach it.
+		if !info.Base && info.Share == gray.MaxWeight && len(info.Exclude) == 0 {
 			for _, l := range lanes {
 				if l.name == info.Name {
 					baseEps = l.eps

@@ -10,6 +10,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/graylane/graylane/gray"
 )
 
 // guides returns the Markdown files of the repository's documentation, relative to its root.
@@ -123,6 +127,32 @@ func TestGoSnippetsAreCompiled(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestMetaSnippetsDecode: every YAML block of the guides that gives an instance's meta (it starts
+// with "meta:") decodes as graylane's meta, so the schema a guide shows is the one graylane reads.
+func TestMetaSnippetsDecode(t *testing.T) {
+	n := 0
+	for _, f := range guides(t) {
+		for _, b := range codeBlocks(read(t, f)) {
+			if b.lang != "yaml" || !strings.HasPrefix(b.text, "meta:") {
+				continue
+			}
+			var doc struct {
+				Meta gray.Meta `yaml:"meta"`
+			}
+			if err := yaml.Unmarshal([]byte(b.text), &doc); err != nil {
+				t.Errorf("%s:%d: %v\n%s", f, b.line, err, b.text)
+			}
+			if _, err := doc.Meta.Encode(); err != nil {
+				t.Errorf("%s:%d: encoding: %v", f, b.line, err)
+			}
+			n++
+		}
+	}
+	if n < 4 {
+		t.Errorf("only %d meta snippets found", n)
 	}
 }
 

@@ -438,6 +438,8 @@ func readableValue(v gray.ValueMatch) string {
 		return "starts with " + strconv.Quote(v.Prefix)
 	case v.Regex != "":
 		return "matches /" + v.Regex + "/"
+	case v.InSegment != "":
+		return "in segment " + v.InSegment
 	default:
 		return "= " + strconv.Quote(v.Exact)
 	}

@@ -2,6 +2,7 @@ package registrar
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -329,7 +330,8 @@ type Status struct {
 }
 
 // Status reads a service's instances and recorded state and builds the snapshot a data plane would
-// build: with the service's options from Consul, overridden by the non-empty fields of override.
+// build: with the service's options from Consul, overridden by the non-empty fields of override, and
+// the segments its instances name.
 func (r *Registrar) Status(ctx context.Context, service string, override gray.Options) (*Status, error) {
 	st, _, err := r.readState(ctx, service)
 	if err != nil {
@@ -356,7 +358,35 @@ func (r *Registrar) Status(ctx context.Context, service string, override gray.Op
 			problems = append(problems, fmt.Errorf("%w (instance is %s)", inst.GrayErr, inst.Health))
 		}
 	}
-	snap := gray.NewSnapshot(service, passing, opts)
+	segments, segErrs := r.segmentsNamed(ctx, gray.ReferencedSegments(passing))
+	problems = append(problems, segErrs...)
+	snap := gray.NewSnapshot(service, passing, opts, gray.WithSegments(segments))
 	return &Status{Service: service, Instances: instances, Options: opts, Lanes: snap.Lanes(),
 		Problems: append(slices.Clone(snap.Problems()), problems...), Drift: drift(st, instances), Snapshot: snap}, nil
+}
+
+// segmentsNamed reads the named segments, as a data plane's watcher holds them. A segment that does
+// not exist is left out (the snapshot reports the rules that name it); one that cannot be read is
+// left out too, and reported.
+func (r *Registrar) segmentsNamed(ctx context.Context, names []string) (*gray.Segments, []error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	var segs []*gray.Segment
+	var problems []error
+	for _, name := range names {
+		_, values, err := r.Segment(ctx, name)
+		if errors.Is(err, ErrSegmentNotFound) {
+			continue
+		}
+		if err == nil {
+			var seg *gray.Segment
+			if seg, err = gray.NewSegment(name, values); err == nil {
+				segs = append(segs, seg)
+				continue
+			}
+		}
+		problems = append(problems, fmt.Errorf("reading segment %s: %w", name, err))
+	}
+	return gray.NewSegments(segs...), problems
 }

@@ -13,6 +13,13 @@
 // DesiredMeta and keeps it with Keep, which also repairs the Kratos registry's re-registration of its
 // original meta after a failed TTL update.
 //
+// Segments: named sets of values (user ids, tenant ids) that match rules (in_segment) and lanes
+// (exclude_segment) use, kept in KV under graylane/segments/<name>/ and changed with CreateSegment,
+// AddToSegment, RemoveFromSegment, ImportSegment and DeleteSegment. Each change writes a new
+// generation of the values and switches the segment's head to it with check-and-set, with a history
+// entry, in one transaction when it fits and otherwise after writing the chunks: a reader never sees
+// a change half written (see internal/record).
+//
 // Connections: New reads the standard CONSUL_* environment (address, token, TLS) through NewConfig,
 // as watch.New does. A token never appears in an error or a log line.
 package registrar

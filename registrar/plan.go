@@ -234,7 +234,7 @@ func (o Promote) apply(p *planner) error {
 		"the stable instances it has now, until those are drained; there is no colour to switch back to", p.service, o.Lane)
 	for _, id := range ids {
 		p.edit(id, func(m *gray.Meta) {
-			m.Canary, m.BlueGreen, m.Lane, m.Weight, m.Match = false, "", "", 0, nil
+			m.Canary, m.BlueGreen, m.Lane, m.Weight, m.Match, m.ExcludeSegments = false, "", "", 0, nil, nil
 		})
 	}
 	p.notes = append(p.notes, fmt.Sprintf("%s stable now; drain the old stable instances when ready", strings.Join(ids, ", ")))

@@ -78,7 +78,7 @@ func (s *graySelector) prepare(nodes []kselector.WeightedNode, in inputs) *built
 	if len(nodes) > 0 {
 		service = nodes[0].ServiceName()
 	}
-	st.snap = gray.NewSnapshot(service, instancesOf(nodes, &s.filter.cfg, in.instances), s.filter.options(in))
+	st.snap = gray.NewSnapshot(service, instancesOf(nodes, &s.filter.cfg, in.instances), s.filter.options(in), gray.WithSegments(in.segments))
 	if s.filter.cfg.problems != nil {
 		for _, p := range st.snap.Problems() {
 			s.filter.cfg.problems(p)

@@ -243,7 +243,7 @@ func memoryOf(nodes []kselector.Node) string {
 func (f *Filter) build(nodes []kselector.Node, in inputs) *state {
 	f.builds.Add(1)
 	st := &state{key: slices.Clone(nodes), in: in}
-	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instancesOf(nodes, &f.cfg, in.instances), f.options(in))
+	st.snap = gray.NewSnapshot(nodes[0].ServiceName(), instancesOf(nodes, &f.cfg, in.instances), f.options(in), gray.WithSegments(in.segments))
 	if f.cfg.problems != nil {
 		for _, p := range st.snap.Problems() {
 			f.cfg.problems(p)

@@ -20,12 +20,15 @@ type inputs struct {
 	source    gray.Options
 	published *gray.Options
 	instances *watch.Instances // nil without a watcher, before it answers, and while it is stale
+	// segments are the segments the service's instances name, from the watcher (nil without one:
+	// rules naming a segment then match nothing and lanes excluding one take tagged calls only).
+	segments *gray.Segments
 }
 
 // same reports whether a and b are the same inputs. Source options are compared only when there is
 // a source (valued): they are the zero Options otherwise.
 func (a *inputs) same(b *inputs, valued bool) bool {
-	return a.published == b.published && a.instances == b.instances && (!valued || a.source == b.source)
+	return a.published == b.published && a.instances == b.instances && a.segments == b.segments && (!valued || a.source == b.source)
 }
 
 // watched is what a Filter follows through WithWatcher's watcher for its one service.
@@ -47,6 +50,7 @@ func (f *Filter) inputs() inputs {
 		if !w.instances.Stale() {
 			in.instances = w.instances.Instances()
 		}
+		in.segments = w.instances.Segments()
 		if f.cfg.source == nil {
 			in.published = w.options.Current()
 		}

@@ -106,6 +106,9 @@ type Watcher struct {
 
 	mu       sync.Mutex
 	services map[string]*serviceWatch
+
+	segMu    sync.Mutex
+	segments map[string]*segmentWatch
 }
 
 // New returns a Watcher for the agent in cfg (nil: NewConfig("")).
@@ -116,7 +119,7 @@ func New(cfg *api.Config, opts ...Option) (*Watcher, error) {
 	}
 	w := &Watcher{client: client, token: cfg.Token, prefix: DefaultKVPrefix, waitTime: 5 * time.Minute,
 		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*serviceWatch{},
-		agent: cfg.Address, logf: func(string, ...any) {}}
+		segments: map[string]*segmentWatch{}, agent: cfg.Address, logf: func(string, ...any) {}}
 	for _, o := range opts {
 		o(w)
 	}
@@ -140,6 +143,12 @@ type serviceWatch struct {
 	haveEntries bool
 	haveOptions bool
 	views       map[gray.Options]*ServiceView
+
+	// The segments the instances name (see follow), their watches, and the set built from them.
+	segmentNames   []string
+	segmentWatches []*segmentWatch
+	segments       atomic.Pointer[gray.Segments]
+	segmentsLoaded bool // Consul has answered for each of them
 }
 
 // watch returns the watch of a service, starting it on first use. w.mu must be held.
@@ -147,7 +156,7 @@ func (w *Watcher) watch(name string) *serviceWatch {
 	if sw, ok := w.services[name]; ok {
 		return sw
 	}
-	sw := &serviceWatch{name: name, views: map[gray.Options]*ServiceView{},
+	sw := &serviceWatch{name: name, views: map[gray.Options]*ServiceView{}, segmentsLoaded: true,
 		opts: &OptionsView{changed: make(chan struct{}), ready: make(chan struct{})}}
 	sw.opts.value.Store(&gray.Options{})
 	sw.state.Store(&State{Stale: true})
@@ -279,8 +288,8 @@ func (v *ServiceView) Changed() <-chan struct{} {
 	return v.changed
 }
 
-// Ready returns a channel that is closed once Consul has answered for both the service's instances
-// and its options, and the snapshot built from them is published.
+// Ready returns a channel that is closed once Consul has answered for the service's instances, its
+// options and every segment its instances name, and the snapshot built from them is published.
 func (v *ServiceView) Ready() <-chan struct{} { return v.ready }
 
 // OptionsView is the live view of the decision options a service keeps in Consul.
@@ -325,13 +334,13 @@ func (o *OptionsView) Ready() <-chan struct{} { return o.ready }
 // publish builds v's snapshot from the latest instances and options and publishes it. sw.mu must be
 // held.
 func (sw *serviceWatch) publish(v *ServiceView) {
-	v.snap.Store(gray.NewSnapshot(sw.name, sw.instances, sw.options.Override(v.override)))
+	v.snap.Store(gray.NewSnapshot(sw.name, sw.instances, sw.options.Override(v.override), gray.WithSegments(sw.segments.Load())))
 	v.mu.Lock()
 	v.changes++
 	close(v.changed)
 	v.changed = make(chan struct{})
 	v.mu.Unlock()
-	if sw.haveEntries && sw.haveOptions {
+	if sw.haveEntries && sw.haveOptions && sw.segmentsLoaded {
 		v.readyOnce.Do(func() { close(v.ready) })
 	}
 }
@@ -419,6 +428,7 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 				list.Endpoints[i] = in.Value
 			}
 			sw.endpoints.Store(list)
+			w.follow(sw)
 			sw.publishAll()
 		}
 		sw.setState(State{Index: meta.LastIndex}, changed)

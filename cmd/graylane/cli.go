@@ -86,6 +86,7 @@ func commands() []*command {
   graylane options bservice --sticky-header userid
   graylane options bservice --fallback none --dry-run
   graylane options bservice --clear`},
+		segmentCommand(),
 		{name: "reconcile", args: "SERVICE", nargs: 1, summary: "write the recorded gray state into every instance that drifted from it", group: groupChange, uses: readsState, run: runReconcile,
 			example: `  graylane reconcile bservice`},
 		{name: "status", args: "SERVICE", nargs: 1, summary: "lanes, instances, health, weights, rules, conflicts and traffic shares", group: groupLook, flags: statusFlags, uses: readsState, run: runStatus,
@@ -222,8 +223,8 @@ func (c *command) cobra(stdout, stderr io.Writer) *cobra.Command {
 			}
 		})
 	}
-	if fs.Lookup("file") != nil {
-		_ = cc.MarkFlagFilename("file", "yaml", "yml")
+	if f := fs.Lookup("file"); f != nil && f.Annotations[cobra.BashCompFilenameExt] == nil {
+		_ = cc.MarkFlagFilename("file", "yaml", "yml") // a spec or a plan, unless the command said otherwise
 	}
 	for _, sub := range c.subs {
 		cc.AddCommand(sub.cobra(stdout, stderr))

@@ -296,6 +296,12 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		if len(l.Match) > 0 {
 			match = truncate(gray.RulesJSON(l.Match), 80)
 		}
+		if len(l.Exclude) > 0 {
+			match += "  excludes " + strings.Join(l.Exclude, ",")
+		}
+		if l.Closed {
+			match += "  (closed: tagged requests only; see problems)"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s%%\t%s%%\t%s\t%s\n", l.Name, role, l.Weight, l.Share, strings.Join(l.Instances, ","), match)
 	}
 	tw.Flush()
@@ -663,6 +669,12 @@ func runExplain(ctx context.Context, e *env, args []string) error {
 	reason := out.Reason
 	if out.Rule != nil {
 		reason += fmt.Sprintf(" (rule %d)", *out.Rule)
+	}
+	switch {
+	case out.ExcludedFrom != "":
+		reason += fmt.Sprintf(": kept out of lane %s, whose exclude_segment %s holds the user", out.ExcludedFrom, out.Segment)
+	case out.Segment != "":
+		reason += fmt.Sprintf(": the value is in segment %s", out.Segment)
 	}
 	fmt.Fprintf(e.stdout, "reason     %s\n", reason)
 	switch {

@@ -12,6 +12,7 @@
 //	graylane options bservice --sticky-header userid
 //	graylane reconcile bservice
 //	graylane explain bservice -H 'userid: 123' --path /api/user
+//	graylane segment import beta-testers -f beta-testers.txt
 //	graylane rollout start bservice canary -f plan.yaml
 //	graylane apisix sync bservice
 //	graylane portal --passwords portal.passwords
@@ -82,6 +83,7 @@ type opts struct {
 	rollout                     rolloutOpts
 	apisix                      apisixOpts
 	portal                      portalOpts
+	segment                     segmentOpts
 }
 
 // env is what a running command has: its options and its output.

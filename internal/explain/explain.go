@@ -53,6 +53,11 @@ type Result struct {
 	Reason string `json:"reason"`
 	// Rule is the 1-based number of the matched rule, for reason "match".
 	Rule *int `json:"rule,omitempty"`
+	// Segment is the segment that decided: the one a matching rule found the request's value in
+	// (reason "match"), or the one that kept the request's user out of a lane (reason "excluded").
+	Segment string `json:"segment,omitempty"`
+	// ExcludedFrom is the lane that would have taken the request but excludes its user's segment.
+	ExcludedFrom string `json:"excluded_from,omitempty"`
 	// Bucket is the sticky key's bucket in [0, 10000), when Input.Key was given.
 	Bucket *int `json:"bucket,omitempty"`
 	// Random is set when the decision drew a random bucket: the service has a weighted lane and the
@@ -136,7 +141,7 @@ func Explain(ctx context.Context, r *registrar.Registrar, service string, in Inp
 		byID[inst.ID] = inst
 	}
 	out := &Result{Service: service, Lane: d.Lane, Reason: d.Reason.String(), Propagate: d.Propagate(),
-		Instances: []Target{}, Options: options}
+		Instances: []Target{}, Options: options, Segment: d.Segment, ExcludedFrom: d.ExcludedFrom}
 	if d.Rule >= 0 {
 		rule := d.Rule + 1
 		out.Rule = &rule
@@ -144,7 +149,7 @@ func Explain(ctx context.Context, r *registrar.Registrar, service string, in Inp
 	if in.Key != "" {
 		b := gray.Bucket(service, in.Key)
 		out.Bucket = &b
-	} else if d.Reason == gray.ReasonWeight || d.Reason == gray.ReasonBase {
+	} else if d.Reason == gray.ReasonWeight || d.Reason == gray.ReasonBase || d.Reason == gray.ReasonExcluded {
 		out.Random = !hasStickyKey(req, options) && hasWeightedLane(st.Snapshot.Lanes())
 	}
 	for _, id := range d.Instances {
