@@ -291,16 +291,17 @@ func Run(t *testing.T, cfg Config) {
 			}
 			return d.Instances[0]
 		}
-		plainRoute(t, ctx, cfg, w, admin, pick("stable"), pick("canary"), logf)
+		plainRoute(t, ctx, cfg, w, reg, admin, pick("stable"), pick("canary"), logf)
 	})
 }
 
 // plainRoute checks a service without a gray lane: its route takes no hop to the runner (the
 // ext-plugin is disabled, there is no traffic-split) and strips a spoofed lane header; a canary
 // registered with a match rule turns the hop on and gets the matched requests, and only them; when
-// the canary goes, the route is plain again. The service's instances reuse the addresses of the
+// the canary's rule is changed to a user segment, whose members reach it, a user added to the
+// segment following within a moment; when the canary goes, the route is plain again. The service's instances reuse the addresses of the
 // main service's stable and canary instances, so that the gateway reaches them wherever it runs.
-func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher, admin *apisix.Admin,
+func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher, reg *registrar.Registrar, admin *apisix.Admin,
 	stableEP, canaryEP watch.Endpoint, logf func(string, ...any)) {
 	gateway := strings.TrimRight(cfg.Gateway, "/")
 	client, err := api.NewClient(registrar.NewConfig(cfg.Consul))
@@ -418,6 +419,32 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher,
 			t.Errorf("unmatched request with a spoofed header: served by %s with lane header %q", got, r.Lane)
 		}
 	}
+	// A user segment decides at the gateway: its members reach the canary, the others do not, and a
+	// user added to it follows.
+	segment := plain + "-beta"
+	if _, err := reg.ImportSegment(ctx, segment, []string{"e2e-member-1"}, registrar.ImportOptions{Create: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer reg.DeleteSegment(context.Background(), segment)
+	register(canaryID, canaryEP, map[string]string{"version": "v2", "canary": "true",
+		"match": `[{"header":[{"key":"x-user-id","in_segment":"` + segment + `"}]}]`})
+	waitFor("a segment member in the canary", func() bool {
+		got, _ := served(map[string]string{"x-user-id": "e2e-member-1"})
+		return got == "canary"
+	})
+	if got, _ := served(map[string]string{"x-user-id": "e2e-outsider", "userid": "123"}); got != "stable" {
+		t.Errorf("a user outside the segment: served by %s", got)
+	}
+	start := time.Now()
+	if _, err := reg.AddToSegment(ctx, segment, []string{"e2e-outsider"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("a user added to the segment", func() bool {
+		got, _ := served(map[string]string{"x-user-id": "e2e-outsider"})
+		return got == "canary"
+	})
+	t.Logf("a user added to segment %s reached the canary %v after the change began", segment, time.Since(start).Round(time.Millisecond))
+
 	if err := client.Agent().ServiceDeregister(canaryID); err != nil {
 		t.Fatal(err)
 	}
