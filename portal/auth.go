@@ -160,13 +160,14 @@ type session struct {
 	flash *flash              // the outcome of the last action, shown once
 }
 
-// pending is a change shown for confirmation.
+// pending is a change shown for confirmation: a service's (plan, drain or rollout) or a segment's.
 type pending struct {
 	id      string
-	service string
-	plan    *registrar.Plan // nil for a drain or a rollout control
+	service string          // empty for a segment's change
+	plan    *registrar.Plan // nil for a drain, a rollout control or a segment's change
 	drain   *drainPlan
 	rollout *rolloutPlan
+	segment *segmentPlan
 	made    time.Time
 }
 

@@ -44,6 +44,8 @@ func awaitPromise(p *runtime.EvaluateParams) *runtime.EvaluateParams { return p.
 func TestBrowser(t *testing.T) {
 	svc := registerReleaseAs(t, agent, "", "checkout") // the other tests' services are numbered
 	bg := registerBlueGreen(t, "payments")
+	seg := newSegmentName("beta-testers-")
+	createSegment(t, agent, "", seg, "users who try things first", "carol", "u1001", "u1002", "u1003")
 	_, ts := startPortal(t, nil, Config{})
 
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
@@ -255,6 +257,20 @@ func TestBrowser(t *testing.T) {
 			if w := laneWeight(t, svc, "canary"); w != step.share {
 				t.Fatalf("recorded weight %s after the undo, want %s", w, step.share)
 			}
+		}
+	})
+
+	t.Run("the segments page lists the segment and leads to it", func(t *testing.T) {
+		var count, values string
+		run(t, "open the segments from the navigation",
+			chromedp.Click(`#nav-segments`, chromedp.ByQuery),
+			chromedp.WaitVisible(`tr[data-segment="`+seg+`"]`, chromedp.ByQuery),
+			chromedp.AttributeValue(`tr[data-segment="`+seg+`"]`, "data-count", &count, nil, chromedp.ByQuery),
+			chromedp.Click(`tr[data-segment="`+seg+`"] a.seglink`, chromedp.ByQuery),
+			chromedp.WaitVisible(`#segment-values`, chromedp.ByQuery),
+			chromedp.Text(`#segment-values`, &values, chromedp.ByQuery))
+		if count != "3" || !strings.Contains(values, "u1001") || !strings.Contains(values, "u1003") {
+			t.Fatalf("segment %s: count %q, values %q", seg, count, values)
 		}
 	})
 

@@ -37,8 +37,15 @@ type pageData struct {
 	LoginErr string
 	Next     string
 	NotFound bool
+	// The segment pages: the list of every segment, or one segment with its confirmation.
+	SegNav     segmentNav
+	Segments   *segmentListView
+	Segment    *segmentView
+	SegConfirm *segmentConfirmView
 
 	changed <-chan struct{} // closed when the models change after this data was taken
+	models  []*serviceModel // every service's model, for the lanes that name a segment
+	segs    segmentsState   // the segment list the page was built from
 }
 
 type navItem struct {
@@ -85,12 +92,24 @@ func (s *Server) routes() {
 	mux.HandleFunc("POST /s/{service}/confirm", s.authed(s.confirm, true))
 	mux.HandleFunc("POST /s/{service}/cancel", s.authed(s.cancelPlan, true))
 	mux.HandleFunc("POST /s/{service}/explain", s.authed(s.explain, true))
+	mux.HandleFunc("GET /segments", s.authed(s.segmentsPage, false))
+	mux.HandleFunc("GET /segments/{$}", s.authed(s.segmentsPage, false))
+	mux.HandleFunc("GET /segments/{segment}", s.authed(s.segmentPage, false))
+	mux.HandleFunc("POST /segments/{segment}/plan", s.authedLimit(s.planSegment, true, maxSegmentForm,
+		"the list is longer than the form takes; graylane segment add NAME -f FILE takes a file of any length"))
+	mux.HandleFunc("POST /segments/{segment}/confirm", s.authed(s.confirmSegment, true))
+	mux.HandleFunc("POST /segments/{segment}/cancel", s.authed(s.cancelSegmentPlan, true))
 	mux.HandleFunc("GET /events", s.authed(s.events, false))
 	s.mux = mux
 }
 
 // authed wraps a handler that needs a signed-in operator; post handlers also need the CSRF token.
 func (s *Server) authed(h func(http.ResponseWriter, *http.Request, *session), post bool) http.HandlerFunc {
+	return s.authedLimit(h, post, maxForm, "")
+}
+
+// authedLimit is authed with a limit on the size of a posted form; tooBig says what to do instead.
+func (s *Server) authedLimit(h func(http.ResponseWriter, *http.Request, *session), post bool, limit int64, tooBig string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess := s.sess.get(r)
 		if sess == nil && s.cfg.Open {
@@ -105,8 +124,13 @@ func (s *Server) authed(h func(http.ResponseWriter, *http.Request, *session), po
 			return
 		}
 		if post {
-			r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+			r.Body = http.MaxBytesReader(w, r.Body, limit)
 			if err := r.ParseForm(); err != nil {
+				var large *http.MaxBytesError
+				if errors.As(err, &large) && tooBig != "" {
+					http.Error(w, fmt.Sprintf("refused: the form is larger than %d KiB: %s; nothing was changed", limit>>10, tooBig), http.StatusRequestEntityTooLarge)
+					return
+				}
 				http.Error(w, "bad form", http.StatusBadRequest)
 				return
 			}
@@ -214,12 +238,14 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request, sess *session) {
 func (s *Server) page(ctx context.Context, sess *session, service string) pageData {
 	sn := s.snapshot()
 	d := pageData{Operator: sess.operator, CSRF: sess.csrf, ReadOnly: s.cfg.ReadOnly, Open: s.cfg.Open,
-		Version: sn.version, CatErr: sn.catErr, Service: service, changed: sn.changed}
+		Version: sn.version, CatErr: sn.catErr, Service: service, changed: sn.changed, segs: sn.segs,
+		SegNav: segmentNav{Known: sn.segs.known, Count: len(sn.segs.list)}}
 	for i, name := range sn.names {
 		m := sn.models[i]
 		if m == nil {
 			m = s.buildModel(ctx, name, false) // not read by its watch yet
 		}
+		d.models = append(d.models, m)
 		if name == service {
 			d.Model = m
 		}
@@ -248,7 +274,7 @@ func (s *Server) servicePage(w http.ResponseWriter, r *http.Request, sess *sessi
 	sess.mu.Lock()
 	d.Flash, sess.flash = sess.flash, nil
 	if id := r.URL.Query().Get("confirm"); id != "" {
-		if p := sess.plans[id]; p != nil && p.service == service {
+		if p := sess.plans[id]; p != nil && p.segment == nil && p.service == service {
 			d.Confirm = confirmOf(p)
 		}
 	}
@@ -573,7 +599,7 @@ func (s *Server) confirm(w http.ResponseWriter, r *http.Request, sess *session) 
 	delete(sess.plans, r.PostFormValue("id"))
 	sess.mu.Unlock()
 	defer http.Redirect(w, r, serviceURL(service), http.StatusSeeOther)
-	if p == nil || p.service != service || time.Since(p.made) > pendingTTL {
+	if p == nil || p.segment != nil || p.service != service || time.Since(p.made) > pendingTTL {
 		s.setFlash(sess, "error", "That confirmation has expired or was used already; nothing was changed. Plan the change again.")
 		return
 	}
@@ -683,6 +709,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
 		return
 	}
 	service := r.URL.Query().Get("service")
+	build := func() pageData { return s.page(r.Context(), sess, service) }
+	if name := r.URL.Query().Get("segment"); name != "" { // a segment's page
+		build = func() pageData { d, _ := s.segmentData(r.Context(), sess, name); return d }
+	} else if r.URL.Query().Get("view") == "segments" { // the list of segments
+		build = func() pageData { return s.segmentsData(r.Context(), sess) }
+	}
 	var since uint64
 	fmt.Sscan(r.URL.Query().Get("since"), &since)
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -702,7 +734,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
 			flusher.Flush()
 			return
 		}
-		d := s.page(r.Context(), sess, service)
+		d := build()
 		if !first || d.Version != since {
 			update := map[string]any{}
 			for _, region := range []string{"nav", "main", "history", "conn"} {

@@ -46,6 +46,9 @@ type laneView struct {
 	Share     string
 	SharePct  float64
 	Rules     []string // readable match rules
+	Segments  []string // the segments its match rules name (in_segment), sorted
+	Exclude   []string // the segments whose users it does not take (exclude_segment), sorted
+	Closed    bool     // its exclusion cannot be checked: it takes tagged requests only
 	Instances []string
 	Gray      bool // not the stable lane: weight, promote and rollback apply
 	Next      *nextStep
@@ -218,7 +221,14 @@ func (m *serviceModel) fill(st *registrar.Status) {
 			Next: nextFor(l, blueGreen && (l.Name == string(gray.Blue) || l.Name == string(gray.Green)))}
 		for _, r := range l.Match {
 			lv.Rules = append(lv.Rules, readableRule(r))
+			for _, name := range ruleSegments(r) {
+				if !slices.Contains(lv.Segments, name) {
+					lv.Segments = append(lv.Segments, name)
+				}
+			}
 		}
+		slices.Sort(lv.Segments)
+		lv.Exclude, lv.Closed = l.Exclude, l.Closed
 		if lv.Gray {
 			m.Gray = true
 		}
@@ -426,6 +436,27 @@ func readableRule(r gray.Rule) string {
 		return "every request"
 	}
 	return strings.Join(conds, " and ")
+}
+
+// ruleSegments returns the segments a rule's conditions name with in_segment, in the rule's order.
+func ruleSegments(r gray.Rule) []string {
+	var names []string
+	for _, h := range r.Header {
+		if h.InSegment != "" {
+			names = append(names, h.InSegment)
+		}
+	}
+	for _, c := range r.Cookie {
+		if c.InSegment != "" {
+			names = append(names, c.InSegment)
+		}
+	}
+	for _, q := range r.Query {
+		if q.InSegment != "" {
+			names = append(names, q.InSegment)
+		}
+	}
+	return names
 }
 
 func readableValue(v gray.ValueMatch) string {

@@ -1,9 +1,10 @@
 // Package portal is graylane's release portal: one web page that shows every service's lanes,
 // instances, problems, drift and history, explains how a request would be routed, and makes the
 // changes the graylane command makes (weight, promote, rollback, drain, undo of a history entry)
-// through the same registrar, after a confirmation that shows the planned before and after. Pages
-// follow Consul live: a watch.Watcher and blocking queries on the recorded state feed
-// server-sent events.
+// through the same registrar, after a confirmation that shows the planned before and after. It
+// lists the user segments too, and adds and removes a segment's values the same way (segments.go).
+// Pages follow Consul live: a watch.Watcher and blocking queries on the recorded state and on the
+// segments feed server-sent events.
 //
 // Every page needs a signed-in operator (see LoadPasswords), state-changing requests carry a
 // per-session token and must come from the portal's own pages, no Consul token or password reaches
@@ -112,6 +113,11 @@ type Server struct {
 	version  uint64
 	ready    chan struct{} // closed once the catalog has answered
 	readyOne sync.Once
+	segs     segmentsState // every segment's head, as followSegments last read them
+
+	segReads   atomic.Uint64 // numbers the reads of the segment list (see readSegments)
+	segMu      sync.Mutex
+	segDetails map[string]*segmentDetail // segments' first values and history, by name (see segmentDetail)
 }
 
 // watched is one service the portal follows.
@@ -172,7 +178,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logf = log.Printf
 	}
 	s := &Server{cfg: cfg, regs: map[string]*registrar.Registrar{}, services: map[string]*watched{},
-		changed: make(chan struct{}), ready: make(chan struct{}), signins: make(chan struct{}, 2), throttle: newSigninThrottle(), timeouts: defaultTimeouts, sess: sessions{byID: map[string]*session{}}}
+		changed: make(chan struct{}), ready: make(chan struct{}), segDetails: map[string]*segmentDetail{}, signins: make(chan struct{}, 2), throttle: newSigninThrottle(), timeouts: defaultTimeouts, sess: sessions{byID: map[string]*session{}}}
 	if cfg.Open {
 		s.anon = &session{id: randomID(), operator: "viewer", csrf: randomID(), expires: time.Now().Add(100 * 365 * 24 * time.Hour), plans: map[string]*pending{}}
 	}
@@ -198,9 +204,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.routes()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.followCatalog()
 	go s.followRecords()
+	go s.followSegments()
 	return s, nil
 }
 
@@ -476,6 +483,7 @@ type snapshot struct {
 	catErr  string
 	models  []*serviceModel // every service in the catalog, by name; nil models not read yet
 	names   []string
+	segs    segmentsState
 }
 
 func (s *Server) snapshot() snapshot {
@@ -486,7 +494,7 @@ func (s *Server) snapshot() snapshot {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sn := snapshot{version: s.version, changed: s.changed, catErr: s.catErr, names: s.names}
+	sn := snapshot{version: s.version, changed: s.changed, catErr: s.catErr, names: s.names, segs: s.segs}
 	for _, name := range s.names {
 		var m *serviceModel
 		if ws := s.services[name]; ws != nil {
@@ -512,10 +520,11 @@ var funcs = template.FuncMap{
 		}
 		return out
 	},
-	"pct":    func(f float64) string { return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".") },
-	"utc":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
-	"iso":    func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-	"unixms": func(t time.Time) int64 { return t.UnixMilli() },
+	"thousands": thousands,
+	"pct":       func(f float64) string { return strings.TrimRight(strings.TrimRight(fmt.Sprintf("%.2f", f), "0"), ".") },
+	"utc":       func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05") },
+	"iso":       func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"unixms":    func(t time.Time) int64 { return t.UnixMilli() },
 	"until": func(t time.Time) string {
 		if t.IsZero() {
 			return "waiting"

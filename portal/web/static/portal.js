@@ -30,6 +30,8 @@
     if (c) c.classList.toggle("reconnecting", !ok);
   }
   var url = "/events?service=" + encodeURIComponent(body.dataset.service || "") + "&since=" + body.dataset.version;
+  if (body.dataset.segment) url += "&segment=" + encodeURIComponent(body.dataset.segment);
+  else if (body.dataset.view === "segments") url += "&view=segments";
   var es = new EventSource(url);
   es.addEventListener("update", function (ev) {
     var u = JSON.parse(ev.data);
