@@ -55,7 +55,7 @@ func tryMain(ctx context.Context, out io.Writer, dir string, ready func(*tryStac
 		return err
 	}
 	fmt.Fprintln(out, "building github.com/graylane/graylane/cmd/graylane")
-	if b, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, "graylane"), "github.com/graylane/graylane/cmd/graylane").CombinedOutput(); err != nil {
+	if b, err := exec.CommandContext(ctx, "go", "build", "-buildvcs=auto", "-o", filepath.Join(dir, "graylane"), "github.com/graylane/graylane/cmd/graylane").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build cmd/graylane: %v\n%s", err, b)
 	}
 	if err := s.startConsul(false); err != nil {
