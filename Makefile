@@ -26,7 +26,7 @@ GOFILES   = $(shell git ls-files --cached --others --exclude-standard '*.go')
 
 export GRAYLANE_CONSUL := $(CONSUL)
 
-.PHONY: test check unit fuzz bench demo soak consul prometheus chromium docker-compose screenshot clean compose e2e-apisix try requirements prometheus-install chromium-install docker-compose-install bench-apisix
+.PHONY: test check unit fuzz bench demo soak consul prometheus chromium docker-compose screenshot clean compose e2e-apisix try requirements prometheus-install chromium-install docker-compose-install bench-apisix bench-scale
 
 ## test: format and vet checks, the race-enabled test suite (real Consul), short fuzz runs and the
 ## compose file's validation
@@ -96,6 +96,16 @@ e2e-apisix:
 ## (GRAYLANE_BENCH_SERVICE, GRAYLANE_BENCH_DURATION, GRAYLANE_BENCH_CONNECTIONS, GRAYLANE_BENCH_ROUNDS)
 bench-apisix:
 	$(GO) run ./apisix/gatewaybench
+
+## bench-scale: what one process that follows many services costs on one Consul agent at its default
+## limits (http_max_conns_per_client = 200): a real agent with 100, 500 and 2,000 services × 10
+## instances, one runner-shaped watcher over plain HTTP and over HTTPS (HTTP/2): time until every
+## view is ready, connections, 429s, goroutines, heap and RSS per service, requests in a minute of
+## quiet, propagation p50/p99 of 100 weight changes, as a markdown table (about 10 minutes; flags in
+## SCALE, e.g. make bench-scale SCALE='-services 100,500 -quiet 10s -cluster'; see watch/scalebench)
+SCALE ?=
+bench-scale: consul
+	$(GO) run ./watch/scalebench $(SCALE)
 
 ## consul: the Consul agent the tests and the demo run ($(CONSUL)): built once when no consul
 ## $(CONSUL_VERSION) is on PATH, with progress as "package N of M"

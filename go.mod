@@ -17,6 +17,7 @@ require (
 	github.com/spf13/cobra v1.10.2
 	github.com/spf13/pflag v1.0.9
 	go.uber.org/zap v1.17.0
+	golang.org/x/net v0.26.0
 	golang.org/x/term v0.33.0
 	google.golang.org/grpc v1.61.1
 	google.golang.org/protobuf v1.34.2
@@ -59,7 +60,6 @@ require (
 	go.uber.org/atomic v1.7.0 // indirect
 	go.uber.org/multierr v1.7.0 // indirect
 	golang.org/x/exp v0.0.0-20230817173708-d852ddb80c63 // indirect
-	golang.org/x/net v0.26.0 // indirect
 	golang.org/x/sys v0.34.0 // indirect
 	golang.org/x/text v0.16.0 // indirect
 	google.golang.org/genproto v0.0.0-20231212172506-995d672761c0 // indirect

@@ -192,6 +192,7 @@ func TestExplainNamesTheSegmentThatDecided(t *testing.T) {
 	createSegment(t, agent, "", other, "", "carol", "k1")
 	svc := registerSegmentRelease(t, seg, other)
 	r := newRegistrar(t, agent, "", "setup")
+	t.Cleanup(func() { r.Client().KV().Delete(record.OptionsKey(registrar.DefaultKVPrefix, svc), nil) })
 	// An exclusion needs a user to check: the sticky key names it.
 	if _, err := r.SetServiceOptions(context.Background(), svc, gray.Options{StickyHeader: "x-user-id"}); err != nil {
 		t.Fatal(err)

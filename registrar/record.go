@@ -3,9 +3,11 @@ package registrar
 // The record and how it reaches the instances.
 //
 // A service's desired gray state (the gray meta of each instance a graylane change touched, and the
-// service's decision options) lives in one KV key, graylane/services/<service>/state. It is the only
-// thing a change is planned from: catalog meta lags it and two applies that race can land out of
-// order, so planning from the catalog loses updates. A change is committed as one KV transaction:
+// service's decision options) lives in one KV key, graylane/services/<service>/state; a change of the
+// options also writes them to graylane/options/<service> in the same transaction, for the watchers,
+// which follow every service's options there with one query. The state is the only thing a change
+// is planned from: catalog meta lags it and two applies that race can land out of order, so
+// planning from the catalog loses updates. A change is committed as one KV transaction:
 // check-and-set on the record against the index it was planned from, plus a history entry that
 // names that index (Base), so history read in Base order is the order of the commits.
 //
@@ -473,6 +475,16 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 	for i := range p.requires {
 		ops = append(ops, &api.TxnOp{KV: &p.requires[i]})
 	}
+	if p.optionsAfter != nil {
+		// The watchers follow every service's options in one folder (record.OptionsKey): its key
+		// changes with the state, in the same transaction. It comes last, so that the indexes of
+		// the operations above stay what the errors below read.
+		op, err := r.optionsOp(p)
+		if err != nil {
+			return nil, err
+		}
+		ops = append(ops, op)
+	}
 	ok, resp, _, err := r.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		if consulclient.IsPermissionDenied(err) {
@@ -505,6 +517,20 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 		rec.index = resp.Results[1].KV.ModifyIndex
 	}
 	return rec, nil
+}
+
+// optionsOp is the write of the service's options key that copies the plan's new options: set, or
+// deleted when they are the defaults.
+func (r *Registrar) optionsOp(p *Plan) (*api.TxnOp, error) {
+	key := record.OptionsKey(r.prefix, p.Service)
+	if p.state.Options == nil || *p.state.Options == (gray.Options{}) {
+		return &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: key}}, nil
+	}
+	body, err := json.Marshal(p.state.Options)
+	if err != nil {
+		return nil, err
+	}
+	return &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: body}}, nil
 }
 
 // setOutcome writes the outcome into a change's history entry. If that fails the entry keeps
@@ -626,6 +652,9 @@ func (r *Registrar) authorize(ctx context.Context, p *Plan) error {
 	reqs := []authz{
 		{Resource: "key", Segment: r.stateKey(p.Service), Access: "write"},
 		{Resource: "key", Segment: r.historyPrefix(p.Service), Access: "write"},
+	}
+	if p.optionsAfter != nil {
+		reqs = append(reqs, authz{Resource: "key", Segment: record.OptionsKey(r.prefix, p.Service), Access: "write"})
 	}
 	if len(p.Changes) > 0 {
 		reqs = append(reqs, authz{Resource: "service", Segment: p.Service, Access: "write"})

@@ -84,7 +84,7 @@ func WithAgentAddress(f func(node *api.Node) string) Option {
 // NewConfig returns the Consul client configuration from the standard environment
 // (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...), with addr overriding the address when
 // set, and a transport that keeps enough idle connections for many concurrent blocking queries (a
-// watcher holds two per service). It is watch.NewConfig.
+// watcher holds one per service over plain HTTP). It is watch.NewConfig.
 func NewConfig(addr string) *api.Config { return watch.NewConfig(addr) }
 
 // AnswerTimeout bounds how long a request to Consul that is not a blocking query may wait for the

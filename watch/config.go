@@ -19,8 +19,9 @@ var ErrPermission = errors.New("graylane: permission denied")
 
 // NewConfig returns the Consul client configuration from the standard environment
 // (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, ...), with addr overriding the address when
-// set, and a transport that keeps enough idle connections for many concurrent blocking queries (a
-// watcher holds two per service).
+// set, and a transport that keeps enough idle connections for many concurrent blocking queries over
+// plain HTTP (a watcher holds one per service there; over HTTPS its queries share HTTP/2
+// connections).
 func NewConfig(addr string) *api.Config { return consulclient.Config(addr) }
 
 // NoAnswerError is returned when Consul at Address accepted a request that is not a blocking query

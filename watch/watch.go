@@ -7,14 +7,14 @@ package watch
 // answer after an outage comes at once. An answer older than the one the watch holds (a server that
 // restarted and is still replaying its log, with instances missing) is set aside, and the server
 // asked again, until it has caught up (see behindServer). Errors back off exponentially with full
-// jitter; meanwhile the last good snapshot stays in force and the view reports itself stale. A second blocking query per service
-// follows its recorded state in KV for the decision options the service keeps there (sticky key,
-// tag key); a change of options rebuilds the snapshots too. All services share one Consul client,
-// whose transport keeps enough idle connections for two blocking queries per service.
+// jitter; meanwhile the last good snapshot stays in force and the view reports itself stale. One
+// more blocking query, for all the services, follows the decision options they keep in KV (sticky
+// key, tag key; see options.go); a change of a service's options rebuilds its snapshots too. All
+// services share one Consul client (consulclient.Pooled): over HTTPS its queries share a few HTTP/2
+// connections, 250 to a connection; over plain HTTP each holds a connection of its own.
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -29,7 +29,6 @@ import (
 
 	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/consulclient"
-	"github.com/graylane/graylane/internal/record"
 	"github.com/graylane/graylane/internal/retry"
 )
 
@@ -87,7 +86,10 @@ func WithKVPrefix(prefix string) Option {
 // Watcher watches services in Consul and keeps a current gray snapshot of each. It is safe for
 // concurrent use; Close stops every goroutine it started.
 type Watcher struct {
+	conn         *consulclient.Pooled
 	client       *api.Client
+	optConn      *consulclient.Pooled // the options watch's own connections (options.go)
+	optClient    *api.Client
 	token        string
 	prefix       string
 	options      gray.Options
@@ -104,8 +106,18 @@ type Watcher struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	services map[string]*serviceWatch
+	mu             sync.Mutex
+	services       map[string]*serviceWatch
+	optionsStarted bool          // the options folder's watch runs (options.go)
+	optionsTried   chan struct{} // closed once its first query has been answered or has failed
+	optionsOnce    sync.Once
+
+	// The options folder as Consul last answered (nil before), and the services whose state is to
+	// be read for options recorded before the folder existed.
+	optFolder    atomic.Pointer[optionsFolder]
+	stateMu      sync.Mutex
+	stateQueue   []*serviceWatch
+	stateReaders int
 
 	segMu    sync.Mutex
 	segments map[string]*segmentWatch
@@ -113,11 +125,22 @@ type Watcher struct {
 
 // New returns a Watcher for the agent in cfg (nil: NewConfig("")).
 func New(cfg *api.Config, opts ...Option) (*Watcher, error) {
-	client, cfg, err := consulclient.New(cfg)
+	conn, err := consulclient.NewPooled(cfg)
 	if err != nil {
 		return nil, err
 	}
-	w := &Watcher{client: client, token: cfg.Token, prefix: DefaultKVPrefix, waitTime: 5 * time.Minute,
+	cfg = conn.Config
+	// The options watch gets connections of its own, so that it holds one even when the services'
+	// queries meet the agent's connection limit (plain HTTP, see runOptions).
+	optCfg := *cfg
+	optCfg.Transport = cfg.Transport.Clone()
+	optConn, err := consulclient.NewPooled(&optCfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	w := &Watcher{conn: conn, client: conn.Client, optConn: optConn, optClient: optConn.Client,
+		optionsTried: make(chan struct{}), token: cfg.Token, prefix: DefaultKVPrefix, waitTime: 5 * time.Minute,
 		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*serviceWatch{},
 		segments: map[string]*segmentWatch{}, agent: cfg.Address, logf: func(string, ...any) {}}
 	for _, o := range opts {
@@ -127,8 +150,9 @@ func New(cfg *api.Config, opts ...Option) (*Watcher, error) {
 	return w, nil
 }
 
-// serviceWatch is what the watcher follows of one service: its passing instances and its decision
-// options, each with one blocking query, and the views built from them.
+// serviceWatch is what the watcher follows of one service: its passing instances, with a blocking
+// query of its own, and its decision options, from the watcher's one query on all of them; and the
+// views built from them.
 type serviceWatch struct {
 	name string
 	opts *OptionsView
@@ -143,6 +167,11 @@ type serviceWatch struct {
 	haveEntries bool
 	haveOptions bool
 	views       map[gray.Options]*ServiceView
+
+	// The options of its state, read once when the options folder has no key for it (nil until
+	// read), and whether that read is queued (options.go).
+	stateOptions *gray.Options
+	stateQueued  bool
 
 	// The segments the instances name (see follow), their watches, and the set built from them.
 	segmentNames   []string
@@ -162,9 +191,10 @@ func (w *Watcher) watch(name string) *serviceWatch {
 	sw.state.Store(&State{Stale: true})
 	w.services[name] = sw
 	if w.ctx.Err() == nil {
-		w.wg.Add(2)
+		w.wg.Add(1)
 		go w.runInstances(sw)
-		go w.runOptions(sw)
+		w.startOptions()
+		w.resolveOptions(sw)
 	}
 	return sw
 }
@@ -176,7 +206,8 @@ func (w *Watcher) Service(name string) *ServiceView { return w.ServiceWith(name,
 
 // ServiceWith returns a view of a service whose snapshots use the service's options from Consul,
 // overridden by WithSnapshotOptions and then by the non-empty fields of override. Views of one
-// service share its watch: one blocking query on its instances and one on its options.
+// service share its watch: one blocking query on its instances (and the watcher's one on every
+// service's options).
 func (w *Watcher) ServiceWith(name string, override gray.Options) *ServiceView {
 	w.mu.Lock()
 	sw := w.watch(name)
@@ -203,11 +234,13 @@ func (w *Watcher) Options(name string) *OptionsView {
 // ErrClosed is the LastError of every view of a closed Watcher.
 var ErrClosed = errors.New("watch: the watcher is closed")
 
-// Close stops watching and waits for every goroutine to end. Its views keep their last snapshot and
-// turn stale: nothing follows Consul for them any more.
+// Close stops watching, waits for every goroutine to end and closes the connections to Consul. Its
+// views keep their last snapshot and turn stale: nothing follows Consul for them any more.
 func (w *Watcher) Close() error {
 	w.cancel()
 	w.wg.Wait()
+	w.conn.Close()
+	w.optConn.Close()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, sw := range w.services {
@@ -367,6 +400,11 @@ func (sw *serviceWatch) setState(st State, updated bool) {
 
 func (w *Watcher) runInstances(sw *serviceWatch) {
 	defer w.wg.Done()
+	select {
+	case <-w.optionsTried: // the options watch holds its connection before the services ask
+	case <-w.ctx.Done():
+		return
+	}
 	var index, hash uint64
 	var held uint64 // the index of the answer the snapshots are built from
 	var behind behindServer
@@ -438,9 +476,11 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 
 // ConnLimitError is a request the Consul agent refused with 429 Too Many Requests: the process
 // holds more connections to it than the agent's limits.http_max_conns_per_client allows (default
-// 200). A watcher holds two per watched service, so at the default about 90 services fit in one
-// process. The watcher keeps retrying with back-off, its views stay on their last answer (stale), and
-// it reports the refusal through its logger at most once a minute and counts it (Refused).
+// 200). Over plain HTTP a watcher holds one per watched service and one for all their options, so
+// at the default about 190 services fit in one process; over HTTPS its queries share HTTP/2
+// connections, 250 to each (2,000 services hold 9). The watcher keeps retrying with back-off, its
+// views stay on their last answer (stale), and it reports the refusal through its logger at most
+// once a minute and counts it (Refused).
 type ConnLimitError struct {
 	Agent string
 	Err   error
@@ -448,8 +488,9 @@ type ConnLimitError struct {
 
 func (e *ConnLimitError) Error() string {
 	return fmt.Sprintf("the Consul agent at %s refused a watch with 429 Too Many Requests: this process holds more "+
-		"connections to it than its limits.http_max_conns_per_client allows (default 200; graylane's watcher holds 2 "+
-		"per service): raise that limit in the agent's configuration, or follow fewer services per process", e.Agent)
+		"connections to it than its limits.http_max_conns_per_client allows (default 200; over plain HTTP graylane's "+
+		"watcher holds one per service): reach the agent over HTTPS (its queries then share HTTP/2 connections), raise "+
+		"that limit in the agent's configuration, or follow fewer services per process", e.Agent)
 }
 
 func (e *ConnLimitError) Unwrap() error { return e.Err }
@@ -523,84 +564,6 @@ func dropsAny(prev *Instances, entries []*api.ServiceEntry) bool {
 		}
 	}
 	return false
-}
-
-// runOptions follows the service's recorded state for its decision options.
-func (w *Watcher) runOptions(sw *serviceWatch) {
-	defer w.wg.Done()
-	key := record.StateKey(w.prefix, sw.name)
-	var index, held uint64
-	var behind behindServer
-	failures := 0
-	for {
-		pair, meta, err := w.client.KV().Get(key, (&api.QueryOptions{WaitIndex: index, WaitTime: w.waitTime}).WithContext(w.ctx))
-		if w.ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			failures++
-			index = 0
-			err = w.refusal(consulclient.Redact(err, w.token))
-			sw.opts.err.Store(&err)
-			if consulclient.IsPermissionDenied(err) {
-				// The token may not read the options: decide with the defaults (and the overrides)
-				// rather than never becoming ready.
-				sw.mu.Lock()
-				if !sw.haveOptions {
-					sw.haveOptions = true
-					sw.publishAll()
-				}
-				sw.mu.Unlock()
-				sw.opts.readyOnce.Do(func() { close(sw.opts.ready) })
-			}
-			if !retry.Sleep(w.ctx, retry.Backoff(w.backoffFirst, w.backoffMax, failures)) {
-				return
-			}
-			continue
-		}
-		failures = 0
-		sw.opts.err.Store(nil)
-		if behind.older(meta.LastIndex, held) {
-			index = 0
-			if !retry.Sleep(w.ctx, behindPause) {
-				return
-			}
-			continue
-		}
-		held = meta.LastIndex
-		if meta.LastIndex < index {
-			index = 0
-		} else {
-			index = max(meta.LastIndex, 1)
-		}
-		var o gray.Options
-		if pair != nil {
-			var st record.State
-			// A record that does not decode keeps the options last seen: the registrar refuses to
-			// plan from it, and status reports it.
-			if json.Unmarshal(pair.Value, &st) != nil {
-				continue
-			}
-			if st.Options != nil && st.Options.Validate() == nil {
-				o = *st.Options
-			}
-		}
-		sw.mu.Lock()
-		if o != sw.options || !sw.haveOptions {
-			sw.options, sw.haveOptions = o, true
-			sw.opts.value.Store(&o)
-			sw.opts.mu.Lock()
-			close(sw.opts.changed)
-			sw.opts.changed = make(chan struct{})
-			sw.opts.mu.Unlock()
-			sw.publishAll()
-			st := *sw.state.Load()
-			st.Updated = time.Now()
-			sw.state.Store(&st)
-		}
-		sw.mu.Unlock()
-		sw.opts.readyOnce.Do(func() { close(sw.opts.ready) })
-	}
 }
 
 func endpoints(entries []*api.ServiceEntry) []gray.Instance[Endpoint] {

@@ -371,8 +371,8 @@ func TestManyServicesShareConnections(t *testing.T) {
 			waitFor(t, 10*time.Second, "the change", func() bool { return canaryWeight(v) == weight })
 		}
 	}
-	// One connection per blocking query (instances and options of each service); a pool that keeps
-	// too few idle connections dials again after every burst.
+	// One connection per blocking query (instances of each service, and the options of all); a pool
+	// that keeps too few idle connections dials again after every burst.
 	if n := dials.Load(); n > 2*services+5 {
 		t.Fatalf("the watcher dialled %d connections for %d services over %d bursts", n, services, rounds)
 	}

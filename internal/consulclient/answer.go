@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -39,8 +40,10 @@ type answerTimeout struct {
 
 // withAnswerTimeout returns cfg with the defaults api.NewClient would give a bare api.Config (a
 // transport, an address), and a copy of that whose HTTP client cancels non-blocking requests that
-// get no answer within after. A configuration that brings its own HTTP client keeps it.
-func withAnswerTimeout(cfg *api.Config, after time.Duration) (filled, timed *api.Config, err error) {
+// get no answer within after. A configuration that brings its own HTTP client keeps it. When pooled
+// and the agent is reached over HTTPS, the HTTP client's requests share the connections of an
+// h2Pool, returned to be closed; otherwise pool is nil.
+func withAnswerTimeout(cfg *api.Config, after time.Duration, pooled bool) (filled, timed *api.Config, pool *h2Pool, err error) {
 	c := *cfg
 	def := api.DefaultConfig()
 	if c.Transport == nil {
@@ -53,12 +56,35 @@ func withAnswerTimeout(cfg *api.Config, after time.Duration) (filled, timed *api
 	if t.HttpClient == nil {
 		hc, err := api.NewHttpClient(t.Transport, t.TLSConfig)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
+		}
+		if addr, ok := httpsAddress(&t); ok && pooled {
+			pool = newH2Pool(addr, t.Transport)
+			hc.Transport = pool
 		}
 		hc.Transport = &answerTimeout{base: hc.Transport, address: t.Address, after: after}
 		t.HttpClient = hc
 	}
-	return &c, &t, nil
+	return &c, &t, pool, nil
+}
+
+// httpsAddress returns the agent's host:port when cfg reaches it over HTTPS, as api.NewClient reads
+// the address and the scheme.
+func httpsAddress(cfg *api.Config) (string, bool) {
+	addr, scheme := cfg.Address, cfg.Scheme
+	if s, rest, ok := strings.Cut(addr, "://"); ok {
+		addr = rest
+		if s == "https" {
+			scheme = s
+		} else if s != "http" {
+			return "", false // unix sockets
+		}
+	}
+	if scheme == "" {
+		scheme = api.DefaultConfig().Scheme
+	}
+	addr, _, _ = strings.Cut(addr, "/") // a reverse proxy's path prefix
+	return addr, scheme == "https"
 }
 
 func (t *answerTimeout) RoundTrip(req *http.Request) (*http.Response, error) {

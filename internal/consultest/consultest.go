@@ -65,6 +65,12 @@ type Agent struct {
 	SerfLANAddr string
 	// Token is the management token of an agent started with StartACL; empty otherwise.
 	Token string
+	// HTTPSAddr is the agent's HTTPS API address, host:port, for an agent started with StartTLS;
+	// empty otherwise. CAPEM is the CA that signed its certificate, in PEM, and CAFile that CA's
+	// file, for api.TLSConfig{CAPem: ...} or {CAFile: ...}.
+	HTTPSAddr string
+	CAPEM     []byte
+	CAFile    string
 
 	args []string
 	log  *syncbuf.Buffer
@@ -284,7 +290,11 @@ func (a *Agent) start(ctx context.Context) error {
 
 // waitReady polls until the agent has a leader and has registered its own node.
 func (a *Agent) waitReady(ctx context.Context, exited <-chan struct{}) error {
-	client := &http.Client{Timeout: 2 * time.Second}
+	// A transport of its own, whose connections end with the wait: an idle one kept would count
+	// against the agent's limits.http_max_conns_per_client, and among the caller's connections.
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: 2 * time.Second, Transport: tr}
 	get := func(path string) (string, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.HTTPAddr+path, nil)
 		if err != nil {

@@ -1,6 +1,6 @@
 // Package record is the form of graylane's record of a service in Consul KV, which the registrar
-// writes and the watcher reads: the key that holds a service's recorded state, and that state's
-// JSON.
+// writes and the watcher reads: the key that holds a service's recorded state, that state's JSON,
+// and the key that holds a copy of the service's decision options for the watchers.
 package record
 
 import (
@@ -29,5 +29,19 @@ func (st State) Clone() State {
 
 // StateKey returns the KV key of a service's recorded state under the KV folder prefix.
 func StateKey(prefix, service string) string {
-	return prefix + "/services/" + service + "/state"
+	return ServicesFolder(prefix) + service + "/state"
 }
+
+// ServicesFolder returns the KV folder that holds a folder per service: its state and its history.
+func ServicesFolder(prefix string) string { return prefix + "/services/" }
+
+// OptionsFolder returns the KV folder that holds the decision options of every service that has
+// some, one key per service (OptionsKey), and nothing else: a watcher follows all of them with one
+// recursive blocking query, which never reads a service's history.
+func OptionsFolder(prefix string) string { return prefix + "/options/" }
+
+// OptionsKey returns the KV key of a service's decision options (JSON gray.Options). The registrar
+// writes it in the same transaction as the state whose Options it copies, and deletes it when the
+// options return to the defaults. A state recorded before the key existed may hold options with no
+// key; a reader that finds no key takes the state's Options.
+func OptionsKey(prefix, service string) string { return OptionsFolder(prefix) + service }
