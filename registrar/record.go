@@ -645,34 +645,47 @@ func drift(st record.State, instances []Instance) []Drift {
 // allowed. A check that cannot be made is not an error: the change then fails where Consul refuses
 // it, and its history entry says so.
 func (r *Registrar) authorize(ctx context.Context, p *Plan) error {
-	type authz struct {
-		Resource, Segment, Access string
-		Allow                     bool `json:",omitempty"`
-	}
-	reqs := []authz{
+	reqs := []aclRequest{
 		{Resource: "key", Segment: r.stateKey(p.Service), Access: "write"},
 		{Resource: "key", Segment: r.historyPrefix(p.Service), Access: "write"},
 	}
 	if p.optionsAfter != nil {
-		reqs = append(reqs, authz{Resource: "key", Segment: record.OptionsKey(r.prefix, p.Service), Access: "write"})
+		reqs = append(reqs, aclRequest{Resource: "key", Segment: record.OptionsKey(r.prefix, p.Service), Access: "write"})
 	}
 	if len(p.Changes) > 0 {
-		reqs = append(reqs, authz{Resource: "service", Segment: p.Service, Access: "write"})
+		reqs = append(reqs, aclRequest{Resource: "service", Segment: p.Service, Access: "write"})
 	}
+	refused, missing := r.askACL(ctx, reqs)
+	if refused != nil || len(missing) > 0 {
+		return &PermissionError{Service: p.Service, Action: p.Action, Missing: missing, Err: refused}
+	}
+	return nil
+}
+
+// aclRequest is one question to Consul's ACL authorize endpoint.
+type aclRequest struct {
+	Resource, Segment, Access string
+	Allow                     bool `json:",omitempty"`
+}
+
+// askACL asks Consul's ACL authorize endpoint the questions. refused is Consul's refusal of the
+// token itself; missing lists the permissions it denies. A check that cannot be made (ACLs
+// disabled, an agent too old to say, a unix socket, no answer) yields neither.
+func (r *Registrar) askACL(ctx context.Context, reqs []aclRequest) (refused error, missing []string) {
 	body, _ := json.Marshal(reqs)
 	scheme, addr := r.cfg.Scheme, r.cfg.Address
 	if s, rest, ok := strings.Cut(addr, "://"); ok {
 		scheme, addr = s, rest
 	}
 	if scheme == "unix" || addr == "" {
-		return nil
+		return nil, nil
 	}
 	if scheme == "" {
 		scheme = "http"
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+"://"+addr+"/v1/internal/acl/authorize", bytes.NewReader(body))
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	token := r.cfg.Token
 	if token == "" && r.cfg.TokenFile != "" {
@@ -685,29 +698,25 @@ func (r *Registrar) authorize(ctx context.Context, p *Plan) error {
 	}
 	resp, err := r.httpClient.Do(req)
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	switch {
 	case resp.StatusCode == http.StatusOK:
 	case resp.StatusCode == http.StatusForbidden || bytes.Contains(data, []byte("ACL not found")):
-		return &PermissionError{Service: p.Service, Action: p.Action, Err: fmt.Errorf("Consul: %s", strings.TrimSpace(string(data)))}
+		return fmt.Errorf("Consul: %s", strings.TrimSpace(string(data))), nil
 	default:
-		return nil // ACLs disabled ("ACL support disabled"), or an agent too old to say
+		return nil, nil // ACLs disabled ("ACL support disabled"), or an agent too old to say
 	}
-	var answers []authz
+	var answers []aclRequest
 	if json.Unmarshal(data, &answers) != nil {
-		return nil
+		return nil, nil
 	}
-	var missing []string
 	for _, a := range answers {
 		if !a.Allow {
 			missing = append(missing, fmt.Sprintf("%s %s on %s", a.Resource, a.Access, a.Segment))
 		}
 	}
-	if len(missing) > 0 {
-		return &PermissionError{Service: p.Service, Action: p.Action, Missing: missing}
-	}
-	return nil
+	return nil, missing
 }

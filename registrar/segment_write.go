@@ -25,15 +25,11 @@ package registrar
 // commit fails and the change fails with nothing visible, never a head naming missing chunks.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -476,63 +472,12 @@ func generationTime(gen string) (time.Time, bool) {
 // history. Without ACLs everything is allowed. A check that cannot be made is not an error: the
 // change then fails where Consul refuses it, before anything is visible.
 func (r *Registrar) authorizeSegment(ctx context.Context, name, action string) error {
-	type authz struct {
-		Resource, Segment, Access string
-		Allow                     bool `json:",omitempty"`
-	}
-	reqs := []authz{
+	refused, missing := r.askACL(ctx, []aclRequest{
 		{Resource: "key", Segment: record.SegmentFolder(r.prefix, name), Access: "write"},
 		{Resource: "key", Segment: record.SegmentHistoryFolder(r.prefix, name), Access: "write"},
-	}
-	body, _ := json.Marshal(reqs)
-	scheme, addr := r.cfg.Scheme, r.cfg.Address
-	if s, rest, ok := strings.Cut(addr, "://"); ok {
-		scheme, addr = s, rest
-	}
-	if scheme == "unix" || addr == "" {
-		return nil
-	}
-	if scheme == "" {
-		scheme = "http"
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+"://"+addr+"/v1/internal/acl/authorize", bytes.NewReader(body))
-	if err != nil {
-		return nil
-	}
-	token := r.cfg.Token
-	if token == "" && r.cfg.TokenFile != "" {
-		if b, err := os.ReadFile(r.cfg.TokenFile); err == nil {
-			token = strings.TrimSpace(string(b))
-		}
-	}
-	if token != "" {
-		req.Header.Set("X-Consul-Token", token)
-	}
-	resp, err := r.httpClient.Do(req)
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	switch {
-	case resp.StatusCode == http.StatusOK:
-	case resp.StatusCode == http.StatusForbidden || bytes.Contains(data, []byte("ACL not found")):
-		return &SegmentPermissionError{Segment: name, Action: action, Err: fmt.Errorf("Consul: %s", strings.TrimSpace(string(data)))}
-	default:
-		return nil // ACLs disabled ("ACL support disabled"), or an agent too old to say
-	}
-	var answers []authz
-	if json.Unmarshal(data, &answers) != nil {
-		return nil
-	}
-	var missing []string
-	for _, a := range answers {
-		if !a.Allow {
-			missing = append(missing, fmt.Sprintf("%s %s on %s", a.Resource, a.Access, a.Segment))
-		}
-	}
-	if len(missing) > 0 {
-		return &SegmentPermissionError{Segment: name, Action: action, Missing: missing}
+	})
+	if refused != nil || len(missing) > 0 {
+		return &SegmentPermissionError{Segment: name, Action: action, Missing: missing, Err: refused}
 	}
 	return nil
 }
