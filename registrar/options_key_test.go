@@ -13,9 +13,10 @@ import (
 	"github.com/graylane/graylane/registrar"
 )
 
-// TestSetServiceOptionsWritesTheOptionsKey: a change of a service's options writes them, in the same
-// transaction as its state, to its key in the options folder that the watchers follow; options set
-// back to the defaults delete the key; a change that is not of the options leaves the key alone.
+// TestSetServiceOptionsWritesTheOptionsKey: a service's first state comes with its options key (the
+// defaults, "{}"), so that a watcher finds every recorded service's options in the folder; a change
+// of a service's options writes them, in the same transaction as its state, to that key; options set
+// back to the defaults write "{}"; a change that is not of the options leaves the key alone.
 func TestSetServiceOptionsWritesTheOptionsKey(t *testing.T) {
 	a := consultest.Start(t)
 	r := newRegistrar(t, a, "alice")
@@ -23,6 +24,9 @@ func TestSetServiceOptionsWritesTheOptionsKey(t *testing.T) {
 	ctx := context.Background()
 	kv := r.Client().KV()
 	key := kvrecord.OptionsKey(r.KVPrefix(), "bservice")
+	if first, _, err := kv.Get(key, nil); err != nil || first == nil || string(first.Value) != "{}" {
+		t.Fatalf("options key %s after the service's first state: %v, %v", key, first, err)
+	}
 
 	if _, err := r.SetServiceOptions(ctx, "bservice", gray.Options{StickyHeader: "x-user-id", Fallback: gray.FallbackNone}); err != nil {
 		t.Fatal(err)
@@ -48,8 +52,55 @@ func TestSetServiceOptionsWritesTheOptionsKey(t *testing.T) {
 	if _, err := r.SetServiceOptions(ctx, "bservice", gray.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	if pair, _, err := kv.Get(key, nil); err != nil || pair != nil {
+	if pair, _, err := kv.Get(key, nil); err != nil || pair == nil || string(pair.Value) != "{}" {
 		t.Fatalf("options key after options set back to the defaults: %v, %v", pair, err)
+	}
+}
+
+// TestFirstChangeKeysAStateRecordedBeforeTheOptionsFolder: a state recorded before the options
+// folder existed (options in the state only, no key) gets its key with its next change, whatever
+// the change, and keeps its options; the change after that leaves the key alone.
+func TestFirstChangeKeysAStateRecordedBeforeTheOptionsFolder(t *testing.T) {
+	a := consultest.Start(t)
+	r := newRegistrar(t, a, "alice")
+	applyFile(t, r, "testdata/bservice.yaml")
+	kv := r.Client().KV()
+	key := kvrecord.OptionsKey(r.KVPrefix(), "bservice")
+	stateKey := kvrecord.StateKey(r.KVPrefix(), "bservice")
+
+	// Make the record look as an older graylane left it.
+	pair, _, err := kv.Get(stateKey, nil)
+	if err != nil || pair == nil {
+		t.Fatalf("state: %v, %v", pair, err)
+	}
+	var st kvrecord.State
+	if err := json.Unmarshal(pair.Value, &st); err != nil {
+		t.Fatal(err)
+	}
+	st.OptionsKeyed, st.Options = false, &gray.Options{StickyHeader: "x-old"}
+	pair.Value, _ = json.Marshal(st)
+	if strings.Contains(string(pair.Value), "options_keyed") {
+		t.Fatalf("a legacy state still says it is keyed: %s", pair.Value)
+	}
+	if _, err := kv.Put(pair, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Delete(key, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	do(t, r, "bservice", registrar.SetWeight{Lane: "canary", Weight: 2500})
+	keyed, _, err := kv.Get(key, nil)
+	if err != nil || keyed == nil {
+		t.Fatalf("options key after the first change to a legacy state: %v, %v", keyed, err)
+	}
+	var o gray.Options
+	if err := json.Unmarshal(keyed.Value, &o); err != nil || o.StickyHeader != "x-old" {
+		t.Fatalf("options key holds %s (%v), want the state's options", keyed.Value, err)
+	}
+	do(t, r, "bservice", registrar.SetWeight{Lane: "canary", Weight: 5000})
+	if again, _, err := kv.Get(key, nil); err != nil || again == nil || again.ModifyIndex != keyed.ModifyIndex {
+		t.Fatalf("a second weight change rewrote the options key: %v, %v", again, err)
 	}
 }
 

@@ -457,6 +457,11 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 			entry.After[c.ID], _ = c.After.Encode()
 		}
 	}
+	// The options key goes with the service's first state, and with the first change to a state
+	// recorded before the options folder existed, so that the watchers find every recorded service's
+	// options in the folder and need not read its state.
+	writeOptions := p.optionsAfter != nil || !p.state.OptionsKeyed
+	p.state.OptionsKeyed = true
 	stateJSON, err := json.Marshal(p.state)
 	if err != nil {
 		return nil, err
@@ -475,7 +480,7 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 	for i := range p.requires {
 		ops = append(ops, &api.TxnOp{KV: &p.requires[i]})
 	}
-	if p.optionsAfter != nil {
+	if writeOptions {
 		// The watchers follow every service's options in one folder (record.OptionsKey): its key
 		// changes with the state, in the same transaction. It comes last, so that the indexes of
 		// the operations above stay what the errors below read.
@@ -519,14 +524,16 @@ func (r *Registrar) record(ctx context.Context, p *Plan) (*recordedEntry, error)
 	return rec, nil
 }
 
-// optionsOp is the write of the service's options key that copies the plan's new options: set, or
-// deleted when they are the defaults.
+// optionsOp is the write of the service's options key that copies the plan's new options. The
+// defaults are written too ("{}"): a recorded service with no key is one whose options a watcher
+// must look for in its state.
 func (r *Registrar) optionsOp(p *Plan) (*api.TxnOp, error) {
 	key := record.OptionsKey(r.prefix, p.Service)
-	if p.state.Options == nil || *p.state.Options == (gray.Options{}) {
-		return &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: key}}, nil
+	var opts gray.Options
+	if p.state.Options != nil {
+		opts = *p.state.Options
 	}
-	body, err := json.Marshal(p.state.Options)
+	body, err := json.Marshal(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -649,7 +656,7 @@ func (r *Registrar) authorize(ctx context.Context, p *Plan) error {
 		{Resource: "key", Segment: r.stateKey(p.Service), Access: "write"},
 		{Resource: "key", Segment: r.historyPrefix(p.Service), Access: "write"},
 	}
-	if p.optionsAfter != nil {
+	if p.optionsAfter != nil || !p.state.OptionsKeyed {
 		reqs = append(reqs, aclRequest{Resource: "key", Segment: record.OptionsKey(r.prefix, p.Service), Access: "write"})
 	}
 	if len(p.Changes) > 0 {

@@ -4,12 +4,13 @@ package watch
 // Watcher on the options folder (record.OptionsFolder).
 //
 // The registrar writes a service's options to its key in that folder in the same transaction as its
-// state, and deletes the key when the options return to the defaults. Each answer lists every key of
-// the folder (a key per service that has options, and nothing else); each watched service's options
+// state ("{}" for the defaults), from the service's first state on. Each answer lists every key of
+// the folder (a key per recorded service, and nothing else); each watched service's options
 // are compared with those it holds, and only a service whose options changed rebuilds its views, so
 // a change of one service's options wakes that service's views and no other.
 //
-// A state recorded before the folder existed may hold options with no key. A service with no key
+// A state recorded before the folder existed, and not changed since, may hold options with no key
+// (its next change writes one). A service with no key
 // therefore takes its state's options, read once without blocking when the service is first met
 // without a key, or when its key goes away; a few readers share those reads, so that a watcher that
 // starts with thousands of services does not open a stream for each at once. Services with no record

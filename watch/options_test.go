@@ -47,8 +47,8 @@ func closed(ch <-chan struct{}) bool {
 
 // TestOptionsChangeWakesOnlyItsService: every service's options come from one folder; a change of one
 // service's options (written by the registrar with its state) reaches that service's views, and wakes
-// neither the views nor the options of another service. Options set back to the defaults remove the
-// service's key.
+// neither the views nor the options of another service. Options set back to the defaults are
+// written as "{}".
 func TestOptionsChangeWakesOnlyItsService(t *testing.T) {
 	a := consultest.Start(t)
 	r := newRegistrar(t, a, "alice")
@@ -96,7 +96,7 @@ func TestOptionsChangeWakesOnlyItsService(t *testing.T) {
 	waitFor(t, 10*time.Second, "opt-a's default tag key", func() bool {
 		return oa.Load() == (gray.Options{}) && tagKey(va) == strings.ToLower(gray.DefaultTagKey)
 	})
-	if pair, _, err := r.Client().KV().Get(record.OptionsKey(watch.DefaultKVPrefix, "opt-a"), nil); err != nil || pair != nil {
+	if pair, _, err := r.Client().KV().Get(record.OptionsKey(watch.DefaultKVPrefix, "opt-a"), nil); err != nil || pair == nil || string(pair.Value) != "{}" {
 		t.Fatalf("the options key of opt-a after options set back to the defaults: %v, %v", pair, err)
 	}
 	if closed(viewB) || closed(optionsB) {
@@ -113,6 +113,9 @@ func TestOptionsRecordedBeforeTheFolder(t *testing.T) {
 	applyServices(t, r, "legacy", "plain")
 	state, _ := json.Marshal(record.State{Instances: map[string]map[string]string{}, Options: &gray.Options{StickyHeader: "x-old"}})
 	if _, err := r.Client().KV().Put(&api.KVPair{Key: record.StateKey(watch.DefaultKVPrefix, "legacy"), Value: state}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Client().KV().Delete(record.OptionsKey(watch.DefaultKVPrefix, "legacy"), nil); err != nil {
 		t.Fatal(err)
 	}
 	w := newWatcher(t, a)
