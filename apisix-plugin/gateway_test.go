@@ -49,7 +49,8 @@ func TestEndToEndThroughStandIns(t *testing.T) {
 	runner := apisixtest.StartRunner(t, sock, []string{runnerBinary(t), "run"}, "CONSUL_HTTP_ADDR="+agent.HTTPAddr)
 	admin := apisixtest.NewAdminAPI(t)
 	gw := apisixtest.NewGateway(t, admin, sock)
-	e2e.Run(t, e2e.Config{Gateway: gw.URL, Admin: admin.URL, AdminKey: admin.Key, Consul: agent.HTTPAddr, Service: "bservice"})
+	e2e.Run(t, e2e.Config{Gateway: gw.URL, Admin: admin.URL, AdminKey: admin.Key, Consul: agent.HTTPAddr, Service: "bservice",
+		RunnerCalls: gw.RunnerCalls})
 
 	t.Run("runner down: degradation serves the base, spoofing still fails", func(t *testing.T) {
 		w, err := watch.New(&api.Config{Address: agent.HTTPAddr})

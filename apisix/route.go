@@ -2,9 +2,11 @@ package apisix
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -92,7 +94,7 @@ func NewRoute(spec RouteSpec, laneHeader string, lanes []string) map[string]any 
 		},
 	}
 	route := map[string]any{"plugins": plugins}
-	SetLanes(route, service, laneHeader, lanes)
+	SetLanes(route, service, laneHeader, lanes, nil)
 	maps.Copy(route, map[string]any{
 		"id":          spec.RouteID(),
 		"name":        spec.RouteID(),
@@ -140,7 +142,8 @@ func trustedList(in []string) []any {
 	return out
 }
 
-// BuildRoute reads the service's lanes and lane header from a synced State and returns its route.
+// BuildRoute reads the service's lanes, lane header and triggers from a synced State and returns
+// its route.
 func BuildRoute(spec RouteSpec, st *State) map[string]any {
 	header := spec.Conf.TagKey
 	if header == "" {
@@ -149,7 +152,67 @@ func BuildRoute(spec RouteSpec, st *State) map[string]any {
 	if header == "" {
 		header = gray.DefaultTagKey
 	}
-	return NewRoute(spec, header, st.routeLanes(spec.Conf.Service))
+	route := NewRoute(spec, header, nil)
+	SetLanes(route, spec.Conf.Service, header, st.routeLanes(spec.Conf.Service), st.hopFilter(&spec.Conf, header))
+	return route
+}
+
+// hopFilter returns the runner hop's filter for a route of the conf's service, from the service's
+// triggers; nil (every request) when they are not known or the conf answers every request (its
+// echo_header tells every client its lane, the base included).
+func (st *State) hopFilter(conf *extplugin.Conf, header string) []any {
+	t, ok := st.Triggers[conf.Service]
+	if !ok || conf.EchoHeader != "" {
+		return nil
+	}
+	return HopFilter(t, header, conf.TrustedCIDRs)
+}
+
+// HopFilter returns the _meta.filter under which a route's ext-plugin-pre-req asks the runner for a
+// decision: only for a request that carries one of the headers or cookies the service's triggers
+// list, or that comes from a trusted client (trusted_cidrs: only such a client's lane header
+// survives the route's header strip). Every other request gets the base decision from the runner,
+// so it goes straight to the route's upstream, which holds the base. It returns nil when every
+// request may need a decision (t.Always), and a filter that holds for no request when none can
+// leave the base.
+//
+// The filter never reads the lane header's variable: APISIX caches a header variable on its first
+// read, and the runner's rewrite of that header clears another cache key than the one the read
+// filled (the name with '-', not '_'), so traffic-split would read the value from before the
+// runner. The trusted clients stand for it.
+func HopFilter(t gray.Triggers, laneHeader string, trusted []string) []any {
+	if t.Always {
+		return nil
+	}
+	var or []any
+	if cidrs := trustedList(trusted); len(cidrs) > 0 {
+		or = append(or, []any{"remote_addr", "ipmatch", cidrs})
+	}
+	laneVar := HeaderVar(laneHeader)
+	wholeCookie := false
+	for _, h := range t.Headers {
+		v := HeaderVar(h)
+		if v == laneVar {
+			continue // only a trusted client's lane header reaches the runner
+		}
+		wholeCookie = wholeCookie || v == "http_cookie"
+		or = append(or, []any{v, "~~", ".*"})
+	}
+	if !wholeCookie {
+		for _, c := range t.Cookies {
+			// Over the whole Cookie header: a cookie the core finds there has its name followed
+			// by '=' somewhere in it.
+			or = append(or, []any{"http_cookie", "~~", regexp.QuoteMeta(c) + "="})
+		}
+	}
+	switch len(or) {
+	case 0:
+		// No request can leave the base: a filter that holds for no client address.
+		return []any{[]any{"remote_addr", "!", "ipmatch", []any{"0.0.0.0/0", "::/0"}}}
+	case 1:
+		return or
+	}
+	return []any{append([]any{"OR"}, or...)}
 }
 
 // routeLanes returns the lanes a service's route splits by: none while it has no gray lane.
@@ -181,13 +244,24 @@ func RouteHop(r map[string]any) (hop bool, upstreams []string) {
 	return pre != nil && meta["disable"] != true, upstreams
 }
 
+// RouteHopFilter reads the _meta.filter of a route's runner hop: nil when every request takes it.
+func RouteHopFilter(r map[string]any) []any {
+	plugins, _ := r["plugins"].(map[string]any)
+	pre, _ := plugins["ext-plugin-pre-req"].(map[string]any)
+	meta, _ := pre["_meta"].(map[string]any)
+	f, _ := meta["filter"].([]any)
+	return f
+}
+
 // SetLanes makes route r, a route of service, split by lanes (one traffic-split rule per lane,
-// the runner's hop enabled), or, with no lanes, take no hop and have no traffic-split; it keeps the
-// header its proxy-rewrite strips equal to the lane header, whatever the lanes, and reports whether
-// anything changed. Everything changes in r at once, so that one route update moves the gateway
-// from one state to the other: a request never meets rules without the runner that sets their
-// header, and a client's lane header is stripped in every state.
-func SetLanes(r map[string]any, service, header string, lanes []string) bool {
+// the runner's hop enabled under filter, HopFilter's, or for every request when filter is nil),
+// or, with no lanes, take no hop and have no traffic-split; it keeps the header its proxy-rewrite
+// strips equal to the lane header, whatever the lanes, and reports whether anything changed.
+// Everything changes in r at once, so that one route update moves the gateway from one state to the
+// other: a request never meets rules without the runner that sets their header, and a client's lane
+// header is stripped in every state. A filter that trails the service's rules by a route update
+// only sends a request the runner would have sent to a gray lane to the base.
+func SetLanes(r map[string]any, service, header string, lanes []string, filter []any) bool {
 	plugins, _ := r["plugins"].(map[string]any)
 	if plugins == nil {
 		plugins = map[string]any{}
@@ -204,19 +278,23 @@ func SetLanes(r map[string]any, service, header string, lanes []string) bool {
 	}
 	if pre, ok := plugins["ext-plugin-pre-req"].(map[string]any); ok {
 		meta, _ := pre["_meta"].(map[string]any)
-		disabled := meta["disable"] == true
-		switch {
-		case len(lanes) == 0 && !disabled:
-			if meta == nil {
-				meta = map[string]any{}
-				pre["_meta"] = meta
+		want := map[string]any{}
+		for k, v := range meta {
+			if k != "disable" && k != "filter" {
+				want[k] = v
 			}
-			meta["disable"] = true
-			changed = true
-		case len(lanes) > 0 && meta != nil && meta["disable"] != nil:
-			delete(meta, "disable")
-			if len(meta) == 0 {
+		}
+		switch {
+		case len(lanes) == 0:
+			want["disable"] = true
+		case filter != nil:
+			want["filter"] = filter
+		}
+		if !sameJSON(meta, want) {
+			if len(want) == 0 {
 				delete(pre, "_meta")
+			} else {
+				pre["_meta"] = want
 			}
 			changed = true
 		}
@@ -256,4 +334,14 @@ func ApplyRoute(ctx context.Context, admin *Admin, views ServiceViews, spec Rout
 		return nil, err
 	}
 	return route, nil
+}
+
+// sameJSON reports whether two _meta objects read the same as JSON (an absent one as an empty one).
+func sameJSON(a, b map[string]any) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && string(ja) == string(jb)
 }

@@ -216,10 +216,10 @@ func TestSyncRewritesOnlyTrafficSplit(t *testing.T) {
 	spec := RouteSpec{URI: "/api/*", Conf: extplugin.Conf{Service: "bservice", TrustedCIDRs: []string{"10.0.0.0/8"}}}
 	route := clone(NewRoute(spec, gray.DefaultTagKey, []string{"canary", "stable"}))
 	before := clone(route)
-	if SetLanes(route, "bservice", gray.DefaultTagKey, []string{"canary", "stable"}) {
+	if SetLanes(route, "bservice", gray.DefaultTagKey, []string{"canary", "stable"}, nil) {
 		t.Errorf("same lanes reported as a change")
 	}
-	if !SetLanes(route, "bservice", gray.DefaultTagKey, []string{"green", "stable"}) {
+	if !SetLanes(route, "bservice", gray.DefaultTagKey, []string{"green", "stable"}, nil) {
 		t.Fatalf("new lanes not reported as a change")
 	}
 	if got := routeLanes(route); !slices.Equal(got, []string{
@@ -227,7 +227,7 @@ func TestSyncRewritesOnlyTrafficSplit(t *testing.T) {
 		t.Errorf("rules %v", got)
 	}
 	// A new lane header (the service's option in Consul changed): the strip follows it.
-	if !SetLanes(route, "bservice", "x-lane", []string{"green", "stable"}) {
+	if !SetLanes(route, "bservice", "x-lane", []string{"green", "stable"}, nil) {
 		t.Fatalf("new lane header not reported as a change")
 	}
 	strip := route["plugins"].(map[string]any)["proxy-rewrite"].(map[string]any)["headers"].(map[string]any)["remove"]
@@ -273,13 +273,13 @@ func TestRouteWithoutGrayLaneTakesNoHop(t *testing.T) {
 	if _, ok := plugins["traffic-split"]; ok || plugins["proxy-rewrite"] == nil {
 		t.Fatalf("plugins without a gray lane: %v", plugins)
 	}
-	if !SetLanes(route, "bservice", gray.DefaultTagKey, []string{"canary", "stable"}) {
+	if !SetLanes(route, "bservice", gray.DefaultTagKey, []string{"canary", "stable"}, nil) {
 		t.Fatal("a gray lane appearing is not a change")
 	}
 	if _, ok := pre["_meta"]; ok || len(routeLanes(route)) != 2 {
 		t.Fatalf("with a gray lane: %v", plugins)
 	}
-	if !SetLanes(route, "bservice", gray.DefaultTagKey, nil) || SetLanes(route, "bservice", gray.DefaultTagKey, nil) {
+	if !SetLanes(route, "bservice", gray.DefaultTagKey, nil, nil) || SetLanes(route, "bservice", gray.DefaultTagKey, nil, nil) {
 		t.Fatal("the last gray lane going is not exactly one change")
 	}
 	if meta, _ := pre["_meta"].(map[string]any); meta["disable"] != true || plugins["traffic-split"] != nil {

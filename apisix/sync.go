@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/graylane/graylane/gray"
 	"github.com/graylane/graylane/internal/retry"
 	"github.com/graylane/graylane/watch"
 )
@@ -29,6 +30,9 @@ type State struct {
 	// LaneHeaders holds each service's lane header (its options in Consul, else the default); a
 	// route's own conf may name another.
 	LaneHeaders map[string]string
+	// Triggers holds what a request must carry for each service to decide it anything but its base
+	// (gray.Snapshot.Triggers): a route asks the runner for a decision only then (HopFilter).
+	Triggers map[string]gray.Triggers
 }
 
 // Changes reports what an Apply wrote.
@@ -101,7 +105,8 @@ func NewSync(target Target, views ServiceViews, services []string, opts ...SyncO
 // State returns the desired state from the services' current snapshots. Services that Consul has
 // not answered for yet are left out.
 func (s *Sync) State() (*State, error) {
-	st := &State{Lanes: map[string][]string{}, LaneHeaders: map[string]string{}, Gray: map[string]bool{}}
+	st := &State{Lanes: map[string][]string{}, LaneHeaders: map[string]string{}, Gray: map[string]bool{},
+		Triggers: map[string]gray.Triggers{}}
 	var errs []error
 	for _, name := range s.services {
 		v := s.views.Service(name)
@@ -122,6 +127,7 @@ func (s *Sync) State() (*State, error) {
 		}
 		st.Gray[name] = hasGrayLane(snap)
 		st.LaneHeaders[name] = snap.TagKey().Lower()
+		st.Triggers[name] = snap.Triggers()
 	}
 	slices.SortFunc(st.Upstreams, func(a, b Upstream) int {
 		switch {

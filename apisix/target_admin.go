@@ -76,13 +76,18 @@ func (t *AdminTarget) Apply(ctx context.Context, st *State) (Changes, error) {
 			continue
 		}
 		header := st.LaneHeaders[svc]
-		if conf, ok := routeConf(r); ok && conf.TagKey != "" {
+		conf, confOK := routeConf(r)
+		if confOK && conf.TagKey != "" {
 			header = conf.TagKey
 		}
 		if header == "" {
 			header = gray.DefaultTagKey
 		}
-		if !SetLanes(r, svc, header, st.routeLanes(svc)) {
+		var filter []any // a route whose conf does not read: every request asks the runner
+		if confOK {
+			filter = st.hopFilter(conf, header)
+		}
+		if !SetLanes(r, svc, header, st.routeLanes(svc), filter) {
 			continue
 		}
 		if err := t.Admin.PutRoute(ctx, r); err != nil {

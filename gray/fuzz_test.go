@@ -138,6 +138,7 @@ func FuzzDecide(f *testing.F) {
 			URLQuery: query, HTTPMethod: method,
 		}
 		req.Client, _ = netip.ParseAddr(ip)
+		checkTriggers(t, snap, req)
 		d := snap.Decide(req)
 		headers := map[string][]string{}
 		for k, v := range req.Headers {

@@ -26,6 +26,7 @@ func TestVectors(t *testing.T) {
 				t.Error(diff)
 			}
 			checkProblems(t, snap.Problems(), c.Problems)
+			checkTriggers(t, snap, req)
 			// The same request with its headers in a map, as gRPC metadata holds them.
 			if dh := snap.DecideWithHeaders(headerMap(req.Headers), req); dh != d {
 				t.Errorf("DecideWithHeaders: %+v, Decide: %+v", *dh, *d)

@@ -54,6 +54,10 @@ type Config struct {
 	AdminKey string
 	Consul   string // the agent the service's instances belong to
 	Service  string
+	// RunnerCalls, when set, counts the requests the gateway has sent to the runner (a stand-in
+	// gateway can; a real APISIX does not say), to check that a request the route's hop filter
+	// keeps from the runner does not reach it.
+	RunnerCalls func() int64
 }
 
 // FromEnv returns the Config from the environment, with the compose stack's defaults.
@@ -297,7 +301,9 @@ func Run(t *testing.T, cfg Config) {
 
 // plainRoute checks a service without a gray lane: its route takes no hop to the runner (the
 // ext-plugin is disabled, there is no traffic-split) and strips a spoofed lane header; a canary
-// registered with a match rule turns the hop on and gets the matched requests, and only them; when
+// registered with a match rule turns the hop on and gets the matched requests, and only them, and
+// on a route without an echo header only the requests that carry the rule's header ask the
+// runner (the hop filter, which follows the rule when it changes); when
 // the canary's rule is changed to a user segment, whose members reach it, a user added to the
 // segment following within a moment; when the canary goes, the route is plain again. The service's instances reuse the addresses of the
 // main service's stable and canary instances, so that the gateway reaches them wherever it runs.
@@ -332,11 +338,18 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher,
 	}
 	spec := apisix.RouteSpec{ID: "graylane-e2e-" + plain, URI: "/e2e-plain/*",
 		Conf: extplugin.Conf{Service: plain, Options: gray.Options{StickyHeader: "x-user-id"}, EchoHeader: "x-gray-lane"}}
-	if _, err := apisix.ApplyRoute(ctx, admin, w, spec, apisix.WithSyncLogger(logf)); err != nil {
-		t.Fatalf("apply route %s: %v", spec.RouteID(), err)
+	// The same service on a route without an echo header: it asks the runner only for requests
+	// that carry what the canary's rules read (the hop filter).
+	filtered := apisix.RouteSpec{ID: "graylane-e2e-filtered-" + plain, URI: "/e2e-filtered/*",
+		Conf: extplugin.Conf{Service: plain, Options: gray.Options{StickyHeader: "x-user-id"}}}
+	for _, s := range []apisix.RouteSpec{spec, filtered} {
+		if _, err := apisix.ApplyRoute(ctx, admin, w, s, apisix.WithSyncLogger(logf)); err != nil {
+			t.Fatalf("apply route %s: %v", s.RouteID(), err)
+		}
 	}
 	defer func() {
 		admin.DeleteRoute(context.Background(), spec.RouteID())
+		admin.DeleteRoute(context.Background(), filtered.RouteID())
 		for _, lane := range []string{"stable", "canary"} {
 			admin.DeleteUpstream(context.Background(), apisix.LaneUpstreamID(plain, lane))
 		}
@@ -350,26 +363,29 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher,
 	}()
 	defer func() { stopSync(); <-syncDone }()
 
-	// hop reports whether the route's runner hop is on and the lanes its traffic-split names.
-	hop := func() (bool, []string) {
+	// route returns the route with id as the gateway holds it.
+	route := func(id string) map[string]any {
 		routes, err := admin.Routes(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range routes {
-			if r["id"] != spec.RouteID() {
+			if r["id"] != id {
 				continue
 			}
 			if plugins, _ := r["plugins"].(map[string]any); plugins["proxy-rewrite"] == nil {
-				t.Fatalf("route %s lost its header strip: %v", spec.RouteID(), plugins)
+				t.Fatalf("route %s lost its header strip: %v", id, plugins)
 			}
-			return apisix.RouteHop(r)
+			return r
 		}
-		t.Fatalf("route %s is gone", spec.RouteID())
-		return false, nil
+		t.Fatalf("route %s is gone", id)
+		return nil
 	}
-	served := func(headers map[string]string) (string, Reply) {
-		r := get(t, gateway, "/e2e-plain/api/order", headers)
+	// hop reports whether the route's runner hop is on and the lanes its traffic-split names.
+	hop := func() (bool, []string) { return apisix.RouteHop(route(spec.RouteID())) }
+	// servedAt sends a request through the gateway and says which of the service's lanes answered.
+	servedAt := func(path string, headers map[string]string) (string, Reply) {
+		r := get(t, gateway, path, headers)
 		switch r.Instance {
 		case stableEP.ID:
 			return "stable", r
@@ -378,6 +394,7 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher,
 		}
 		return "?" + r.Instance, r
 	}
+	served := func(headers map[string]string) (string, Reply) { return servedAt("/e2e-plain/api/order", headers) }
 	noHop := func(t *testing.T, state string) {
 		t.Helper()
 		if on, ups := hop(); on || len(ups) > 0 {
@@ -414,6 +431,32 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher,
 	if got, r := served(map[string]string{"userid": "123"}); got != "canary" || r.Lane != "canary" {
 		t.Errorf("matched request: served by %s with lane header %q", got, r.Lane)
 	}
+	// The filtered route asks the runner only for requests with a userid header.
+	filterReads := func(variable string) bool {
+		f, _ := json.Marshal(apisix.RouteHopFilter(route(filtered.RouteID())))
+		return strings.Contains(string(f), `"`+variable+`"`)
+	}
+	waitFor("the filtered route's hop filter on userid", func() bool { return filterReads("http_userid") })
+	if got, r := servedAt("/e2e-filtered/api/order", map[string]string{"userid": "123"}); got != "canary" || r.Lane != "canary" {
+		t.Errorf("filtered route, matched request: served by %s with lane header %q", got, r.Lane)
+	}
+	calls := func() int64 { return 0 }
+	if cfg.RunnerCalls != nil {
+		calls = cfg.RunnerCalls
+	}
+	before := calls()
+	for i := range 20 {
+		headers := map[string]string{"x-user-id": fmt.Sprintf("e2e-filtered-%d", i), gray.DefaultTagKey: "canary"}
+		if i%2 == 1 {
+			headers["userid"] = "7" // a userid that does not match: asks the runner, which says stable
+		}
+		if got, r := servedAt("/e2e-filtered/api/order", headers); got != "stable" || r.Lane != "" {
+			t.Errorf("filtered route, unmatched request %v: served by %s with lane header %q", headers, got, r.Lane)
+		}
+	}
+	if asked := calls() - before; cfg.RunnerCalls != nil && asked != 10 {
+		t.Errorf("filtered route: %d of 20 unmatched requests reached the runner, want the 10 with a userid header", asked)
+	}
 	for i := range 50 {
 		if got, r := served(map[string]string{"x-user-id": fmt.Sprintf("e2e-plain-%d", i), gray.DefaultTagKey: "canary"}); got != "stable" || r.Lane != "" {
 			t.Errorf("unmatched request with a spoofed header: served by %s with lane header %q", got, r.Lane)
@@ -432,6 +475,10 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher,
 		got, _ := served(map[string]string{"x-user-id": "e2e-member-1"})
 		return got == "canary"
 	})
+	waitFor("the filtered route's hop filter on x-user-id", func() bool { return filterReads("http_x_user_id") && !filterReads("http_userid") })
+	if got, _ := servedAt("/e2e-filtered/api/order", map[string]string{"x-user-id": "e2e-member-1"}); got != "canary" {
+		t.Errorf("filtered route, a segment member: served by %s", got)
+	}
 	if got, _ := served(map[string]string{"x-user-id": "e2e-outsider", "userid": "123"}); got != "stable" {
 		t.Errorf("a user outside the segment: served by %s", got)
 	}
@@ -448,7 +495,11 @@ func plainRoute(t *testing.T, ctx context.Context, cfg Config, w *watch.Watcher,
 	if err := client.Agent().ServiceDeregister(canaryID); err != nil {
 		t.Fatal(err)
 	}
-	took = waitFor("the plain route again", func() bool { on, ups := hop(); return !on && len(ups) == 0 })
+	took = waitFor("the plain route again", func() bool {
+		on, ups := hop()
+		fon, fups := apisix.RouteHop(route(filtered.RouteID()))
+		return !on && len(ups) == 0 && !fon && len(fups) == 0
+	})
 	t.Logf("the last gray lane gone: the route was plain again after %v", took.Round(time.Millisecond))
 	noHop(t, "the last gray lane removed")
 	waitFor("the canary's upstream deleted", func() bool {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -36,7 +37,37 @@ type fixture struct {
 	logf     func(string, ...any)
 
 	stopSync func()
-	release  bool // the weight-0 canary is registered
+	release  release // the canary registered, if any
+}
+
+// release is the state of the bench service's release: which canary is registered.
+type release int
+
+const (
+	noRelease release = iota // no canary: the service has no gray lane
+	// testRelease: a canary at weight 0 that takes the requests with a userid header, as the design
+	// article's first step; the bench's requests carry none, so graylane's route keeps them from the
+	// runner (its hop filter) and they go to stable.
+	testRelease
+	// weightedRelease: a canary taking 5 % of users by the sticky header: every request asks the
+	// runner, which sends one user in twenty to the canary.
+	weightedRelease
+)
+
+func (r release) String() string {
+	return [...]string{"no canary", "a weight-0 canary matching userid", "a 5 % canary"}[r]
+}
+
+// canaryMeta returns the meta of the release's canary.
+func (r release) canaryMeta() map[string]string {
+	switch r {
+	case testRelease:
+		return map[string]string{"version": "v2", gray.KeyCanary: "true", gray.KeyWeight: "0",
+			gray.KeyMatch: `[{"header":[{"key":"userid","value_match":"123"}]}]`}
+	case weightedRelease:
+		return map[string]string{"version": "v2", gray.KeyCanary: "true", gray.KeyWeight: "5"}
+	}
+	return nil
 }
 
 func (f *fixture) stableID() string { return f.service + "-stable" }
@@ -45,10 +76,6 @@ func (f *fixture) canaryID() string { return f.service + "-canary" }
 // splitLanes are the lanes of the traffic-split rules of the route without a runner: those the sync
 // gives graylane's route while the canary is registered.
 var splitLanes = []string{gray.CanaryLane, gray.StableLane}
-
-// canaryMeta is the meta of the release's canary: at weight 0 and with no match rule it takes no
-// request, but the service has a gray lane, so every request takes the runner's hop.
-var canaryMeta = map[string]string{"version": "v2", gray.KeyCanary: "true", gray.KeyWeight: "0"}
 
 func (f *fixture) register(id string, meta map[string]string) error {
 	return f.consul.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: f.service,
@@ -64,10 +91,10 @@ func (f *fixture) setUp(ctx context.Context, prefix string) error {
 	if err := f.register(f.stableID(), map[string]string{"version": "v1"}); err != nil {
 		return fmt.Errorf("registering %s in Consul: %w", f.stableID(), err)
 	}
-	if err := f.register(f.canaryID(), canaryMeta); err != nil {
+	if err := f.register(f.canaryID(), testRelease.canaryMeta()); err != nil {
 		return fmt.Errorf("registering %s in Consul: %w", f.canaryID(), err)
 	}
-	f.release = true
+	f.release = testRelease
 	view := f.w.Service(f.service)
 	if err := waitFor(ctx, 30*time.Second, "the watcher to see "+f.stableID()+" and "+f.canaryID(), func() (bool, error) {
 		select {
@@ -104,7 +131,7 @@ func (f *fixture) setUp(ctx context.Context, prefix string) error {
 		}
 	}()
 	f.stopSync = func() { cancel(); <-done }
-	return f.waitHop(ctx, true)
+	return f.waitHop(ctx, testRelease)
 }
 
 // route returns a route of the bench to the service's base upstream. Its labels are not graylane's
@@ -119,35 +146,35 @@ func (f *fixture) route(id, uri, desc string, plugins map[string]any) map[string
 	return r
 }
 
-// setRelease registers the weight-0 canary (a release that sends no request to it) or removes it,
-// then waits until graylane's route, read through the Admin API, has the runner's hop on (and
-// traffic-split naming the canary's upstream) or off.
-func (f *fixture) setRelease(ctx context.Context, on bool) error {
-	if on {
-		if err := f.register(f.canaryID(), canaryMeta); err != nil {
-			return fmt.Errorf("registering %s: %w", f.canaryID(), err)
+// setRelease registers the release's canary, or removes it, then waits until graylane's route,
+// read through the Admin API, has the runner's hop as the sync makes it for that release: off (no
+// canary); on, under a filter, with traffic-split naming the canary's upstream (the weight-0
+// canary); on for every request (the weighted canary).
+func (f *fixture) setRelease(ctx context.Context, r release) error {
+	if r == noRelease {
+		if err := f.consul.Agent().ServiceDeregister(f.canaryID()); err != nil {
+			return fmt.Errorf("deregistering %s: %w", f.canaryID(), err)
 		}
-	} else if err := f.consul.Agent().ServiceDeregister(f.canaryID()); err != nil {
-		return fmt.Errorf("deregistering %s: %w", f.canaryID(), err)
+	} else if err := f.register(f.canaryID(), r.canaryMeta()); err != nil {
+		return fmt.Errorf("registering %s: %w", f.canaryID(), err)
 	}
-	f.release = on
-	return f.waitHop(ctx, on)
+	f.release = r
+	return f.waitHop(ctx, r)
 }
 
-func (f *fixture) waitHop(ctx context.Context, on bool) error {
-	state := "off, without traffic-split"
-	if on {
-		state = "on, traffic-split naming " + apisix.LaneUpstreamID(f.service, gray.CanaryLane)
-	}
+func (f *fixture) waitHop(ctx context.Context, r release) error {
+	state := map[release]string{noRelease: "off, without traffic-split",
+		testRelease:     "on under a filter, traffic-split naming " + apisix.LaneUpstreamID(f.service, gray.CanaryLane),
+		weightedRelease: "on for every request, traffic-split naming " + apisix.LaneUpstreamID(f.service, gray.CanaryLane)}[r]
 	return waitFor(ctx, time.Minute, fmt.Sprintf("route %s to have the runner's hop %s", f.graylane.RouteID(), state), func() (bool, error) {
-		hop, ups, err := f.hop(ctx)
+		hop, filtered, ups, err := f.hop(ctx)
 		if err != nil {
 			return false, err
 		}
-		if !on {
+		if r == noRelease {
 			return !hop && len(ups) == 0, nil
 		}
-		if hop && slices.Contains(ups, apisix.LaneUpstreamID(f.service, gray.CanaryLane)) {
+		if hop && filtered == (r == testRelease) && slices.Contains(ups, apisix.LaneUpstreamID(f.service, gray.CanaryLane)) {
 			if want := wantUpstreams(f.service); !slices.Equal(ups, want) {
 				f.logf("graylane's route splits to %v, the route without a runner to %v: the two differ", ups, want)
 			}
@@ -165,25 +192,26 @@ func wantUpstreams(service string) []string {
 	return out
 }
 
-// hop reads graylane's route through the Admin API: whether the runner's hop is on, and the
-// upstreams its traffic-split names, in order.
-func (f *fixture) hop(ctx context.Context) (bool, []string, error) {
+// hop reads graylane's route through the Admin API: whether the runner's hop is on, whether it has
+// a filter, and the upstreams its traffic-split names, in order.
+func (f *fixture) hop(ctx context.Context) (hop, filtered bool, upstreams []string, err error) {
 	routes, err := f.admin.Routes(ctx)
 	if err != nil {
-		return false, nil, err
+		return false, false, nil, err
 	}
 	for _, r := range routes {
 		if r["id"] != f.graylane.RouteID() {
 			continue
 		}
 		hop, ups := apisix.RouteHop(r)
-		return hop, ups, nil
+		return hop, apisix.RouteHopFilter(r) != nil, ups, nil
 	}
-	return false, nil, fmt.Errorf("route %s is gone from the gateway", f.graylane.RouteID())
+	return false, false, nil, fmt.Errorf("route %s is gone from the gateway", f.graylane.RouteID())
 }
 
 // probe sends one request through a route and checks that the bench's stable instance answered
-// without a lane header; it returns the gateway's Server header.
+// (the canary shares its address) without a lane header, or with the canary's under a weighted
+// release when the probe's user falls in its share; it returns the gateway's Server header.
 func (f *fixture) probe(ctx context.Context, path, stickyHeader string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -204,8 +232,12 @@ func (f *fixture) probe(ctx context.Context, path, stickyHeader string) (string,
 	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
 		return "", fmt.Errorf("GET %s: the answer is not the example backend's: %w", path, err)
 	}
-	if r.Instance != f.stable.ID || r.Lane != "" {
-		return "", fmt.Errorf("GET %s: answered by %q with lane header %q, want %s without one", path, r.Instance, r.Lane, f.stable.ID)
+	wantLane := ""
+	if f.release == weightedRelease && gray.Bucket(f.service, "bench-probe") < 500 && strings.HasPrefix(path, strings.TrimSuffix(f.graylane.URI, "*")) {
+		wantLane = gray.CanaryLane
+	}
+	if r.Instance != f.stable.ID || r.Lane != wantLane {
+		return "", fmt.Errorf("GET %s: answered by %q with lane header %q, want %s with %q", path, r.Instance, r.Lane, f.stable.ID, wantLane)
 	}
 	return resp.Header.Get("Server"), nil
 }

@@ -6,8 +6,9 @@ package apisixtest
 // and 3.14 say):
 //
 //  1. the route: uri exact, or a prefix when it ends in '*';
-//  2. rewrite phase, by priority (a plugin's _meta.priority overrides its default): proxy-rewrite
-//     (1008) removes headers.remove unless its _meta.filter fails; ext-plugin-pre-req (12000) sends
+//  2. rewrite phase, by priority (a plugin's _meta.priority overrides its default; a plugin whose
+//     _meta.filter fails does not run, see EvalFilter): proxy-rewrite (1008) removes
+//     headers.remove; ext-plugin-pre-req (12000) sends
 //     PrepareConf (once per conf) and HTTPReqCall to the runner and applies the Rewrite; a runner
 //     failure answers 503 unless allow_degradation;
 //  3. access phase: traffic-split's first rule whose vars (http_* == value) hold picks the upstream;
@@ -25,10 +26,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	A6 "github.com/api7/ext-plugin-proto/go/A6"
@@ -46,7 +49,12 @@ type Gateway struct {
 	mu     sync.Mutex
 	idle   []*Conn
 	tokens map[string]uint32 // conf JSON -> token
+
+	runnerCalls atomic.Int64
 }
+
+// RunnerCalls returns how many requests ext-plugin-pre-req has sent to the runner.
+func (g *Gateway) RunnerCalls() int64 { return g.runnerCalls.Load() }
 
 // NewGateway starts the stand-in on the routes of admin and the runner listening on sock. It stops
 // when the test ends.
@@ -118,11 +126,14 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	upstreamID := fmt.Sprint(route["upstream_id"])
 	for _, st := range steps {
 		conf := plugins[st.name].(map[string]any)
+		if pass, err := filterPasses(conf, remote, headers); err != nil {
+			http.Error(w, "gateway stand-in: "+st.name+": "+err.Error(), http.StatusInternalServerError)
+			return
+		} else if !pass {
+			continue // as APISIX's meta_filter: the plugin does not run for this request
+		}
 		switch st.name {
 		case "proxy-rewrite":
-			if !filterPasses(conf, remote) {
-				continue
-			}
 			hs, _ := conf["headers"].(map[string]any)
 			rm, _ := hs["remove"].([]any)
 			for _, h := range rm {
@@ -196,46 +207,124 @@ func matchRoute(routes map[string]map[string]any, path string) map[string]any {
 	return nil
 }
 
-// filterPasses evaluates the _meta.filter forms graylane writes: remote_addr [!] ipmatch [cidrs].
-func filterPasses(conf map[string]any, remote netip.Addr) bool {
-	meta, _ := conf["_meta"].(map[string]any)
-	rules, ok := meta["filter"].([]any)
-	if !ok {
-		return true
+// EvalFilter evaluates a plugin's _meta.filter as APISIX 3.11's lua-resty-expr does, for the forms
+// graylane writes: a list of expressions that must all hold; an expression is [var, op, value] or
+// [var, "!", op, value], or a logical ["OR"|"AND"|"!OR"|"!AND", expression...]. Variables are
+// remote_addr and http_NAME (a request header: the name lower case, '-' read as '_'; absent is
+// nil); operators ipmatch (a list of addresses and prefixes), ~~ (a regular expression that must
+// occur in the value; false for nil) and ==. Anything else is an error: the stand-in knows only
+// what graylane writes. headers maps lower-case names to values.
+func EvalFilter(filter []any, remote netip.Addr, headers map[string]string) (bool, error) {
+	for _, e := range filter {
+		ok, err := evalExpr(e, remote, headers)
+		if err != nil || !ok {
+			return false, err
+		}
 	}
-	for _, r := range rules {
-		rule, _ := r.([]any)
-		if len(rule) < 3 || rule[0] != "remote_addr" {
-			return false
+	return true, nil
+}
+
+func evalExpr(e any, remote netip.Addr, headers map[string]string) (bool, error) {
+	list, ok := e.([]any)
+	if !ok || len(list) < 2 {
+		return false, fmt.Errorf("filter expression %v: not a list of at least two", e)
+	}
+	if op, ok := list[0].(string); ok {
+		switch op {
+		case "OR", "!OR", "AND", "!AND":
+			if len(list) < 3 {
+				return false, fmt.Errorf("filter expression %v: rule too short", e)
+			}
+			or := strings.HasSuffix(op, "OR")
+			result := !or
+			for _, sub := range list[1:] {
+				v, err := evalExpr(sub, remote, headers)
+				if err != nil {
+					return false, err
+				}
+				if v == or {
+					result = or
+					break
+				}
+			}
+			return result != strings.HasPrefix(op, "!"), nil
 		}
-		negate := rule[1] == "!"
-		if negate {
-			rule = rule[1:]
+	}
+	name, _ := list[0].(string)
+	rest := list[1:]
+	negate := len(rest) == 3 && rest[0] == "!"
+	if negate {
+		rest = rest[1:]
+	}
+	if len(rest) != 2 {
+		return false, fmt.Errorf("filter expression %v: want [var, op, value] or [var, \"!\", op, value]", e)
+	}
+	var value *string
+	switch {
+	case name == "remote_addr":
+		s := remote.Unmap().String()
+		value = &s
+	case strings.HasPrefix(name, "http_"):
+		want := strings.ReplaceAll(strings.ToLower(name), "-", "_")
+		for k, v := range headers {
+			if "http_"+strings.ReplaceAll(k, "-", "_") == want {
+				value = &v
+				break
+			}
 		}
-		if rule[1] != "ipmatch" || len(rule) < 3 {
-			return false
+	default:
+		return false, fmt.Errorf("filter expression %v: variable %q unknown to the stand-in", e, name)
+	}
+	var held bool
+	switch op := rest[0]; op {
+	case "ipmatch":
+		if name != "remote_addr" {
+			return false, fmt.Errorf("filter expression %v: ipmatch on %s", e, name)
 		}
-		list, _ := rule[2].([]any)
-		in := false
+		list, _ := rest[1].([]any)
+		if len(list) == 0 {
+			return false, fmt.Errorf("filter expression %v: invalid ip address", e)
+		}
 		for _, c := range list {
 			s := fmt.Sprint(c)
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
 				a, aerr := netip.ParseAddr(s)
 				if aerr != nil {
-					continue
+					return false, fmt.Errorf("filter expression %v: %q is no address or prefix", e, s)
 				}
 				p = netip.PrefixFrom(a, a.BitLen())
 			}
 			if p.Contains(remote.Unmap()) || p.Contains(remote) {
-				in = true
+				held = true
 			}
 		}
-		if in == negate {
-			return false
+	case "~~":
+		pattern, ok := rest[1].(string)
+		if !ok {
+			return false, fmt.Errorf("filter expression %v: ~~ needs a pattern", e)
 		}
+		re, err := regexp.Compile(pattern)
+		if err != nil {
+			return false, fmt.Errorf("filter expression %v: %v", e, err)
+		}
+		held = value != nil && re.MatchString(*value)
+	case "==":
+		held = value != nil && *value == fmt.Sprint(rest[1])
+	default:
+		return false, fmt.Errorf("filter expression %v: operator %v unknown to the stand-in", e, op)
 	}
-	return true
+	return held != negate, nil
+}
+
+// filterPasses evaluates a plugin conf's _meta.filter (none: it passes).
+func filterPasses(conf map[string]any, remote netip.Addr, headers map[string]string) (bool, error) {
+	meta, _ := conf["_meta"].(map[string]any)
+	filter, ok := meta["filter"].([]any)
+	if !ok {
+		return true, nil
+	}
+	return EvalFilter(filter, remote, headers)
 }
 
 // splitTarget returns the upstream of traffic-split's first rule whose vars hold.
@@ -284,6 +373,7 @@ func varEquals(name, want string, headers map[string]string) bool {
 
 // runPlugin runs ext-plugin-pre-req's confs through the runner and applies the answer.
 func (g *Gateway) runPlugin(conf map[string]any, r *http.Request, remote netip.Addr, headers, respHeaders map[string]string) error {
+	g.runnerCalls.Add(1)
 	confs, _ := conf["conf"].([]any)
 	var pairs [][2]string
 	key := ""
