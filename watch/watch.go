@@ -398,6 +398,78 @@ func (sw *serviceWatch) setState(st State, updated bool) {
 	sw.state.Store(&st)
 }
 
+// instanceLoop is what a service's instance query keeps from one answer to the next.
+type instanceLoop struct {
+	index    uint64 // the WaitIndex of the next query; 0 asks without waiting
+	hash     uint64 // the content hash of the instances held
+	held     uint64 // the index of the answer the snapshots are built from
+	behind   behindServer
+	failures int
+}
+
+// instancesQuery is one query to ask next: without waiting when index is 0, after pause when it is
+// set.
+type instancesQuery struct {
+	index uint64
+	pause time.Duration
+	reask bool // a non-blocking query that replaces the blocking answer just received
+}
+
+// answered takes one answer of sw's instance query (entries and meta, or err) and says what to ask
+// next. reask is set when the answer is the non-blocking query that answered's own reask asked for.
+func (w *Watcher) answered(sw *serviceWatch, l *instanceLoop, entries []*api.ServiceEntry, meta *api.QueryMeta, err error, reask bool) instancesQuery {
+	if err == nil && !reask && l.index > 0 && dropsAny(sw.endpoints.Load(), entries) {
+		// Instances went away, or the token lost the right to read them: an answer to a blocking
+		// query does not say which (Consul sets the filtered flag only when it does not wait). Ask
+		// again without waiting.
+		return instancesQuery{reask: true}
+	}
+	if err == nil && meta.ResultsFilteredByACLs {
+		err = &HiddenInstancesError{Service: sw.name}
+	}
+	if err != nil {
+		l.failures++
+		err = w.refusal(err)
+		// Ask without waiting once Consul is back: the view is fresh again as soon as it answers,
+		// not only at the next change. The content comparison keeps that from being a change.
+		l.index = 0
+		sw.mu.Lock()
+		sw.setState(State{Stale: true, LastError: consulclient.Redact(err, w.token)}, false)
+		sw.mu.Unlock()
+		return instancesQuery{pause: retry.Backoff(w.backoffFirst, w.backoffMax, l.failures)}
+	}
+	l.failures = 0
+	if l.behind.older(meta.LastIndex, l.held) {
+		l.index = 0 // ask again, without waiting, after a pause
+		return instancesQuery{pause: behindPause}
+	}
+	if meta.LastIndex < l.index {
+		l.index = 0 // the index went backwards (a cluster that started over): start over
+	} else {
+		l.index = max(meta.LastIndex, 1) // an index below 1 would never block
+	}
+	l.held = meta.LastIndex
+	sw.mu.Lock()
+	h := contentHash(entries)
+	changed := h != l.hash || !sw.haveEntries
+	if changed {
+		l.hash = h
+		sw.instances, sw.haveEntries = endpoints(entries), true
+		list := &Instances{Index: meta.LastIndex, Endpoints: make([]Endpoint, len(sw.instances))}
+		for i, in := range sw.instances {
+			list.Endpoints[i] = in.Value
+		}
+		sw.endpoints.Store(list)
+		w.follow(sw)
+		sw.publishAll()
+	}
+	sw.setState(State{Index: meta.LastIndex}, changed)
+	sw.mu.Unlock()
+	return instancesQuery{index: l.index}
+}
+
+// runInstances follows sw's instances with one blocking query at a time on the watcher's client,
+// in a goroutine of its own (see instances.go for the event-driven way over HTTP/2).
 func (w *Watcher) runInstances(sw *serviceWatch) {
 	defer w.wg.Done()
 	select {
@@ -405,72 +477,24 @@ func (w *Watcher) runInstances(sw *serviceWatch) {
 	case <-w.ctx.Done():
 		return
 	}
-	var index, hash uint64
-	var held uint64 // the index of the answer the snapshots are built from
-	var behind behindServer
-	failures := 0
+	w.followInstances(sw, &instanceLoop{}, instancesQuery{})
+}
+
+// followInstances asks q and every query after it, blocking, until the watcher closes.
+func (w *Watcher) followInstances(sw *serviceWatch, l *instanceLoop, q instancesQuery) {
 	for {
-		entries, meta, err := w.client.Health().Service(sw.name, "", true,
-			(&api.QueryOptions{WaitIndex: index, WaitTime: w.waitTime}).WithContext(w.ctx))
+		if q.pause > 0 && !retry.Sleep(w.ctx, q.pause) {
+			return
+		}
+		opts := &api.QueryOptions{}
+		if !q.reask {
+			opts.WaitIndex, opts.WaitTime = q.index, w.waitTime
+		}
+		entries, meta, err := w.client.Health().Service(sw.name, "", true, opts.WithContext(w.ctx))
 		if w.ctx.Err() != nil {
 			return
 		}
-		if err == nil && index > 0 && dropsAny(sw.endpoints.Load(), entries) {
-			// Instances went away, or the token lost the right to read them: an answer to a
-			// blocking query does not say which (Consul sets the filtered flag only when it does
-			// not wait). Ask again without waiting.
-			entries, meta, err = w.client.Health().Service(sw.name, "", true, (&api.QueryOptions{}).WithContext(w.ctx))
-			if w.ctx.Err() != nil {
-				return
-			}
-		}
-		if err == nil && meta.ResultsFilteredByACLs {
-			err = &HiddenInstancesError{Service: sw.name}
-		}
-		if err != nil {
-			failures++
-			err = w.refusal(err)
-			// Ask without waiting once Consul is back: the view is fresh again as soon as it answers,
-			// not only at the next change. The content comparison keeps that from being a change.
-			index = 0
-			sw.mu.Lock()
-			sw.setState(State{Stale: true, LastError: consulclient.Redact(err, w.token)}, false)
-			sw.mu.Unlock()
-			if !retry.Sleep(w.ctx, retry.Backoff(w.backoffFirst, w.backoffMax, failures)) {
-				return
-			}
-			continue
-		}
-		failures = 0
-		if behind.older(meta.LastIndex, held) {
-			index = 0 // ask again, without waiting, after a pause
-			if !retry.Sleep(w.ctx, behindPause) {
-				return
-			}
-			continue
-		}
-		if meta.LastIndex < index {
-			index = 0 // the index went backwards (a cluster that started over): start over
-		} else {
-			index = max(meta.LastIndex, 1) // an index below 1 would never block
-		}
-		held = meta.LastIndex
-		sw.mu.Lock()
-		h := contentHash(entries)
-		changed := h != hash || !sw.haveEntries
-		if changed {
-			hash = h
-			sw.instances, sw.haveEntries = endpoints(entries), true
-			list := &Instances{Index: meta.LastIndex, Endpoints: make([]Endpoint, len(sw.instances))}
-			for i, in := range sw.instances {
-				list.Endpoints[i] = in.Value
-			}
-			sw.endpoints.Store(list)
-			w.follow(sw)
-			sw.publishAll()
-		}
-		sw.setState(State{Index: meta.LastIndex}, changed)
-		sw.mu.Unlock()
+		q = w.answered(sw, l, entries, meta, err, q.reask)
 	}
 }
 
