@@ -27,6 +27,9 @@ type pageData struct {
 	Open     bool
 	Version  uint64
 	CatErr   string
+	// Refused is the Consul agent's refusals of the portal's requests for its connection limit;
+	// nil while there have been none.
+	Refused  *refusalState
 	Nav      []navItem
 	Hidden   int // services without gray meta, not listed
 	Service  string
@@ -240,6 +243,9 @@ func (s *Server) page(ctx context.Context, sess *session, service string) pageDa
 	d := pageData{Operator: sess.operator, CSRF: sess.csrf, ReadOnly: s.cfg.ReadOnly, Open: s.cfg.Open,
 		Version: sn.version, CatErr: sn.catErr, Service: service, changed: sn.changed, segs: sn.segs,
 		SegNav: segmentNav{Known: sn.segs.known, Count: len(sn.segs.list)}}
+	if sn.refusals.Count > 0 {
+		d.Refused = &sn.refusals
+	}
 	for i, name := range sn.names {
 		m := sn.models[i]
 		if m == nil {
@@ -700,6 +706,10 @@ func (s *Server) explain(w http.ResponseWriter, r *http.Request, sess *session) 
 	s.render(w, http.StatusOK, "page", d)
 }
 
+// pageRegions are the regions of a page that its event stream updates, by the name of their
+// template (the element's id is "region-" and the name).
+var pageRegions = []string{"nav", "main", "history", "conn", "refused"}
+
 // events streams page updates: each time the models change, the regions of the page that differ
 // from what this stream sent last, as one JSON object of region name to HTML.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
@@ -737,7 +747,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
 		d := build()
 		if !first || d.Version != since {
 			update := map[string]any{}
-			for _, region := range []string{"nav", "main", "history", "conn"} {
+			for _, region := range pageRegions {
 				var buf bytes.Buffer
 				if err := s.tmpl.ExecuteTemplate(&buf, region, d); err != nil {
 					return
@@ -755,7 +765,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, sess *session) {
 			}
 		} else {
 			// The page holds this version already: remember it as sent.
-			for _, region := range []string{"nav", "main", "history", "conn"} {
+			for _, region := range pageRegions {
 				var buf bytes.Buffer
 				s.tmpl.ExecuteTemplate(&buf, region, d)
 				sent[region] = buf.String()

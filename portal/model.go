@@ -147,6 +147,7 @@ func (s *Server) buildModel(ctx context.Context, name string, stale bool) *servi
 	var registered map[string]string // instance ID -> its lane now; nil when unknown
 	st, err := s.reader.Status(ctx, name, gray.Options{})
 	if err != nil {
+		s.noteRefusal(err)
 		m.Err = err.Error()
 		if errors.Is(err, registrar.ErrNotFound) {
 			m.Err = "no instances are registered"
@@ -162,6 +163,7 @@ func (s *Server) buildModel(ctx context.Context, name string, stale bool) *servi
 		}
 	}
 	hist, err := s.reader.History(ctx, name)
+	s.noteRefusal(err)
 	var partial *registrar.HistoryError
 	switch {
 	case errors.As(err, &partial):

@@ -29,6 +29,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/graylane/graylane/internal/consulclient"
 	"github.com/graylane/graylane/internal/retry"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/watch"
@@ -114,6 +115,9 @@ type Server struct {
 	ready    chan struct{} // closed once the catalog has answered
 	readyOne sync.Once
 	segs     segmentsState // every segment's head, as followSegments last read them
+	refusals refusalState  // the agent's refusals for its connection limit (refusals.go)
+
+	ownRefused atomic.Uint64 // the portal's own requests the agent refused with 429 (noteRefusal)
 
 	segReads   atomic.Uint64 // numbers the reads of the segment list (see readSegments)
 	segMu      sync.Mutex
@@ -195,19 +199,25 @@ func New(cfg Config) (*Server, error) {
 			s.cfg.Rates = c
 		}
 	}
-	if s.watcher, err = watch.New(cfg.Consul, watch.WithKVPrefix(cfg.KVPrefix), watch.WithWaitTime(time.Minute)); err != nil {
+	// The watcher logs a refusal by the agent's connection limit at most once a minute: the
+	// portal's log says it too, beside the banner on every page.
+	if s.watcher, err = watch.New(cfg.Consul, watch.WithKVPrefix(cfg.KVPrefix), watch.WithWaitTime(time.Minute),
+		watch.WithLogger(cfg.Logf)); err != nil {
 		return nil, err
 	}
+	s.refusals.Agent = agentURL(cfg.Consul.Address, consulclient.Scheme(cfg.Consul))
+	s.refusals.HTTPS = consulclient.Scheme(cfg.Consul) == consulclient.SchemeHTTPS
 	s.tmpl, err = template.New("").Funcs(funcs).ParseFS(templateFS, "web/templates/*.html")
 	if err != nil {
 		return nil, err
 	}
 	s.routes()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.followCatalog()
 	go s.followRecords()
 	go s.followSegments()
+	go s.followRefusals()
 	return s, nil
 }
 
@@ -312,8 +322,12 @@ func (s *Server) followCatalog() {
 		if err != nil {
 			failures++
 			index = 0
+			s.noteRefusal(err)
 			s.mu.Lock()
 			s.catErr = "Consul cannot be reached; the page shows the last state read"
+			if consulclient.IsConnLimit(err) {
+				s.catErr = "Consul refuses this portal's connections (429 Too Many Requests); the page shows the last state read"
+			}
 			s.broadcast()
 			s.mu.Unlock()
 			s.readyOne.Do(func() { close(s.ready) }) // pages need not wait for an answer that may not come
@@ -362,11 +376,11 @@ func (s *Server) followCatalog() {
 }
 
 // followRecords follows every service's recorded state, history and rollout with one blocking query
-// on the key names under the KV folder, so that the portal holds two connections per service (the
-// watcher's) however many services there are. A change of a service's keys (a new history entry
-// comes with every change of its record) refreshes that service; a change of values alone is the
-// outcome written into a history entry after its change was applied, which refreshes the services
-// whose latest entry still says "recorded".
+// on the key names under the KV folder, so that the portal holds no more connections per service
+// than its watcher does, however many services there are. A change of a service's keys (a new
+// history entry comes with every change of its record) refreshes that service; a change of values
+// alone is the outcome written into a history entry after its change was applied, which refreshes
+// the services whose latest entry still says "recorded".
 func (s *Server) followRecords() {
 	defer s.wg.Done()
 	kv := s.reader.Client().KV()
@@ -380,6 +394,7 @@ func (s *Server) followRecords() {
 		}
 		if err != nil {
 			index = 0
+			s.noteRefusal(err)
 			retry.Sleep(s.ctx, time.Second)
 			continue
 		}
@@ -478,12 +493,13 @@ func (s *Server) refresh(name string) {
 
 // snapshot is the state every page is rendered from: the models as last read.
 type snapshot struct {
-	version uint64
-	changed <-chan struct{}
-	catErr  string
-	models  []*serviceModel // every service in the catalog, by name; nil models not read yet
-	names   []string
-	segs    segmentsState
+	version  uint64
+	changed  <-chan struct{}
+	catErr   string
+	models   []*serviceModel // every service in the catalog, by name; nil models not read yet
+	names    []string
+	segs     segmentsState
+	refusals refusalState
 }
 
 func (s *Server) snapshot() snapshot {
@@ -494,7 +510,7 @@ func (s *Server) snapshot() snapshot {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sn := snapshot{version: s.version, changed: s.changed, catErr: s.catErr, names: s.names, segs: s.segs}
+	sn := snapshot{version: s.version, changed: s.changed, catErr: s.catErr, names: s.names, segs: s.segs, refusals: s.refusals}
 	for _, name := range s.names {
 		var m *serviceModel
 		if ws := s.services[name]; ws != nil {

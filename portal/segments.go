@@ -69,6 +69,7 @@ func (s *Server) followSegments() {
 		if err != nil {
 			failures++
 			index = 0
+			s.noteRefusal(err)
 			s.segmentsFailed(consulclient.Redact(err, s.cfg.Consul.Token))
 			retry.Sleep(s.ctx, time.Duration(min(failures, 20))*250*time.Millisecond)
 			continue
@@ -97,6 +98,7 @@ func (s *Server) readSegments(ctx context.Context) {
 	if err != nil && ctx.Err() != nil {
 		return // the caller went away: no news of Consul
 	}
+	s.noteRefusal(err)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if seq < s.segs.seq {

@@ -282,7 +282,11 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 		for _, p := range st.Problems {
 			out.Problems = append(out.Problems, oneLine(p))
 		}
-		return e.writeJSON(out)
+		if err := e.writeJSON(out); err != nil {
+			return err
+		}
+		e.connectionWarnings(ctx, r, st.Problems)
+		return nil
 	}
 	fmt.Fprintf(e.stdout, "service %s\noptions %s\n\n", st.Service, describeOptions(st.Options))
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
@@ -336,6 +340,7 @@ func runStatus(ctx context.Context, e *env, args []string) error {
 			fmt.Fprintf(e.stdout, "  %s: recorded %s, instance has %s\n", d.Instance, describeMap(d.Recorded), describeMap(d.Actual))
 		}
 	}
+	e.connectionWarnings(ctx, r, st.Problems)
 	return nil
 }
 

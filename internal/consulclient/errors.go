@@ -44,12 +44,17 @@ func IsPermissionDenied(err error) bool {
 // (limits.http_max_conns_per_client). The agent answers 429 Too Many Requests as soon as it accepts
 // the connection, before it reads a request: when the answer arrives before Go's HTTP client has
 // sent the request, the client sees an unsolicited response on an idle connection and fails with
-// "readLoopPeekFailLocked" instead of the status.
+// "readLoopPeekFailLocked" instead of the status. An error that kept only its text (Redact) is
+// recognised by the API client's wording of the status or by the status line; a bare "429"
+// elsewhere in a text (a service named order429, an index) is no refusal.
 func IsConnLimit(err error) bool {
 	if err == nil {
 		return false
 	}
+	if HTTPStatus(err) == http.StatusTooManyRequests {
+		return true
+	}
 	msg := err.Error()
-	return HTTPStatus(err) == http.StatusTooManyRequests || strings.Contains(msg, "429") ||
+	return strings.Contains(msg, "Unexpected response code: 429") || strings.Contains(msg, "429 Too Many Requests") ||
 		strings.Contains(msg, "readLoopPeekFailLocked")
 }

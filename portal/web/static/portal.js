@@ -35,7 +35,7 @@
   var es = new EventSource(url);
   es.addEventListener("update", function (ev) {
     var u = JSON.parse(ev.data);
-    ["nav", "main", "history", "conn"].forEach(function (k) {
+    ["nav", "main", "history", "conn", "refused"].forEach(function (k) {
       if (typeof u[k] === "string") apply(k, u[k]);
     });
     updates++;
