@@ -21,6 +21,9 @@
 //	p50, p99     propagation of -changes weight changes: one instance of a random service is
 //	             registered again through the catalog with a new weight; the time from the request
 //	             to the view's snapshot showing the weight
+//	write        the registration's own time (p50), before the watcher started and while it
+//	             watched, and the propagation counted from the registration's answer: the part
+//	             the watcher adds to what the agent's write costs by itself
 //
 // Modes: http reaches the agent's plain HTTP port (one connection per query in flight); https its
 // HTTPS port, where the watcher's queries share HTTP/2 connections. Requests are counted on the

@@ -51,6 +51,10 @@ type result struct {
 
 	p50, p99 time.Duration
 	missed   int // changes not seen within 10 s
+	// The registrations' own time: before the watcher started (idle), and while it watched; and
+	// the propagation counted from the registration's answer, the watcher's own share.
+	writeIdle, writeWatched time.Duration
+	own50, own99            time.Duration
 }
 
 // optionsEvery is how many services share one that has recorded decision options.
@@ -231,6 +235,7 @@ func runCase(cfg benchConfig, watched *consultest.Agent, reg *api.Client, closeR
 	conf, port := watcherConfig(cfg, watched, mode, ctr)
 	before := measureMemory()
 
+	r.writeIdle = writeLatency(reg, n, cfg.changes)
 	stop := make(chan struct{})
 	peak := peakConns(port, stop)
 	start := time.Now()
@@ -281,7 +286,7 @@ wait:
 	logf("%s, %d services: %d requests in %v of quiet", mode, n, r.quietRequests, cfg.quiet)
 
 	if r.ready == n {
-		r.p50, r.p99, r.missed = propagation(reg, views, cfg.changes)
+		r.p50, r.p99, r.writeWatched, r.own50, r.own99, r.missed = propagation(reg, views, cfg.changes)
 	}
 	r.dials = ctr.dials.Load()
 	r.refused = w.Refused()
@@ -295,9 +300,11 @@ wait:
 }
 
 // propagation times changes weight changes of random services' canaries, from the catalog
-// registration to the view's snapshot showing the weight.
-func propagation(reg *api.Client, views []*watch.ServiceView, changes int) (p50, p99 time.Duration, missed int) {
-	var lat, writes []time.Duration
+// registration to the view's snapshot showing the weight (p50, p99); write is the registrations'
+// own p50, and own50 and own99 count from the registration's answer instead, the watcher's share
+// (0 when the view showed the change before the agent answered the registration).
+func propagation(reg *api.Client, views []*watch.ServiceView, changes int) (p50, p99, write, own50, own99 time.Duration, missed int) {
+	var lat, writes, own []time.Duration
 	for k := range changes {
 		i := rand.IntN(len(views))
 		v := views[i]
@@ -309,7 +316,8 @@ func propagation(reg *api.Client, views []*watch.ServiceView, changes int) (p50,
 			missed++
 			continue
 		}
-		writes = append(writes, time.Since(t0))
+		wrote := time.Since(t0)
+		writes = append(writes, wrote)
 		timeout := time.After(10 * time.Second)
 	seen:
 		for canaryWeight(v) != weight {
@@ -322,16 +330,45 @@ func propagation(reg *api.Client, views []*watch.ServiceView, changes int) (p50,
 			}
 		}
 		if canaryWeight(v) == weight {
-			lat = append(lat, time.Since(t0))
+			took := time.Since(t0)
+			lat = append(lat, took)
+			own = append(own, took-wrote)
 		}
 	}
 	if len(lat) == 0 {
-		return 0, 0, missed
+		return 0, 0, 0, 0, 0, missed
 	}
-	slices.Sort(writes)
-	logf("the registrations themselves took %v at p50 (the propagation times include them)", writes[len(writes)/2].Round(10*time.Microsecond))
-	slices.Sort(lat)
-	return lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)], missed
+	p50, p99 = percentiles(lat)
+	write, _ = percentiles(writes)
+	own50, own99 = percentiles(own)
+	logf("the registrations themselves took %v at p50 (the propagation times include them); from their answers: p50 %v, p99 %v",
+		write.Round(10*time.Microsecond), own50.Round(10*time.Microsecond), own99.Round(10*time.Microsecond))
+	return p50, p99, write, own50, own99, missed
+}
+
+// writeLatency returns the p50 of changes registrations of random services' canaries with no
+// watcher following them: what the agent's write costs by itself.
+func writeLatency(reg *api.Client, services, changes int) time.Duration {
+	var writes []time.Duration
+	for k := range changes {
+		t0 := time.Now()
+		if err := registerInstance(reg, rand.IntN(services), 0, gray.Weight(5000+k).String()); err != nil {
+			logf("idle write %d: %v", k, err)
+			continue
+		}
+		writes = append(writes, time.Since(t0))
+	}
+	if len(writes) == 0 {
+		return 0
+	}
+	p50, _ := percentiles(writes)
+	return p50
+}
+
+// percentiles returns the p50 and p99 of ds, which it sorts.
+func percentiles(ds []time.Duration) (p50, p99 time.Duration) {
+	slices.Sort(ds)
+	return ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)]
 }
 
 func canaryWeight(v *watch.ServiceView) gray.Weight {
@@ -345,8 +382,8 @@ func canaryWeight(v *watch.ServiceView) gray.Weight {
 
 // printTable writes the results as a markdown table.
 func printTable(out io.Writer, rs []result) {
-	fmt.Fprintln(out, "| mode | services | ready | conns (peak / after) | dials | 429 | goroutines / svc | heap / svc | stacks / svc | RSS / svc | requests in quiet | p50 | p99 |")
-	fmt.Fprintln(out, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(out, "| mode | services | ready | conns (peak / after) | dials | 429 | goroutines / svc | heap / svc | stacks / svc | RSS / svc | requests in quiet | p50 | p99 | write p50 (idle / watched) | from the write's answer p50 / p99 |")
+	fmt.Fprintln(out, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
 	for _, r := range rs {
 		ready := fmt.Sprintf("%d of %d after %v", r.ready, r.services, r.readyIn.Round(10*time.Millisecond))
 		if r.ready == r.services {
@@ -356,16 +393,18 @@ func printTable(out io.Writer, rs []result) {
 		if r.quietCounted {
 			quiet = fmt.Sprintf("%d in %v", r.quietRequests, r.quiet)
 		}
-		p50, p99 := "-", "-"
+		p50, p99, write, own := "-", "-", "-", "-"
 		if r.p50 > 0 {
 			p50, p99 = ms(r.p50), ms(r.p99)
 			if r.missed > 0 {
 				p99 += fmt.Sprintf(" (%d missed)", r.missed)
 			}
+			write = ms(r.writeIdle) + " / " + ms(r.writeWatched)
+			own = ms(r.own50) + " / " + ms(r.own99)
 		}
-		fmt.Fprintf(out, "| %s | %d | %s | %d / %d | %d | %d | %.1f | %s | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(out, "| %s | %d | %s | %d / %d | %d | %d | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.mode, r.services, ready, r.peakConns, r.conns, r.dials, r.refused, r.goroutines,
-			kb(r.heap), kb(r.stack), kb(r.rss), quiet, p50, p99)
+			kb(r.heap), kb(r.stack), kb(r.rss), quiet, p50, p99, write, own)
 	}
 }
 
