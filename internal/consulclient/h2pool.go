@@ -46,15 +46,16 @@ const dialTimeout = 10 * time.Second
 // errPoolClosed is returned by requests made after the pool was closed.
 var errPoolClosed = errors.New("consulclient: the client is closed")
 
-// errNotH2 says that the agent did not negotiate HTTP/2: requests go through the fallback.
-var errNotH2 = errors.New("consulclient: the agent did not negotiate HTTP/2")
+// ErrNotHTTP2 says that the agent did not negotiate HTTP/2 (ALPN "h2") on its HTTPS port: a Pooled
+// client's requests go through its fallback transport, and a Mux's requests fail with it so that
+// the caller falls back to net/http.
+var ErrNotHTTP2 = errors.New("consulclient: the agent did not negotiate HTTP/2")
 
 // h2Pool is an http.RoundTripper over a growing set of HTTP/2 connections to one agent (see the
 // file's comment). It is safe for concurrent use.
 type h2Pool struct {
 	addr     string // host:port of the agent
-	tlsConf  *tls.Config
-	dialTLS  func(ctx context.Context, network, addr string) (net.Conn, error)
+	dialer   *h2Dialer
 	t        *http2.Transport
 	fallback http.RoundTripper // the agent's HTTPS over net/http, when it does not speak HTTP/2
 
@@ -80,9 +81,28 @@ type pendingDial struct {
 // base's TLS configuration, dialled with base's DialTLSContext or DialContext when set; requests
 // go through base when the agent does not speak HTTP/2.
 func newH2Pool(addr string, base *http.Transport) *h2Pool {
+	p := &h2Pool{addr: addr, dialer: newH2Dialer(addr, base.TLSClientConfig, base), fallback: base,
+		t: &http2.Transport{IdleConnTimeout: base.IdleConnTimeout, DisableCompression: base.DisableCompression}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p
+}
+
+// h2Dialer opens TLS connections to one agent that speak HTTP/2, for h2Pool and Mux alike: the same
+// TLS configuration and dialer, the same test of ALPN, and the same reading of the agent's first
+// bytes, which tells a refusal (limits.http_max_conns_per_client) from an HTTP/2 server.
+type h2Dialer struct {
+	addr    string // host:port of the agent
+	tlsConf *tls.Config
+	dialTLS func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// newH2Dialer returns a dialer of the agent at addr (host:port) over TLS with tlsConf (nil: a
+// default configuration), offering HTTP/2 and HTTP/1.1, dialled with base's DialTLSContext or
+// DialContext when set.
+func newH2Dialer(addr string, tlsConf *tls.Config, base *http.Transport) *h2Dialer {
 	conf := &tls.Config{}
-	if base.TLSClientConfig != nil {
-		conf = base.TLSClientConfig.Clone()
+	if tlsConf != nil {
+		conf = tlsConf.Clone()
 	}
 	conf.NextProtos = []string{http2.NextProtoTLS, "http/1.1"} // a server that knows only HTTP/1.1 refuses h2 alone
 	if conf.ServerName == "" {
@@ -90,19 +110,18 @@ func newH2Pool(addr string, base *http.Transport) *h2Pool {
 			conf.ServerName = host
 		}
 	}
-	p := &h2Pool{addr: addr, tlsConf: conf, dialTLS: base.DialTLSContext, fallback: base,
-		t: &http2.Transport{IdleConnTimeout: base.IdleConnTimeout, DisableCompression: base.DisableCompression}}
-	if p.dialTLS == nil {
+	d := &h2Dialer{addr: addr, tlsConf: conf, dialTLS: base.DialTLSContext}
+	if d.dialTLS == nil {
 		dial := base.DialContext
 		if dial == nil {
 			dial = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 		}
-		p.dialTLS = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d.dialTLS = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			raw, err := dial(ctx, network, addr)
 			if err != nil {
 				return nil, err
 			}
-			c := tls.Client(raw, p.tlsConf)
+			c := tls.Client(raw, d.tlsConf)
 			if err := c.HandshakeContext(ctx); err != nil {
 				raw.Close()
 				return nil, err
@@ -110,8 +129,33 @@ func newH2Pool(addr string, base *http.Transport) *h2Pool {
 			return c, nil
 		}
 	}
-	p.ctx, p.cancel = context.WithCancel(context.Background())
-	return p
+	return d
+}
+
+// dial connects to the agent and checks that it negotiated HTTP/2 (else ErrNotHTTP2) and did not
+// refuse the connection (else an api.StatusError with code 429). The connection it returns hands
+// on the bytes it read to tell the two apart: an HTTP/2 client reads the agent's SETTINGS from it.
+func (d *h2Dialer) dial(ctx context.Context) (*firstBytes, error) {
+	conn, err := d.dialTLS(ctx, "tcp", d.addr)
+	if err != nil {
+		return nil, err
+	}
+	if cs, ok := conn.(interface{ ConnectionState() tls.ConnectionState }); ok &&
+		cs.ConnectionState().NegotiatedProtocol != http2.NextProtoTLS {
+		conn.Close()
+		return nil, ErrNotHTTP2
+	}
+	first := &firstBytes{Conn: conn}
+	if err := first.peek(ctx); err != nil {
+		conn.Close()
+		if refused, ok := first.refusal(); ok {
+			// The agent accepted the connection and answered 429 at once, in HTTP/1.1: it holds
+			// limits.http_max_conns_per_client connections from this address already.
+			return nil, api.StatusError{Code: http.StatusTooManyRequests, Body: refused + " (a new HTTP/2 connection to " + d.addr + ")"}
+		}
+		return nil, fmt.Errorf("consulclient: opening an HTTP/2 connection to %s: %w", d.addr, err)
+	}
+	return first, nil
 }
 
 // RoundTrip sends req on a free stream of one of the pool's connections, dialling one when all are
@@ -121,7 +165,7 @@ func (p *h2Pool) RoundTrip(req *http.Request) (*http.Response, error) {
 		return p.fallback.RoundTrip(req)
 	}
 	cc, err := p.reserve(req.Context())
-	if errors.Is(err, errNotH2) {
+	if errors.Is(err, ErrNotHTTP2) {
 		return p.fallback.RoundTrip(req)
 	}
 	if err != nil {
@@ -202,7 +246,7 @@ func (p *h2Pool) dial(d *pendingDial) {
 	if err == nil {
 		p.conns = append(p.conns, cc)
 	}
-	if errors.Is(err, errNotH2) {
+	if errors.Is(err, ErrNotHTTP2) {
 		p.h1.Store(true)
 	}
 	d.cc, d.err = cc, err
@@ -215,28 +259,13 @@ func (p *h2Pool) dial(d *pendingDial) {
 func (p *h2Pool) connect() (*http2.ClientConn, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
 	defer cancel()
-	conn, err := p.dialTLS(ctx, "tcp", p.addr)
+	first, err := p.dialer.dial(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if cs, ok := conn.(interface{ ConnectionState() tls.ConnectionState }); ok &&
-		cs.ConnectionState().NegotiatedProtocol != http2.NextProtoTLS {
-		conn.Close()
-		return nil, errNotH2
-	}
-	first := &firstBytes{Conn: conn}
-	if err := first.peek(ctx); err != nil {
-		conn.Close()
-		if refused, ok := first.refusal(); ok {
-			// The agent accepted the connection and answered 429 at once, in HTTP/1.1: it holds
-			// limits.http_max_conns_per_client connections from this address already.
-			return nil, api.StatusError{Code: http.StatusTooManyRequests, Body: refused + " (a new HTTP/2 connection to " + p.addr + ")"}
-		}
-		return nil, fmt.Errorf("consulclient: opening an HTTP/2 connection to %s: %w", p.addr, err)
-	}
 	cc, err := p.t.NewClientConn(first)
 	if err != nil {
-		conn.Close()
+		first.Conn.Close()
 		return nil, err
 	}
 	// The agent's SETTINGS come before its answer to the ping.
