@@ -17,6 +17,8 @@
 // Connections: New reads the standard CONSUL_* environment (address, token, TLS) through NewConfig.
 // A token never appears in an error or a log line. Over HTTPS (an https:// address, or
 // CONSUL_HTTP_SSL) the queries share a few HTTP/2 connections, 250 to a connection, so one process
-// follows thousands of services within the agent's limits.http_max_conns_per_client (default 200);
-// over plain HTTP each query in flight holds a connection, and about 190 services fit.
+// follows thousands of services within the agent's limits.http_max_conns_per_client (default 200),
+// and the services' queries wait in an event-driven client, not in goroutines (see instances.go);
+// over plain HTTP each query in flight holds a connection and a goroutine, and about 190 services
+// fit.
 package watch

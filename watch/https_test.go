@@ -44,14 +44,16 @@ func registerCatalog(t *testing.T, c *api.Client, service string, meta map[strin
 	}
 }
 
-// checkNoConnLeak fails if goroutines of HTTP/2 connections outlive a watcher's Close.
+// checkNoConnLeak fails if goroutines of HTTP/2 connections (net/http's or graylane's own
+// event-driven client's) outlive a watcher's Close.
 func checkNoConnLeak(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
-		if !strings.Contains(stacks, "x/net/http2.(*ClientConn)") && !strings.Contains(stacks, "x/net/http2.(*clientStream)") {
+		if !strings.Contains(stacks, "x/net/http2.(*ClientConn)") && !strings.Contains(stacks, "x/net/http2.(*clientStream)") &&
+			!strings.Contains(stacks, "graylane/internal/consulclient.") {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -132,6 +134,78 @@ func TestWatcherOverHTTPSSurvivesAgentRestart(t *testing.T) {
 		return !v.State().Stale && in != nil && len(in.Endpoints) == 1 && in.Endpoints[0].Meta["version"] == "v2"
 	})
 	w.Close()
+	checkNoLeak(t)
+	checkNoConnLeak(t)
+}
+
+// TestWatcherOverHTTPSHoldsNoGoroutinePerService: over HTTPS the services' blocking queries wait
+// in the event-driven HTTP/2 client, not in goroutines: following 600 services adds a fixed number
+// of goroutines (the client's readers and workers, the options watch), not one or two per service;
+// a change still reaches its view, and Close, with a query of every service in flight, ends them
+// all.
+func TestWatcherOverHTTPSHoldsNoGoroutinePerService(t *testing.T) {
+	a := consultest.StartTLS(t)
+	client, err := api.NewClient(watch.NewConfig(a.HTTPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const services = 600
+	for i := range services {
+		registerCatalog(t, client, fmt.Sprintf("gr-%d", i), nil)
+	}
+	before := runtime.NumGoroutine()
+	var dials atomic.Int64
+	w := httpsWatcher(t, a, &dials)
+	views := make([]*watch.ServiceView, services)
+	for i := range views {
+		views[i] = w.Service(fmt.Sprintf("gr-%d", i))
+	}
+	for _, v := range views {
+		select {
+		case <-v.Ready():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("not ready: %+v", v.State())
+		}
+	}
+	// Every service's query is back in flight once each view has taken its first answer.
+	time.Sleep(200 * time.Millisecond)
+	added := runtime.NumGoroutine() - before
+	t.Logf("%d services over HTTPS: %d goroutines added (%.3f per service), %d connections dialled", services, added, float64(added)/services, dials.Load())
+	if added > 60 {
+		t.Fatalf("%d services over HTTPS added %d goroutines: more than a fixed pool", services, added)
+	}
+	registerCatalog(t, client, "gr-42", map[string]string{"canary": "true", "weight": "5000"})
+	waitFor(t, 10*time.Second, "the change of gr-42", func() bool {
+		in := views[42].Instances()
+		return in != nil && len(in.Endpoints) == 1 && in.Endpoints[0].Meta["weight"] == "5000"
+	})
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	checkNoLeak(t)
+	checkNoConnLeak(t)
+}
+
+// TestCloseDoesNotWaitForABackoff: a service whose queries fail waits between them on a timer, not
+// in a goroutine; Close ends that wait at once instead of after it.
+func TestCloseDoesNotWaitForABackoff(t *testing.T) {
+	a := consultest.StartTLS(t)
+	var dials atomic.Int64
+	w := httpsWatcher(t, a, &dials, watch.WithBackoff(time.Minute, time.Minute))
+	v := w.Service("backoff")
+	<-v.Ready()
+	a.Stop()
+	waitFor(t, 10*time.Second, "the query to fail", func() bool { return v.State().LastError != nil })
+	done := make(chan struct{})
+	go func() {
+		w.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close waited for the minute-long pause before the next query")
+	}
 	checkNoLeak(t)
 	checkNoConnLeak(t)
 }

@@ -88,6 +88,8 @@ func WithKVPrefix(prefix string) Option {
 type Watcher struct {
 	conn         *consulclient.Pooled
 	client       *api.Client
+	mux          *consulclient.Mux    // the event-driven client over HTTPS (instances.go); nil over HTTP
+	muxOff       atomic.Bool          // the agent does not speak HTTP/2: goroutines after all
 	optConn      *consulclient.Pooled // the options watch's own connections (options.go)
 	optClient    *api.Client
 	token        string
@@ -139,7 +141,15 @@ func New(cfg *api.Config, opts ...Option) (*Watcher, error) {
 		conn.Close()
 		return nil, err
 	}
-	w := &Watcher{conn: conn, client: conn.Client, optConn: optConn, optClient: optConn.Client,
+	var mux *consulclient.Mux
+	if conn.Multiplexed() { // HTTPS: the instance queries go through the event-driven client
+		if mux, err = consulclient.NewMux(cfg); err != nil {
+			conn.Close()
+			optConn.Close()
+			return nil, err
+		}
+	}
+	w := &Watcher{conn: conn, client: conn.Client, mux: mux, optConn: optConn, optClient: optConn.Client,
 		optionsTried: make(chan struct{}), token: cfg.Token, prefix: DefaultKVPrefix, waitTime: 5 * time.Minute,
 		backoffFirst: 100 * time.Millisecond, backoffMax: 10 * time.Second, services: map[string]*serviceWatch{},
 		segments: map[string]*segmentWatch{}, agent: cfg.Address, logf: func(string, ...any) {}}
@@ -191,8 +201,7 @@ func (w *Watcher) watch(name string) *serviceWatch {
 	sw.state.Store(&State{Stale: true})
 	w.services[name] = sw
 	if w.ctx.Err() == nil {
-		w.wg.Add(1)
-		go w.runInstances(sw)
+		w.startInstances(sw)
 		w.startOptions()
 		w.resolveOptions(sw)
 	}
@@ -239,6 +248,9 @@ var ErrClosed = errors.New("watch: the watcher is closed")
 func (w *Watcher) Close() error {
 	w.cancel()
 	w.wg.Wait()
+	if w.mux != nil {
+		w.mux.Close()
+	}
 	w.conn.Close()
 	w.optConn.Close()
 	w.mu.Lock()
