@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -55,6 +56,9 @@ type result struct {
 	// the propagation counted from the registration's answer, the watcher's own share.
 	writeIdle, writeWatched time.Duration
 	own50, own99            time.Duration
+	// decide is the cost of one decision on a service's snapshot while the watcher follows all of
+	// them (testing.Benchmark, ns per decision).
+	decide float64
 }
 
 // optionsEvery is how many services share one that has recorded decision options.
@@ -286,6 +290,7 @@ wait:
 	logf("%s, %d services: %d requests in %v of quiet", mode, n, r.quietRequests, cfg.quiet)
 
 	if r.ready == n {
+		r.decide = decideCost(views[n/2])
 		r.p50, r.p99, r.writeWatched, r.own50, r.own99, r.missed = propagation(reg, views, cfg.changes)
 	}
 	r.dials = ctr.dials.Load()
@@ -346,6 +351,23 @@ func propagation(reg *api.Client, views []*watch.ServiceView, changes int) (p50,
 	return p50, p99, write, own50, own99, missed
 }
 
+// decideCost returns the nanoseconds of one decision on v's snapshot for a request of a user with
+// a sticky key, as a gateway makes it: the median of three testing.Benchmark runs.
+func decideCost(v *watch.ServiceView) float64 {
+	req := &gray.StaticRequest{Headers: map[string]string{"x-user-id": "user-42", "userid": "7"}, URLPath: "/api/order", HTTPMethod: "GET"}
+	var runs []float64
+	for range 3 {
+		res := testing.Benchmark(func(b *testing.B) {
+			for b.Loop() {
+				v.Snapshot().Decide(req)
+			}
+		})
+		runs = append(runs, float64(res.T.Nanoseconds())/float64(res.N))
+	}
+	slices.Sort(runs)
+	return runs[1]
+}
+
 // writeLatency returns the p50 of changes registrations of random services' canaries with no
 // watcher following them: what the agent's write costs by itself.
 func writeLatency(reg *api.Client, services, changes int) time.Duration {
@@ -382,8 +404,8 @@ func canaryWeight(v *watch.ServiceView) gray.Weight {
 
 // printTable writes the results as a markdown table.
 func printTable(out io.Writer, rs []result) {
-	fmt.Fprintln(out, "| mode | services | ready | conns (peak / after) | dials | 429 | goroutines / svc | heap / svc | stacks / svc | RSS / svc | requests in quiet | p50 | p99 | write p50 (idle / watched) | from the write's answer p50 / p99 |")
-	fmt.Fprintln(out, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+	fmt.Fprintln(out, "| mode | services | ready | conns (peak / after) | dials | 429 | goroutines / svc | heap / svc | stacks / svc | RSS / svc | requests in quiet | p50 | p99 | write p50 (idle / watched) | from the write's answer p50 / p99 | decision |")
+	fmt.Fprintln(out, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
 	for _, r := range rs {
 		ready := fmt.Sprintf("%d of %d after %v", r.ready, r.services, r.readyIn.Round(10*time.Millisecond))
 		if r.ready == r.services {
@@ -393,7 +415,7 @@ func printTable(out io.Writer, rs []result) {
 		if r.quietCounted {
 			quiet = fmt.Sprintf("%d in %v", r.quietRequests, r.quiet)
 		}
-		p50, p99, write, own := "-", "-", "-", "-"
+		p50, p99, write, own, decide := "-", "-", "-", "-", "-"
 		if r.p50 > 0 {
 			p50, p99 = ms(r.p50), ms(r.p99)
 			if r.missed > 0 {
@@ -401,10 +423,11 @@ func printTable(out io.Writer, rs []result) {
 			}
 			write = ms(r.writeIdle) + " / " + ms(r.writeWatched)
 			own = ms(r.own50) + " / " + ms(r.own99)
+			decide = fmt.Sprintf("%.0f ns", r.decide)
 		}
-		fmt.Fprintf(out, "| %s | %d | %s | %d / %d | %d | %d | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+		fmt.Fprintf(out, "| %s | %d | %s | %d / %d | %d | %d | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			r.mode, r.services, ready, r.peakConns, r.conns, r.dials, r.refused, r.goroutines,
-			kb(r.heap), kb(r.stack), kb(r.rss), quiet, p50, p99, write, own)
+			kb(r.heap), kb(r.stack), kb(r.rss), quiet, p50, p99, write, own, decide)
 	}
 }
 
