@@ -186,14 +186,7 @@ func TestMuxBlockingQuery(t *testing.T) {
 // at the change it waits for.
 func TestMuxHoldsManyBlockingQueries(t *testing.T) {
 	a := consultest.StartTLS(t)
-	kv := plainClient(t, a, "").KV()
-	if _, err := kv.Put(&api.KVPair{Key: "k", Value: []byte("0")}, nil); err != nil {
-		t.Fatal(err)
-	}
-	_, meta, err := kv.Get("k", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv, index := putKey(t, a)
 
 	before := runtime.NumGoroutine()
 	var dials atomic.Int64
@@ -202,7 +195,7 @@ func TestMuxHoldsManyBlockingQueries(t *testing.T) {
 	wantConns := (queries + 249) / 250
 	results := make(chan muxResult, queries)
 	for range queries {
-		m.Get(context.Background(), "/v1/kv/k", blockingQuery(meta.LastIndex, time.Minute), 0,
+		m.Get(context.Background(), "/v1/kv/k", blockingQuery(index, time.Minute), 0,
 			func(resp *consulclient.Response, err error) { results <- muxResult{resp, err} })
 	}
 	eventually.Wait(t, answerWait, fmt.Sprintf("%d connections", wantConns), func() bool { return m.Conns() == wantConns })
@@ -331,14 +324,7 @@ func TestMuxAppliesTheToken(t *testing.T) {
 // before it returns, and leaves no goroutine; a request after Close fails at once.
 func TestMuxCloseWithRequestsInFlight(t *testing.T) {
 	a := consultest.StartTLS(t)
-	kv := plainClient(t, a, "").KV()
-	if _, err := kv.Put(&api.KVPair{Key: "k", Value: []byte("0")}, nil); err != nil {
-		t.Fatal(err)
-	}
-	_, meta, err := kv.Get("k", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, index := putKey(t, a)
 
 	before := runtime.NumGoroutine()
 	m, err := consulclient.NewMux(httpsConfig(a, new(atomic.Int64)))
@@ -352,7 +338,7 @@ func TestMuxCloseWithRequestsInFlight(t *testing.T) {
 		if i%2 == 0 {
 			timeout = time.Hour // a timer to stop
 		}
-		m.Get(context.Background(), "/v1/kv/k", blockingQuery(meta.LastIndex, time.Minute), timeout, func(resp *consulclient.Response, err error) {
+		m.Get(context.Background(), "/v1/kv/k", blockingQuery(index, time.Minute), timeout, func(resp *consulclient.Response, err error) {
 			if errors.Is(err, consulclient.ErrMuxClosed) {
 				closedErrs.Add(1)
 			}
@@ -453,35 +439,14 @@ func TestNewMuxRefusesPlainHTTP(t *testing.T) {
 // connections from this address refuses a new one with 429; the requests that waited for it fail
 // with an error for which IsConnLimit reports true.
 func TestMuxRefusedIsAConnLimit(t *testing.T) {
-	a := consultest.StartTLS(t, "-hcl", "limits { http_max_conns_per_client = 2 }")
-	for range 2 {
-		// Connections that finished their TLS handshake: the agent has accepted and counted them.
-		conn, err := tls.Dial("tcp", a.HTTPSAddr, &tls.Config{InsecureSkipVerify: true}) // holds a slot; sends nothing
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-	}
-	// The agent counts a connection once it has accepted it, which on a loaded machine may come
-	// after the first attempt: an attempt that got through is made again on a fresh Mux.
-	for attempt := 1; ; attempt++ {
-		time.Sleep(100 * time.Millisecond)
+	expectConnLimit(t, func(a *consultest.Agent) error {
 		m, err := consulclient.NewMux(httpsConfig(a, new(atomic.Int64)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		r := await(t, getAsync(m, context.Background(), "/v1/status/leader", nil, 0))
-		m.Close()
-		switch {
-		case consulclient.IsConnLimit(r.err):
-			t.Logf("refused (attempt %d): %v", attempt, r.err)
-			return
-		case r.err != nil:
-			t.Fatalf("a refused connection: %v, want a connection limit error", r.err)
-		case attempt == 30:
-			t.Fatal("the agent at its limit never refused a connection in 30 attempts")
-		}
-	}
+		defer m.Close()
+		return await(t, getAsync(m, context.Background(), "/v1/status/leader", nil, 0)).err
+	})
 }
 
 // TestMuxAgentRestart: a blocking query in flight ends when its agent stops (with an error, or the
@@ -1044,4 +1009,19 @@ func memory() memoryUse {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return memoryUse{goroutines: runtime.NumGoroutine(), heap: ms.HeapAlloc, stack: ms.StackInuse}
+}
+
+// putKey writes the key k of a's KV store and returns a client of its KV store and the key's
+// index, for blocking queries that wait for the key's next change.
+func putKey(t *testing.T, a *consultest.Agent) (*api.KV, uint64) {
+	t.Helper()
+	kv := plainClient(t, a, "").KV()
+	if _, err := kv.Put(&api.KVPair{Key: "k", Value: []byte("0")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, meta, err := kv.Get("k", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv, meta.LastIndex
 }

@@ -172,24 +172,34 @@ func TestPooledSurvivesAgentRestart(t *testing.T) {
 // connections from this address answers a new one with an HTTP/1.1 429; the client reports it as
 // such (IsConnLimit), so that a watcher says which setting to raise.
 func TestPooledRefusedIsAConnLimit(t *testing.T) {
+	var dials atomic.Int64
+	expectConnLimit(t, func(a *consultest.Agent) error {
+		c := newPooled(t, httpsConfig(a, &dials))
+		defer c.Close()
+		_, err := c.Client.Status().Leader()
+		return err
+	})
+}
+
+// expectConnLimit starts an agent at limits.http_max_conns_per_client = 2, fills both slots with
+// connections that finished their TLS handshake (the agent has accepted and counted them), and
+// requires that request, made with a fresh client, fails with an error for which IsConnLimit
+// reports true. The agent counts a connection once it has accepted it, which on a loaded machine
+// may come after the first attempt: an attempt that got through is made again, up to 30 times. Any
+// other error fails at once.
+func expectConnLimit(t *testing.T, request func(a *consultest.Agent) error) {
+	t.Helper()
 	a := consultest.StartTLS(t, "-hcl", "limits { http_max_conns_per_client = 2 }")
 	for range 2 {
-		// Connections that finished their TLS handshake: the agent has accepted and counted them.
 		conn, err := tls.Dial("tcp", a.HTTPSAddr, &tls.Config{InsecureSkipVerify: true}) // holds a slot; sends nothing
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
 	}
-	// The agent counts a connection once it has accepted it, which on a loaded machine may come
-	// after the first attempt: an attempt that got through is made again on a fresh client. Any
-	// error other than the connection limit fails at once.
-	var dials atomic.Int64
 	for attempt := 1; ; attempt++ {
 		time.Sleep(100 * time.Millisecond)
-		c := newPooled(t, httpsConfig(a, &dials))
-		_, err := c.Client.Status().Leader()
-		c.Close()
+		err := request(a)
 		switch {
 		case consulclient.IsConnLimit(err):
 			t.Logf("refused (attempt %d): %v", attempt, err)
