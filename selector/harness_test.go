@@ -125,7 +125,12 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	a := consultest.Start(t)
+	return newEnvOn(t, consultest.Start(t))
+}
+
+// newEnvOn is newEnv on agent a; its registry and registrar use a's plain HTTP port.
+func newEnvOn(t testing.TB, a *consultest.Agent) *env {
+	t.Helper()
 	client, err := api.NewClient(registrar.NewConfig(a.HTTPAddr))
 	if err != nil {
 		t.Fatal(err)

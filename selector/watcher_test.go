@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/graylane/graylane/gray"
+	"github.com/graylane/graylane/internal/consultest"
 	"github.com/graylane/graylane/registrar"
 	"github.com/graylane/graylane/selector"
 	"github.com/graylane/graylane/watch"
@@ -232,4 +233,31 @@ func (c *cuttable) cut() {
 	defer c.mu.Unlock()
 	c.off = true
 	c.end()
+}
+
+// TestWatcherOverHTTPS: a watcher of the agent's HTTPS port (production agents are usually served
+// so), whose services' queries wait in the event-driven HTTP/2 client, gives a client its nodes'
+// meta as the plain port's does: the canary takes the matched calls, and a raise to 100 % made by
+// the registrar reaches the calls.
+func TestWatcherOverHTTPS(t *testing.T) {
+	e := newEnvOn(t, consultest.StartTLS(t))
+	e.discOpts = append(e.discOpts, kconsul.WithServiceResolver(metaAsFirstSeen()))
+	e.start("bservice", "s1", gray.Meta{}, nil)
+	e.start("bservice", "c1", gray.Meta{Canary: true, Match: matchUser123}, nil)
+	cfg := watch.NewConfig("https://" + e.agent.HTTPSAddr)
+	cfg.TLSConfig = api.TLSConfig{CAPem: e.agent.CAPEM}
+	w, err := watch.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	conn := e.dial("bservice", selector.WithWatcher(w))
+	ctx := context.Background()
+	waitFor(t, 10*time.Second, "the canary", func() bool { s, err := who(ctx, conn, "userid", "123"); return err == nil && s == "c1" })
+	waitFor(t, 10*time.Second, "stable", func() bool { s, err := who(ctx, conn); return err == nil && s == "s1" })
+	do(t, e.r, "bservice", registrar.SetWeight{Lane: "canary", Weight: gray.MaxWeight})
+	waitFor(t, 10*time.Second, "the raise", func() bool { s, err := who(ctx, conn); return err == nil && s == "c1" })
+	if got := count(t, 100, func(int) (string, error) { return who(ctx, conn) }); got["c1"] != 100 {
+		t.Fatalf("over HTTPS, after the raise to 100 %%: %v", got)
+	}
 }
