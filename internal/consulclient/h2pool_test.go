@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -181,22 +182,14 @@ func TestPooledRefusedIsAConnLimit(t *testing.T) {
 	})
 }
 
-// expectConnLimit starts an agent at limits.http_max_conns_per_client = 2, fills both slots with
-// connections that finished their TLS handshake (the agent has accepted and counted them), and
-// requires that request, made with a fresh client, fails with an error for which IsConnLimit
-// reports true. The agent counts a connection once it has accepted it, which on a loaded machine
-// may come after the first attempt: an attempt that got through is made again, up to 30 times. Any
-// other error fails at once.
+// expectConnLimit starts an agent at limits.http_max_conns_per_client = 2, fills both slots
+// (holdConnSlots), and requires that request, made with a fresh client, fails with an error for
+// which IsConnLimit reports true. An attempt that got through anyway (the agent's count trailing
+// on a loaded machine) is made again, up to 30 times. Any other error fails at once.
 func expectConnLimit(t *testing.T, request func(a *consultest.Agent) error) {
 	t.Helper()
 	a := consultest.StartTLS(t, "-hcl", "limits { http_max_conns_per_client = 2 }")
-	for range 2 {
-		conn, err := tls.Dial("tcp", a.HTTPSAddr, &tls.Config{InsecureSkipVerify: true}) // holds a slot; sends nothing
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-	}
+	holdConnSlots(t, a, 2)
 	for attempt := 1; ; attempt++ {
 		time.Sleep(100 * time.Millisecond)
 		err := request(a)
@@ -257,4 +250,44 @@ func TestPooledOverPlainHTTP(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// holdConnSlots takes n of the agent's connection slots for the rest of the test: n HTTP/1.1
+// connections over its HTTPS port, each answered once (so that the agent has accepted and counted
+// it) and then held by a blocking query in flight, which the agent can neither finish nor close
+// as idle before the test ends. A connection that only finished its handshake was seen to free
+// its slot early.
+func holdConnSlots(t *testing.T, a *consultest.Agent, n int) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for i := range n {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxConnsPerHost: 1,
+			TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}} // no HTTP/2: one request, one connection
+		t.Cleanup(tr.CloseIdleConnections)
+		hc := &http.Client{Transport: tr}
+		get := func(ctx context.Context, path string) error {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+a.HTTPSAddr+path, nil)
+			if err != nil {
+				return err
+			}
+			resp, err := hc.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			_, err = io.Copy(io.Discard, resp.Body)
+			return err
+		}
+		if err := get(ctx, "/v1/status/leader"); err != nil {
+			t.Fatalf("holding slot %d: %v", i+1, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			get(ctx, fmt.Sprintf("/v1/kv/held-%d?index=1000000000&wait=10m", i)) // ends with the test
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // the blocking queries are sent on the answered connections
 }
