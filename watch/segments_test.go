@@ -78,8 +78,10 @@ func TestSegmentsReachSnapshots(t *testing.T) {
 
 	writeSegment(t, c, "beta", []string{"acme", "globex"}, true)
 	writeSegment(t, c, "paying", []string{"alice", "bob"}, true)
+	// Each segment has a watch of its own: wait for both, so that neither arrives later as a change.
 	waitFor(t, 5*time.Second, "segments reach the snapshot", func() bool {
-		return decide("carol", "").Lane == "canary" && decide("alice", "").Reason == gray.ReasonExcluded
+		return decide("carol", "").Lane == "canary" && decide("alice", "").Reason == gray.ReasonExcluded &&
+			v.Segments() != nil && len(v.Segments().Names()) == 2
 	})
 	if d := decide("alice", "acme"); d.Lane != "stable" || d.Reason != gray.ReasonExcluded || d.Segment != "paying" || d.ExcludedFrom != "canary" {
 		t.Errorf("alice of acme: %s %s %q from %q; want kept out of canary by paying", d.Lane, d.Reason, d.Segment, d.ExcludedFrom)
