@@ -144,14 +144,19 @@ func TestControllerServiceFailsOver(t *testing.T) {
 	if got := rolloutChanges(t, s.r); !slices.Equal(got, want) {
 		t.Fatalf("rollout changes %q, want %q", got, want)
 	}
-	metrics := b.scrape(t)
-	for _, line := range []string{"graylane_rollout_controller_leader 1",
-		`graylane_rollout_phase{lane="canary",phase="promoted",service="shop"} 1`,
-		`graylane_rollout_weight{lane="canary",service="shop"} 100`} {
-		if !strings.Contains(metrics, line) {
-			t.Errorf("the new leader's metrics lack %q:\n%s", line, metrics)
+	// The controller records the promotion, then updates its metrics: they may trail the record by
+	// a moment. (On failure the deferred log above shows the last scrape, now the new leader's.)
+	waitFor(t, 10*time.Second, "the new leader's metrics to show the promotion", func() bool {
+		got = b.scrape(t)
+		for _, line := range []string{"graylane_rollout_controller_leader 1",
+			`graylane_rollout_phase{lane="canary",phase="promoted",service="shop"} 1`,
+			`graylane_rollout_weight{lane="canary",service="shop"} 100`} {
+			if !strings.Contains(got, line) {
+				return false
+			}
 		}
-	}
+		return true
+	})
 	// Ended: no longer listed for the controllers.
 	waitFor(t, 10*time.Second, "the ended rollout to leave the controllers' list", func() bool {
 		pair, _, err := s.r.Client().KV().Get(s.r.KVPrefix()+"/rollouts/shop", nil)
