@@ -54,7 +54,9 @@ func (w *Watcher) askInstances(sw *serviceWatch, l *instanceLoop, q instancesQue
 		return
 	}
 	query := url.Values{"passing": {"1"}}
-	timeout := time.Duration(0)
+	// A query that does not wait gives up as the blocking loop's client does (AnswerTimeout); a
+	// blocking one once its wait, Consul's jitter and a margin have passed.
+	timeout := consulclient.AnswerTimeout
 	if !q.reask {
 		if q.index > 0 {
 			query.Set("index", strconv.FormatUint(q.index, 10))
